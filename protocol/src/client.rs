@@ -1,0 +1,153 @@
+//! Messages between a client and a broker's client socket.
+
+use std::collections::BTreeMap;
+
+use rmpv::Value;
+use serde::{Deserialize, Serialize};
+
+use crate::error_code::ErrorCode;
+
+/// `cancel`: stop a plan in flight; the broker answers the plan's id with a `cancelled` error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelRequest {
+    /// The request id of the plan to cancel.
+    pub id: u64,
+}
+
+/// `ping`: liveness probe; answered by `pong` with the same id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ping {
+    /// Request id.
+    pub id: u64,
+}
+
+/// `pong`: answer to `ping`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pong {
+    /// The ping's id.
+    pub id: u64,
+    /// The broker's name.
+    pub broker: String,
+}
+
+/// `status`: ask for the broker's workers and counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRequest {
+    /// Request id.
+    pub id: u64,
+}
+
+/// One registered worker as the broker sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    /// The worker's name.
+    pub name: String,
+    /// Functions it serves.
+    pub functions: Vec<String>,
+    /// Resources it holds.
+    pub resources: Vec<String>,
+    /// Tasks it may run at once.
+    pub capacity: u32,
+    /// Tasks it is running now.
+    pub outstanding: u32,
+    /// True once it announced it is leaving.
+    pub draining: bool,
+}
+
+/// `status` reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReply {
+    /// The request id.
+    pub id: u64,
+    /// The broker's name.
+    pub broker: String,
+    /// The broker's version.
+    pub version: String,
+    /// Milliseconds since the broker started.
+    pub uptime_ms: u64,
+    /// Registered workers.
+    pub workers: Vec<WorkerStatus>,
+    /// Plans in flight across all clients.
+    pub plans_in_flight: u64,
+    /// Tasks waiting for worker capacity.
+    pub tasks_waiting: u64,
+    /// Monotonic counters (plans accepted, failed, tasks dispatched, replies dropped, ...).
+    pub counters: BTreeMap<String, u64>,
+    /// The limits this broker enforces.
+    pub limits: BTreeMap<String, u64>,
+}
+
+/// `error`: a request failed. Every field but `id`, `code`, `kind` and `message` is present
+/// only when it applies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    /// The request id, or nil when it could not be read from the request.
+    pub id: Option<u64>,
+    /// Stable numeric code (see the error table).
+    pub code: u16,
+    /// Stable snake_case name of the code.
+    pub kind: String,
+    /// Human-readable explanation.
+    pub message: String,
+    /// The step the error is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// The function the error is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fun: Option<String>,
+    /// The resources that were asked for (`no_route`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locs: Option<Vec<String>>,
+    /// The worker involved (`step_failed`, `worker_lost`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// The error kind the worker reported (`step_failed`), e.g. `function_error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+    /// The field path that did not resolve (`unresolved_reference`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The steps forming a cycle, in order (`plan_cycle`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cycle: Option<Vec<String>>,
+    /// Results of the steps that finished before the failure.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub partial: BTreeMap<String, Value>,
+}
+
+impl ErrorReply {
+    /// An error with only the mandatory fields.
+    pub fn new(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorReply {
+            id,
+            code: code.code(),
+            kind: code.name().to_string(),
+            message: message.into(),
+            step: None,
+            fun: None,
+            locs: None,
+            worker: None,
+            cause: None,
+            path: None,
+            cycle: None,
+            partial: BTreeMap::new(),
+        }
+    }
+
+    /// The code as an enum, if this peer knows it.
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        ErrorCode::from_code(self.code)
+    }
+
+    /// Sets `step`.
+    pub fn with_step(mut self, step: impl Into<String>) -> Self {
+        self.step = Some(step.into());
+        self
+    }
+
+    /// Sets `fun`.
+    pub fn with_fun(mut self, fun: impl Into<String>) -> Self {
+        self.fun = Some(fun.into());
+        self
+    }
+}

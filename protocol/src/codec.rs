@@ -1,0 +1,158 @@
+//! Body encoding: msgpack maps with field names, checked before decoding.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::error_code::ErrorCode;
+use crate::limits::Limits;
+use crate::msgpack_scan::{scan, ScanError};
+
+/// Why a body could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DecodeError {
+    /// The body is larger than the limit.
+    #[error("body of {size} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// Body size in bytes.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The body is not one well-formed msgpack value within the nesting limit.
+    #[error("{0}")]
+    Structure(#[from] ScanError),
+    /// The msgpack is well formed but a field is missing or has the wrong type.
+    #[error("field `{path}`: {message}")]
+    Field {
+        /// Where in the body (`steps[2].name`; `.` for the body itself).
+        path: String,
+        /// What the decoder expected.
+        message: String,
+    },
+    /// The message type frame names no message this peer accepts.
+    #[error("unknown message type `{kind}`")]
+    UnknownKind {
+        /// The type frame, lossily decoded.
+        kind: String,
+    },
+}
+
+impl DecodeError {
+    /// The wire error code for this failure.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            DecodeError::TooLarge { .. } => ErrorCode::MessageTooLarge,
+            DecodeError::Structure(ScanError::TooDeep { .. }) => ErrorCode::NestingTooDeep,
+            DecodeError::Structure(_) | DecodeError::Field { .. } => ErrorCode::InvalidBody,
+            DecodeError::UnknownKind { .. } => ErrorCode::UnknownMessageType,
+        }
+    }
+}
+
+/// Encodes a message body as a msgpack map with field names.
+pub fn encode_body<T: Serialize + ?Sized>(message: &T) -> Vec<u8> {
+    rmp_serde::to_vec_named(message)
+        .expect("protocol messages serialize infallibly: plain structs with string keys")
+}
+
+/// Decodes a body after checking its size, structure and nesting against `limits`.
+pub fn decode_body<T: DeserializeOwned>(body: &[u8], limits: &Limits) -> Result<T, DecodeError> {
+    if body.len() > limits.max_message_bytes {
+        return Err(DecodeError::TooLarge {
+            size: body.len(),
+            max: limits.max_message_bytes,
+        });
+    }
+    scan(body, limits.max_depth)?;
+    let mut de = rmp_serde::Deserializer::from_read_ref(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| DecodeError::Field {
+        path: e.path().to_string(),
+        message: e.inner().to_string(),
+    })
+}
+
+/// Best effort: the `id` field of a body that failed to decode, so the error reply can still be
+/// matched to its request. Returns `None` when the body is not a map with an unsigned `id`.
+pub fn peek_request_id(body: &[u8], limits: &Limits) -> Option<u64> {
+    if body.len() > limits.max_message_bytes || scan(body, limits.max_depth).is_err() {
+        return None;
+    }
+    let value = rmpv::decode::read_value(&mut &body[..]).ok()?;
+    value
+        .as_map()?
+        .iter()
+        .find(|(k, _)| k.as_str() == Some("id"))
+        .and_then(|(_, v)| v.as_u64())
+}
+
+/// Serde helper: a msgpack `nil` decodes as the type's default, so clients in languages that
+/// send `None`/`null` for empty fields are accepted.
+pub(crate) fn nil_as_default<'de, D, T>(de: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de> + Default,
+{
+    use serde::Deserialize;
+    Ok(Option::<T>::deserialize(de)?.unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    struct Probe {
+        id: u64,
+        name: String,
+    }
+
+    #[test]
+    fn decode_names_the_bad_field() {
+        let body = encode_body(&rmpv::Value::Map(vec![
+            ("id".into(), 7.into()),
+            ("name".into(), 5.into()),
+        ]));
+        let err = decode_body::<Probe>(&body, &Limits::default()).unwrap_err();
+        match &err {
+            DecodeError::Field { path, message } => {
+                assert_eq!(path, "name");
+                assert!(message.contains("expected a string"), "{message}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(err.code(), ErrorCode::InvalidBody);
+        assert_eq!(peek_request_id(&body, &Limits::default()), Some(7));
+    }
+
+    #[test]
+    fn size_and_depth_limits_map_to_codes() {
+        let limits = Limits {
+            max_message_bytes: 8,
+            ..Limits::default()
+        };
+        let big = encode_body(&Probe {
+            id: 1,
+            name: "long enough".into(),
+        });
+        let err = decode_body::<Probe>(&big, &limits).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::MessageTooLarge);
+
+        let mut deep = vec![0x91u8; 1000];
+        deep.push(0);
+        let err = decode_body::<Probe>(&deep, &Limits::default()).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::NestingTooDeep);
+        assert_eq!(peek_request_id(&deep, &Limits::default()), None);
+    }
+
+    #[test]
+    fn bodies_are_maps_with_field_names() {
+        let body = encode_body(&Probe {
+            id: 1,
+            name: "x".into(),
+        });
+        // fixmap of 2, "id", 1, "name", "x"
+        assert_eq!(body, b"\x82\xa2id\x01\xa4name\xa1x");
+    }
+}

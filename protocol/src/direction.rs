@@ -1,0 +1,144 @@
+//! The four message directions, each an enum over the message types it may carry.
+//!
+//! Frame 2 of every message (the type) selects the variant; the body decodes into its struct.
+
+use crate::client::{CancelRequest, ErrorReply, Ping, Pong, StatusReply, StatusRequest};
+use crate::codec::{decode_body, encode_body, DecodeError};
+use crate::envelope::VERSION;
+use crate::limits::Limits;
+use crate::plan::{PlanRequest, PlanResult, Progress};
+use crate::worker::{
+    CancelTask, Disconnect, Heartbeat, Reconnect, Register, Registered, Task, TaskFailure,
+    TaskResult,
+};
+
+macro_rules! direction {
+    ($(#[$doc:meta])* $name:ident { $( $(#[$vdoc:meta])* $variant:ident($ty:ty) = $kind:literal, )* }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum $name {
+            $( $(#[$vdoc])* $variant($ty), )*
+        }
+
+        impl $name {
+            /// Every message type frame this direction carries.
+            pub const KINDS: &'static [&'static str] = &[$($kind),*];
+
+            /// The message type frame of this message.
+            pub fn kind(&self) -> &'static str {
+                match self { $( $name::$variant(_) => $kind, )* }
+            }
+
+            /// Decodes a body of the given type within `limits`.
+            pub fn decode(kind: &[u8], body: &[u8], limits: &Limits) -> Result<Self, DecodeError> {
+                $( if kind == $kind.as_bytes() {
+                    return decode_body::<$ty>(body, limits).map($name::$variant);
+                } )*
+                Err(DecodeError::UnknownKind {
+                    kind: String::from_utf8_lossy(kind).chars().take(32).collect(),
+                })
+            }
+
+            /// Encodes the body.
+            pub fn encode_body(&self) -> Vec<u8> {
+                match self { $( $name::$variant(m) => encode_body(m), )* }
+            }
+
+            /// The three protocol frames: version tag, type, body.
+            pub fn to_frames(&self) -> [Vec<u8>; 3] {
+                [VERSION.to_vec(), self.kind().as_bytes().to_vec(), self.encode_body()]
+            }
+        }
+    };
+}
+
+direction! {
+    /// Client to broker (client socket).
+    ClientToBroker {
+        /// Run a plan.
+        Plan(PlanRequest) = "plan",
+        /// Cancel a plan in flight.
+        Cancel(CancelRequest) = "cancel",
+        /// Liveness probe.
+        Ping(Ping) = "ping",
+        /// Broker status.
+        Status(StatusRequest) = "status",
+    }
+}
+
+direction! {
+    /// Broker to client (client socket).
+    BrokerToClient {
+        /// A plan's results.
+        Result(PlanResult) = "result",
+        /// One step of a plan finished (only when the plan asked for progress).
+        Progress(Progress) = "progress",
+        /// A request failed.
+        Error(ErrorReply) = "error",
+        /// Answer to `ping`.
+        Pong(Pong) = "pong",
+        /// Answer to `status`.
+        Status(StatusReply) = "status",
+    }
+}
+
+direction! {
+    /// Worker to broker (worker socket).
+    WorkerToBroker {
+        /// Announce functions, resources and capacity.
+        Register(Register) = "register",
+        /// Proof of life.
+        Heartbeat(Heartbeat) = "heartbeat",
+        /// A task's result.
+        Result(TaskResult) = "result",
+        /// A task's failure.
+        Failure(TaskFailure) = "failure",
+        /// The worker is leaving.
+        Disconnect(Disconnect) = "disconnect",
+    }
+}
+
+direction! {
+    /// Broker to worker (worker socket).
+    BrokerToWorker {
+        /// Registration accepted.
+        Registered(Registered) = "registered",
+        /// Run a task.
+        Task(Task<'static>) = "task",
+        /// Drop a task.
+        Cancel(CancelTask) = "cancel",
+        /// Proof of life.
+        Heartbeat(Heartbeat) = "heartbeat",
+        /// Register again.
+        Reconnect(Reconnect) = "reconnect",
+        /// A worker message was rejected.
+        Error(ErrorReply) = "error",
+        /// The broker is shutting down.
+        Disconnect(Disconnect) = "disconnect",
+    }
+}
+
+impl ClientToBroker {
+    /// The request id every client message carries.
+    pub fn request_id(&self) -> u64 {
+        match self {
+            ClientToBroker::Plan(m) => m.id,
+            ClientToBroker::Cancel(m) => m.id,
+            ClientToBroker::Ping(m) => m.id,
+            ClientToBroker::Status(m) => m.id,
+        }
+    }
+}
+
+impl BrokerToClient {
+    /// The request id this reply answers (`None` for an error about an unreadable request).
+    pub fn request_id(&self) -> Option<u64> {
+        match self {
+            BrokerToClient::Result(m) => Some(m.id),
+            BrokerToClient::Progress(m) => Some(m.id),
+            BrokerToClient::Error(m) => m.id,
+            BrokerToClient::Pong(m) => Some(m.id),
+            BrokerToClient::Status(m) => Some(m.id),
+        }
+    }
+}
