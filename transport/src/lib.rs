@@ -1,0 +1,37 @@
+//! MPREG transport: the only crate that names the ZeroMQ library.
+//!
+//! Layout:
+//! - [`reactor`]: one thread owns a group of sockets and runs a synchronous [`Handler`] over
+//!   them; other threads and tokio tasks reach it through a bounded [`ReactorHandle`] whose
+//!   wake-ups are batched.
+//! - [`socket_options`]: options and per-role presets (HWMs, max frame size, handshake and
+//!   heartbeat timeouts, ROUTER_MANDATORY, LINGER).
+//! - [`endpoint`]: endpoint validation and the loopback test used by protected mode.
+//! - [`baseline`]: raw libzmq programs (relay, echo worker, clients) that benchmarks measure
+//!   MPREG against in the same run.
+//! - [`error`]: transport errors; sends never block and report why they failed.
+//!
+//! The one rule: a libzmq socket never leaves the thread that opened it.
+
+pub mod baseline;
+pub mod endpoint;
+pub mod error;
+pub mod reactor;
+pub mod socket_options;
+
+pub use error::{SendError, TransportError};
+pub use reactor::{
+    spawn, Closed, Context, Handler, Io, ReactorHandle, ReactorThread, SocketId, SocketKind,
+    SocketSpec, TrySendError,
+};
+pub use socket_options::SocketOptions;
+
+/// True when the linked libzmq supports CURVE (it must: the build links the system library).
+pub fn curve_available() -> bool {
+    zmq::has("curve").unwrap_or(false)
+}
+
+/// The linked libzmq's version, as `(major, minor, patch)`.
+pub fn libzmq_version() -> (i32, i32, i32) {
+    zmq::version()
+}

@@ -1,0 +1,569 @@
+//! The reactor: one thread owns a group of sockets, polls them together with a wake-up fd, and
+//! hands every message to a synchronous [`Handler`]. Other threads (tokio tasks included) talk
+//! to it through a bounded command channel; a sender writes to the wake-up fd only when the
+//! reactor may be asleep (the first command after it drained the channel), so a burst of
+//! commands costs one wake-up, and the reactor drains them in batches.
+//!
+//! libzmq sockets are not thread-safe: a socket opened through [`Io::open`] never leaves the
+//! reactor thread.
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::error::{SendError, TransportError};
+use crate::socket_options::SocketOptions;
+
+/// Messages read from one socket before the reactor looks at the others and its timers.
+const MESSAGE_BATCH: usize = 512;
+/// Commands drained per loop iteration before sockets get their turn again.
+const COMMAND_BATCH: usize = 1024;
+/// Stack for reactor threads: handlers decode depth-limited msgpack recursively.
+const REACTOR_STACK_BYTES: usize = 8 * 1024 * 1024;
+
+/// One libzmq context per process; cheap to clone.
+#[derive(Clone)]
+pub struct Context {
+    inner: zmq::Context,
+}
+
+impl Context {
+    /// A new context with libzmq's default single I/O thread.
+    pub fn new() -> Self {
+        Context {
+            inner: zmq::Context::new(),
+        }
+    }
+}
+
+impl Default for Context {
+    fn default() -> Self {
+        Context::new()
+    }
+}
+
+/// Identifies a socket inside one reactor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SocketId(usize);
+
+/// The ZeroMQ socket types MPREG uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketKind {
+    /// Serves many peers, addressed by routing id.
+    Router,
+    /// Asynchronous client of one or more ROUTERs.
+    Dealer,
+    /// Fan-out publisher.
+    Pub,
+    /// Subscriber with prefix filters.
+    Sub,
+    /// Publisher that sees subscriptions.
+    XPub,
+    /// Synchronous replier (ZAP handler).
+    Rep,
+    /// Synchronous requester.
+    Req,
+}
+
+impl SocketKind {
+    fn raw(self) -> zmq::SocketType {
+        match self {
+            SocketKind::Router => zmq::ROUTER,
+            SocketKind::Dealer => zmq::DEALER,
+            SocketKind::Pub => zmq::PUB,
+            SocketKind::Sub => zmq::SUB,
+            SocketKind::XPub => zmq::XPUB,
+            SocketKind::Rep => zmq::REP,
+            SocketKind::Req => zmq::REQ,
+        }
+    }
+
+    fn readable(self) -> bool {
+        !matches!(self, SocketKind::Pub)
+    }
+}
+
+/// How to create a socket: its type, options, and where it binds and connects.
+#[derive(Debug, Clone)]
+pub struct SocketSpec {
+    /// Socket type.
+    pub kind: SocketKind,
+    /// Options applied before binding or connecting.
+    pub options: SocketOptions,
+    /// Endpoints to bind.
+    pub bind: Vec<String>,
+    /// Endpoints to connect.
+    pub connect: Vec<String>,
+    /// SUB: prefixes to subscribe to.
+    pub subscribe: Vec<Vec<u8>>,
+}
+
+impl SocketSpec {
+    /// A socket of this type with the given options and no endpoints yet.
+    pub fn new(kind: SocketKind, options: SocketOptions) -> Self {
+        SocketSpec {
+            kind,
+            options,
+            bind: Vec::new(),
+            connect: Vec::new(),
+            subscribe: Vec::new(),
+        }
+    }
+
+    /// Adds an endpoint to bind.
+    pub fn bind(mut self, endpoint: impl Into<String>) -> Self {
+        self.bind.push(endpoint.into());
+        self
+    }
+
+    /// Adds an endpoint to connect.
+    pub fn connect(mut self, endpoint: impl Into<String>) -> Self {
+        self.connect.push(endpoint.into());
+        self
+    }
+}
+
+struct Slot {
+    socket: zmq::Socket,
+    kind: SocketKind,
+    bound: Vec<String>,
+}
+
+/// The reactor's sockets, as a handler sees them during a callback.
+pub struct Io {
+    ctx: zmq::Context,
+    slots: Vec<Option<Slot>>,
+    now: Instant,
+}
+
+impl Io {
+    /// Creates a socket, applies its options, binds and connects it, and adds it to the poll
+    /// set. Bound endpoints with a `*` port are resolved (see [`Io::bound_endpoints`]).
+    pub fn open(&mut self, spec: &SocketSpec) -> Result<SocketId, TransportError> {
+        let socket = self
+            .ctx
+            .socket(spec.kind.raw())
+            .map_err(TransportError::Create)?;
+        spec.options.apply(&socket, spec.kind.raw())?;
+        let mut bound = Vec::new();
+        for endpoint in &spec.bind {
+            crate::endpoint::validate(endpoint)?;
+            socket
+                .bind(endpoint)
+                .map_err(|source| TransportError::Bind {
+                    endpoint: endpoint.clone(),
+                    source,
+                })?;
+            let actual = socket
+                .get_last_endpoint()
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_else(|| endpoint.clone());
+            bound.push(actual);
+        }
+        for endpoint in &spec.connect {
+            crate::endpoint::validate(endpoint)?;
+            socket
+                .connect(endpoint)
+                .map_err(|source| TransportError::Connect {
+                    endpoint: endpoint.clone(),
+                    source,
+                })?;
+        }
+        if spec.kind == SocketKind::Sub {
+            for prefix in &spec.subscribe {
+                socket
+                    .set_subscribe(prefix)
+                    .map_err(|source| TransportError::Option {
+                        option: "SUBSCRIBE",
+                        source,
+                    })?;
+            }
+        }
+        let slot = Slot {
+            socket,
+            kind: spec.kind,
+            bound,
+        };
+        let index = match self.slots.iter().position(Option::is_none) {
+            Some(free) => {
+                self.slots[free] = Some(slot);
+                free
+            }
+            None => {
+                self.slots.push(Some(slot));
+                self.slots.len() - 1
+            }
+        };
+        Ok(SocketId(index))
+    }
+
+    /// Closes a socket at once (unsent messages are dropped, LINGER 0).
+    pub fn close(&mut self, id: SocketId) {
+        if let Some(slot) = self.slots.get_mut(id.0).and_then(Option::take) {
+            let _ = slot.socket.set_linger(0);
+        }
+    }
+
+    /// The endpoints a socket is bound to, with OS-chosen ports resolved.
+    pub fn bound_endpoints(&self, id: SocketId) -> &[String] {
+        self.slots
+            .get(id.0)
+            .and_then(Option::as_ref)
+            .map_or(&[], |s| s.bound.as_slice())
+    }
+
+    /// Sends a multipart message without blocking.
+    pub fn send<F: AsRef<[u8]>>(&mut self, id: SocketId, frames: &[F]) -> Result<(), SendError> {
+        let slot = self
+            .slots
+            .get(id.0)
+            .and_then(Option::as_ref)
+            .ok_or(SendError::Closed)?;
+        let last = frames.len().saturating_sub(1);
+        for (i, frame) in frames.iter().enumerate() {
+            let flags = zmq::DONTWAIT | if i < last { zmq::SNDMORE } else { 0 };
+            if let Err(e) = slot.socket.send(frame.as_ref(), flags) {
+                return Err(match (i, e) {
+                    (0, zmq::Error::EAGAIN) => SendError::WouldBlock,
+                    (0, zmq::Error::EHOSTUNREACH) => SendError::Unreachable,
+                    (_, e) => SendError::Other(e.to_string()),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// SUB: adds a prefix filter.
+    pub fn subscribe(&mut self, id: SocketId, prefix: &[u8]) -> Result<(), SendError> {
+        let slot = self
+            .slots
+            .get(id.0)
+            .and_then(Option::as_ref)
+            .ok_or(SendError::Closed)?;
+        slot.socket
+            .set_subscribe(prefix)
+            .map_err(|e| SendError::Other(e.to_string()))
+    }
+
+    /// SUB: removes a prefix filter.
+    pub fn unsubscribe(&mut self, id: SocketId, prefix: &[u8]) -> Result<(), SendError> {
+        let slot = self
+            .slots
+            .get(id.0)
+            .and_then(Option::as_ref)
+            .ok_or(SendError::Closed)?;
+        slot.socket
+            .set_unsubscribe(prefix)
+            .map_err(|e| SendError::Other(e.to_string()))
+    }
+
+    /// The time the current loop iteration started.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+}
+
+/// The owner of a reactor's logic. Every method runs on the reactor thread and must not block.
+pub trait Handler: Send + 'static {
+    /// What other threads send to this handler.
+    type Command: Send + 'static;
+
+    /// A message arrived on one of the reactor's sockets.
+    fn on_message(&mut self, io: &mut Io, socket: SocketId, frames: Vec<Vec<u8>>);
+
+    /// A command arrived through a [`ReactorHandle`].
+    fn on_command(&mut self, io: &mut Io, command: Self::Command);
+
+    /// The deadline returned by [`Handler::next_deadline`] passed.
+    fn on_timer(&mut self, io: &mut Io);
+
+    /// When `on_timer` should next run, if ever.
+    fn next_deadline(&self) -> Option<Instant>;
+
+    /// Every [`ReactorHandle`] was dropped. The default does nothing.
+    fn on_handles_dropped(&mut self, _io: &mut Io) {}
+
+    /// True once the reactor should close its sockets and end.
+    fn is_finished(&self) -> bool;
+}
+
+struct Waker {
+    pipe: UnixStream,
+    pending: AtomicBool,
+}
+
+impl Waker {
+    fn wake(&self) {
+        if !self.pending.swap(true, Ordering::AcqRel) {
+            // A full pipe already guarantees a wake-up, so WouldBlock is fine to ignore.
+            let _ = (&self.pipe).write(&[1]);
+        }
+    }
+}
+
+/// The reactor is gone; the command was not delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("reactor closed")]
+pub struct Closed;
+
+/// Why [`ReactorHandle::try_send`] failed; the command is handed back.
+#[derive(Debug)]
+pub enum TrySendError<C> {
+    /// The command channel is at capacity.
+    Full(C),
+    /// The reactor is gone.
+    Closed(C),
+}
+
+/// Sends commands to a reactor from any thread or task. Dropping the last handle wakes the
+/// reactor so that it sees the closed channel ([`Handler::on_handles_dropped`]).
+pub struct ReactorHandle<C> {
+    // Declared before `waker`: fields drop in order, so the channel is closed before the wake.
+    tx: mpsc::Sender<C>,
+    waker: WakeOnDrop,
+}
+
+/// Wakes the reactor when dropped (after the handle's sender is gone).
+struct WakeOnDrop(Arc<Waker>);
+
+impl Drop for WakeOnDrop {
+    fn drop(&mut self) {
+        self.0.wake();
+    }
+}
+
+impl std::ops::Deref for WakeOnDrop {
+    type Target = Waker;
+    fn deref(&self) -> &Waker {
+        &self.0
+    }
+}
+
+impl<C> Clone for ReactorHandle<C> {
+    fn clone(&self) -> Self {
+        ReactorHandle {
+            tx: self.tx.clone(),
+            waker: WakeOnDrop(Arc::clone(&self.waker.0)),
+        }
+    }
+}
+
+impl<C: Send + 'static> ReactorHandle<C> {
+    /// Sends a command, waiting for room in the channel.
+    pub async fn send(&self, command: C) -> Result<(), Closed> {
+        self.tx.send(command).await.map_err(|_| Closed)?;
+        self.waker.wake();
+        Ok(())
+    }
+
+    /// Sends a command if there is room now.
+    pub fn try_send(&self, command: C) -> Result<(), TrySendError<C>> {
+        match self.tx.try_send(command) {
+            Ok(()) => {
+                self.waker.wake();
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(c)) => Err(TrySendError::Full(c)),
+            Err(mpsc::error::TrySendError::Closed(c)) => Err(TrySendError::Closed(c)),
+        }
+    }
+
+    /// Sends a command from a thread outside any async runtime, waiting for room.
+    pub fn blocking_send(&self, command: C) -> Result<(), Closed> {
+        self.tx.blocking_send(command).map_err(|_| Closed)?;
+        self.waker.wake();
+        Ok(())
+    }
+
+    /// True once the reactor has ended.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// The running reactor thread.
+pub struct ReactorThread<H> {
+    join: JoinHandle<Option<H>>,
+}
+
+impl<H> ReactorThread<H> {
+    /// Waits for the reactor to finish and returns its handler.
+    pub fn join(self) -> Result<H, TransportError> {
+        match self.join.join() {
+            Ok(Some(handler)) => Ok(handler),
+            Ok(None) => Err(TransportError::Reactor("reactor init failed".into())),
+            Err(_) => Err(TransportError::Reactor("reactor thread panicked".into())),
+        }
+    }
+
+    /// True once the thread has ended.
+    pub fn is_finished(&self) -> bool {
+        self.join.is_finished()
+    }
+}
+
+/// Starts a reactor thread. `init` runs on that thread: it opens the sockets and builds the
+/// handler; its error is returned here, so a failed bind is reported to the caller.
+pub fn spawn<H, F>(
+    name: &str,
+    ctx: &Context,
+    command_capacity: usize,
+    init: F,
+) -> Result<(ReactorHandle<H::Command>, ReactorThread<H>), TransportError>
+where
+    H: Handler,
+    F: FnOnce(&mut Io) -> Result<H, TransportError> + Send + 'static,
+{
+    let (wake_tx, wake_rx) = UnixStream::pair()?;
+    wake_tx.set_nonblocking(true)?;
+    wake_rx.set_nonblocking(true)?;
+    let waker = Arc::new(Waker {
+        pipe: wake_tx,
+        pending: AtomicBool::new(false),
+    });
+    let (tx, rx) = mpsc::channel(command_capacity.max(1));
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    let zctx = ctx.inner.clone();
+    let thread_waker = Arc::clone(&waker);
+    let join = std::thread::Builder::new()
+        .name(name.to_string())
+        .stack_size(REACTOR_STACK_BYTES)
+        .spawn(move || {
+            let mut io = Io {
+                ctx: zctx,
+                slots: Vec::new(),
+                now: Instant::now(),
+            };
+            match init(&mut io) {
+                Ok(handler) => {
+                    let _ = ready_tx.send(Ok(()));
+                    Some(run(handler, io, rx, wake_rx, &thread_waker))
+                }
+                Err(e) => {
+                    // Dropping `io` closes any socket init opened.
+                    let _ = ready_tx.send(Err(e));
+                    None
+                }
+            }
+        })?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok((
+            ReactorHandle {
+                tx,
+                waker: WakeOnDrop(waker),
+            },
+            ReactorThread { join },
+        )),
+        Ok(Err(e)) => {
+            let _ = join.join();
+            Err(e)
+        }
+        Err(_) => Err(TransportError::Reactor(
+            "reactor thread died during init".into(),
+        )),
+    }
+}
+
+fn run<H: Handler>(
+    mut handler: H,
+    mut io: Io,
+    mut rx: mpsc::Receiver<H::Command>,
+    mut wake_rx: UnixStream,
+    waker: &Waker,
+) -> H {
+    let mut handles_dropped = false;
+    let mut more_commands = false;
+    let mut readable: Vec<usize> = Vec::new();
+    while !handler.is_finished() {
+        io.now = Instant::now();
+        let timeout_ms = if more_commands {
+            0
+        } else {
+            match handler.next_deadline() {
+                None => -1,
+                Some(deadline) => {
+                    let wait = deadline.saturating_duration_since(io.now);
+                    // Round up so the poll does not return just before the deadline and spin.
+                    i64::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(i64::MAX)
+                }
+            }
+        };
+        let wake_ready;
+        readable.clear();
+        {
+            let mut items: Vec<zmq::PollItem<'_>> = Vec::with_capacity(io.slots.len() + 1);
+            let mut owners: Vec<usize> = Vec::with_capacity(io.slots.len());
+            items.push(zmq::PollItem::from_fd(wake_rx.as_raw_fd(), zmq::POLLIN));
+            for (index, slot) in io.slots.iter().enumerate() {
+                if let Some(slot) = slot.as_ref().filter(|s| s.kind.readable()) {
+                    items.push(slot.socket.as_poll_item(zmq::POLLIN));
+                    owners.push(index);
+                }
+            }
+            match zmq::poll(&mut items, timeout_ms) {
+                Ok(_) => {}
+                Err(zmq::Error::EINTR) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(1)),
+            }
+            wake_ready = items[0].is_readable();
+            for (item, owner) in items[1..].iter().zip(&owners) {
+                if item.is_readable() {
+                    readable.push(*owner);
+                }
+            }
+        }
+        io.now = Instant::now();
+        if wake_ready {
+            let mut sink = [0u8; 64];
+            while matches!(wake_rx.read(&mut sink), Ok(n) if n > 0) {}
+            // Cleared before draining: a command sent after this point wakes us again.
+            waker.pending.store(false, Ordering::Release);
+        }
+        more_commands = false;
+        if !handles_dropped {
+            for taken in 0.. {
+                if taken == COMMAND_BATCH {
+                    more_commands = true;
+                    break;
+                }
+                match rx.try_recv() {
+                    Ok(command) => handler.on_command(&mut io, command),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        handles_dropped = true;
+                        handler.on_handles_dropped(&mut io);
+                        break;
+                    }
+                }
+            }
+        }
+        for &index in &readable {
+            for _ in 0..MESSAGE_BATCH {
+                let Some(slot) = io.slots.get(index).and_then(Option::as_ref) else {
+                    break;
+                };
+                match slot.socket.recv_multipart(zmq::DONTWAIT) {
+                    Ok(frames) => handler.on_message(&mut io, SocketId(index), frames),
+                    Err(_) => break,
+                }
+            }
+        }
+        if handler.next_deadline().is_some_and(|d| d <= Instant::now()) {
+            io.now = Instant::now();
+            handler.on_timer(&mut io);
+        }
+    }
+    for slot in io.slots.iter_mut() {
+        if let Some(slot) = slot.take() {
+            let _ = slot.socket.set_linger(0);
+        }
+    }
+    handler
+}
