@@ -1,0 +1,3 @@
+//! `mpreg-broker`.
+
+fn main() {}

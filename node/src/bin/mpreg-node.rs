@@ -1,0 +1,3 @@
+//! `mpreg-node`.
+
+fn main() {}

@@ -1,0 +1,3 @@
+//! `mpreg-bench`.
+
+fn main() {}

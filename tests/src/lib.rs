@@ -1,0 +1,1 @@
+//! Test harness: starts real broker and node processes on ephemeral ports.
