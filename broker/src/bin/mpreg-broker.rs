@@ -1,3 +1,116 @@
-//! `mpreg-broker`.
+//! `mpreg-broker`: serves plans on a client endpoint and workers on a worker endpoint.
+//!
+//! On start it prints one JSON line on stdout with the endpoints it bound:
+//! `{"event":"listening","name":...,"client":"tcp://...","worker":"tcp://..."}`.
+//! SIGTERM or SIGINT: stop accepting plans, let those in flight finish (up to
+//! `shutdown_timeout_ms`), tell the workers, exit 0.
 
-fn main() {}
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use mpreg_broker::{stderr_logger, Broker, BrokerConfig, Overrides};
+use mpreg_transport::Context;
+use slog::{error, info};
+
+/// MPREG broker: resolves plans and routes their steps to workers.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Configuration file (TOML); see broker/config/default.toml for every key.
+    #[arg(long, env = "MPREG_BROKER_CONFIG")]
+    config: Option<String>,
+    /// Broker name reported to peers.
+    #[arg(long)]
+    name: Option<String>,
+    /// Client endpoint to bind, e.g. tcp://127.0.0.1:7400 (`*` port: OS chooses).
+    #[arg(long)]
+    client_endpoint: Option<String>,
+    /// Worker endpoint to bind, e.g. tcp://127.0.0.1:7401.
+    #[arg(long)]
+    worker_endpoint: Option<String>,
+    /// Heartbeat interval to workers, milliseconds.
+    #[arg(long)]
+    heartbeat_ms: Option<u64>,
+    /// Log level (critical, error, warning, info, debug, trace).
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let overrides = Overrides {
+        name: args.name,
+        client_endpoint: args.client_endpoint,
+        worker_endpoint: args.worker_endpoint,
+        heartbeat_ms: args.heartbeat_ms,
+        log_level: args.log_level,
+    };
+    let env = std::env::vars().filter(|(k, _)| k != "MPREG_BROKER_CONFIG");
+    let config = match BrokerConfig::load(args.config.as_deref(), env, &overrides) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("mpreg-broker: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let log = stderr_logger(&config.log_level);
+    let ctx = Context::new();
+    let broker = match Broker::start(&config, &ctx, log.clone()) {
+        Ok(broker) => broker,
+        Err(e) => {
+            error!(log, "cannot start"; "error" => %e);
+            eprintln!("mpreg-broker: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let line = serde_json::json!({
+        "event": "listening",
+        "name": config.name,
+        "client": broker.client_endpoint,
+        "worker": broker.worker_endpoint,
+    });
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+    let _ = stdout.flush();
+    drop(stdout);
+    info!(log, "listening"; "client" => &broker.client_endpoint, "worker" => &broker.worker_endpoint, "name" => &config.name);
+
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mpreg-broker: cannot start signal handling: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    });
+    broker.shutdown(Duration::from_millis(config.shutdown_timeout_ms));
+    let result = broker.join();
+    info!(log, "stopped");
+    // Let the async log drain flush.
+    drop(log);
+    std::thread::sleep(Duration::from_millis(20));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mpreg-broker: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

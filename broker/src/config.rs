@@ -1,0 +1,237 @@
+//! Broker configuration: the embedded defaults (`config/default.toml`), then an optional file,
+//! then `MPREG_BROKER_*` environment variables, then command-line flags.
+
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat};
+use mpreg_protocol::Limits;
+use serde::Deserialize;
+
+use crate::engine::EngineConfig;
+
+/// The defaults, documented key by key.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Everything the broker can be told.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BrokerConfig {
+    /// Name reported to peers; empty means `broker-<pid>`.
+    pub name: String,
+    /// Client ROUTER endpoint.
+    pub client_endpoint: String,
+    /// Worker ROUTER endpoint.
+    pub worker_endpoint: String,
+    /// Heartbeat interval, milliseconds.
+    pub heartbeat_ms: u64,
+    /// Missed intervals before a worker expires.
+    pub liveness: u32,
+    /// Default plan deadline, milliseconds.
+    pub default_deadline_ms: u64,
+    /// Longest plan deadline, milliseconds.
+    pub max_deadline_ms: u64,
+    /// Default re-dispatches of a step whose worker died.
+    pub max_retries: u32,
+    /// Plans in flight in total.
+    pub max_plans_in_flight: usize,
+    /// Plans in flight per client connection.
+    pub max_plans_per_client: usize,
+    /// Grace period for plans in flight at shutdown, milliseconds.
+    pub shutdown_timeout_ms: u64,
+    /// Log level.
+    pub log_level: String,
+    /// Size limits.
+    pub limits: LimitsConfig,
+    /// Socket settings.
+    pub socket: SocketConfig,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LimitsConfig {
+    /// Largest message body.
+    pub max_message_bytes: usize,
+    /// Deepest nesting.
+    pub max_depth: usize,
+    /// Most steps per plan.
+    pub max_steps: usize,
+    /// Longest name.
+    pub max_name_bytes: usize,
+    /// Most resources per step.
+    pub max_locs: usize,
+}
+
+/// `[socket]`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SocketConfig {
+    /// High-water mark per peer.
+    pub hwm: i32,
+    /// ZMTP handshake timeout, milliseconds.
+    pub handshake_timeout_ms: i32,
+}
+
+/// Values given on the command line (highest precedence).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--name`.
+    pub name: Option<String>,
+    /// `--client-endpoint`.
+    pub client_endpoint: Option<String>,
+    /// `--worker-endpoint`.
+    pub worker_endpoint: Option<String>,
+    /// `--heartbeat-ms`.
+    pub heartbeat_ms: Option<u64>,
+    /// `--log-level`.
+    pub log_level: Option<String>,
+}
+
+impl BrokerConfig {
+    /// Loads the layers; `file` is optional, `env` is usually `std::env::vars()`.
+    pub fn load(
+        file: Option<&str>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<BrokerConfig, config::ConfigError> {
+        let mut builder =
+            Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        if let Some(path) = file {
+            builder = builder.add_source(File::with_name(path).required(true));
+        }
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("MPREG_BROKER_"))
+            .collect();
+        builder = builder.add_source(
+            Environment::with_prefix("MPREG_BROKER")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        if let Some(v) = &overrides.name {
+            builder = builder.set_override("name", v.as_str())?;
+        }
+        if let Some(v) = &overrides.client_endpoint {
+            builder = builder.set_override("client_endpoint", v.as_str())?;
+        }
+        if let Some(v) = &overrides.worker_endpoint {
+            builder = builder.set_override("worker_endpoint", v.as_str())?;
+        }
+        if let Some(v) = overrides.heartbeat_ms {
+            builder = builder.set_override("heartbeat_ms", v)?;
+        }
+        if let Some(v) = &overrides.log_level {
+            builder = builder.set_override("log_level", v.as_str())?;
+        }
+        let mut config: BrokerConfig = builder.build()?.try_deserialize()?;
+        if config.name.is_empty() {
+            config.name = format!("broker-{}", std::process::id());
+        }
+        config.validate().map_err(config::ConfigError::Message)?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("heartbeat_ms", self.heartbeat_ms as usize),
+            ("liveness", self.liveness as usize),
+            ("default_deadline_ms", self.default_deadline_ms as usize),
+            ("max_plans_in_flight", self.max_plans_in_flight),
+            ("max_plans_per_client", self.max_plans_per_client),
+            ("limits.max_message_bytes", self.limits.max_message_bytes),
+            ("limits.max_depth", self.limits.max_depth),
+            ("limits.max_name_bytes", self.limits.max_name_bytes),
+            ("socket.hwm", self.socket.hwm.max(0) as usize),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(format!("configuration `{key}` must be greater than 0"));
+            }
+        }
+        if self.default_deadline_ms > self.max_deadline_ms {
+            return Err("configuration `default_deadline_ms` exceeds `max_deadline_ms`".into());
+        }
+        Ok(())
+    }
+
+    /// The protocol limits.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_message_bytes: self.limits.max_message_bytes,
+            max_depth: self.limits.max_depth,
+            max_steps: self.limits.max_steps,
+            max_name_bytes: self.limits.max_name_bytes,
+            max_locs: self.limits.max_locs,
+        }
+    }
+
+    /// The engine's part.
+    pub fn engine(&self) -> EngineConfig {
+        EngineConfig {
+            name: self.name.clone(),
+            limits: self.limits(),
+            heartbeat: Duration::from_millis(self.heartbeat_ms),
+            liveness: self.liveness,
+            default_deadline: Duration::from_millis(self.default_deadline_ms),
+            max_deadline: Duration::from_millis(self.max_deadline_ms),
+            max_retries: self.max_retries,
+            max_plans_in_flight: self.max_plans_in_flight,
+            max_plans_per_client: self.max_plans_per_client,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = std::env::temp_dir().join(format!("mpreg-broker-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("broker.toml");
+        std::fs::write(
+            &file,
+            "name = \"from-file\"\nheartbeat_ms = 250\n[limits]\nmax_steps = 7\n",
+        )
+        .unwrap();
+        let env = vec![
+            ("MPREG_BROKER_HEARTBEAT_MS".to_string(), "500".to_string()),
+            (
+                "MPREG_BROKER_LIMITS__MAX_DEPTH".to_string(),
+                "9".to_string(),
+            ),
+            ("MPREG_BROKER".to_string(), "tcp://ignored:1".to_string()),
+        ];
+        let flags = Overrides {
+            client_endpoint: Some("tcp://127.0.0.1:*".into()),
+            ..Overrides::default()
+        };
+        let c = BrokerConfig::load(file.to_str(), env, &flags).unwrap();
+        assert_eq!(c.name, "from-file");
+        assert_eq!(c.heartbeat_ms, 500, "env beats file");
+        assert_eq!(c.limits.max_steps, 7);
+        assert_eq!(c.limits.max_depth, 9);
+        assert_eq!(
+            c.client_endpoint, "tcp://127.0.0.1:*",
+            "flags beat everything"
+        );
+        assert_eq!(c.worker_endpoint, "tcp://127.0.0.1:7401");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_are_refused() {
+        let c = BrokerConfig::load(None, Vec::new(), &Overrides::default()).unwrap();
+        assert!(c.name.starts_with("broker-"));
+        assert_eq!(c.limits(), Limits::default());
+        let env = vec![("MPREG_BROKER_HEARTBEAT_MS".to_string(), "0".to_string())];
+        let err = BrokerConfig::load(None, env, &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("heartbeat_ms"), "{err}");
+        assert!(BrokerConfig::load(
+            Some("/nonexistent/broker.toml"),
+            Vec::new(),
+            &Overrides::default()
+        )
+        .is_err());
+    }
+}
