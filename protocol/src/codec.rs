@@ -73,17 +73,26 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8], limits: &Limits) -> Result<
 }
 
 /// Best effort: the `id` field of a body that failed to decode, so the error reply can still be
-/// matched to its request. Returns `None` when the body is not a map with an unsigned `id`.
+/// matched to its request. Reads only the top-level map, skipping other values without
+/// recursion, so it works on bodies that are too deep or have wrong field types. Returns
+/// `None` when the body is not a map with an unsigned `id`.
 pub fn peek_request_id(body: &[u8], limits: &Limits) -> Option<u64> {
-    if body.len() > limits.max_message_bytes || scan(body, limits.max_depth).is_err() {
+    if body.len() > limits.max_message_bytes {
         return None;
     }
-    let value = rmpv::decode::read_value(&mut &body[..]).ok()?;
-    value
-        .as_map()?
-        .iter()
-        .find(|(k, _)| k.as_str() == Some("id"))
-        .and_then(|(_, v)| v.as_u64())
+    let mut rest = body;
+    let entries = rmp::decode::read_map_len(&mut rest).ok()?;
+    for _ in 0..entries {
+        let key_len = rmp::decode::read_str_len(&mut rest).ok()? as usize;
+        let key = rest.get(..key_len)?;
+        rest = &rest[key_len..];
+        if key == b"id" {
+            return rmp::decode::read_int(&mut rest).ok();
+        }
+        let end = crate::msgpack_scan::value_end(rest, 0)?;
+        rest = &rest[end..];
+    }
+    None
 }
 
 /// Serde helper: a msgpack `nil` decodes as the type's default, so clients in languages that
@@ -100,6 +109,27 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peek_finds_the_id_past_deep_or_wrong_fields() {
+        let limits = Limits::default();
+        // {"steps": [[[...100k...]]], "id": 7}
+        let mut deep = vec![0x82, 0xa5, b's', b't', b'e', b'p', b's'];
+        deep.extend(std::iter::repeat_n(0x91u8, 100_000));
+        deep.push(0xc0);
+        deep.extend_from_slice(&[0xa2, b'i', b'd', 0x07]);
+        assert_eq!(peek_request_id(&deep, &limits), Some(7));
+        // {"id": "x"} and not-a-map and truncated
+        assert_eq!(
+            peek_request_id(&[0x81, 0xa2, b'i', b'd', 0xa1, b'x'], &limits),
+            None
+        );
+        assert_eq!(peek_request_id(&[0x93, 1, 2, 3], &limits), None);
+        assert_eq!(
+            peek_request_id(&[0x82, 0xa1, b'a', 0xdd, 0xff, 0xff, 0xff, 0xff], &limits),
+            None
+        );
+    }
     use serde::Deserialize;
 
     #[derive(Debug, Serialize, Deserialize, PartialEq)]

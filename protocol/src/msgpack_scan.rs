@@ -115,6 +115,24 @@ pub fn scan(bytes: &[u8], max_depth: usize) -> Result<(), ScanError> {
     }
 }
 
+/// Where the value starting at `start` ends, walking nested containers with a single counter
+/// (no recursion, no allocation). `None` if the bytes end first.
+pub fn value_end(bytes: &[u8], start: usize) -> Option<usize> {
+    let mut pos = start;
+    let mut pending: u64 = 1;
+    while pending > 0 {
+        pending -= 1;
+        match read_header(bytes, &mut pos).ok()? {
+            Header::Skip(n) => pos = pos.checked_add(usize::try_from(n).ok()?)?,
+            Header::Container(n) => pending = pending.checked_add(n)?,
+        }
+        if pos > bytes.len() {
+            return None;
+        }
+    }
+    Some(pos)
+}
+
 fn read_header(bytes: &[u8], pos: &mut usize) -> Result<Header, ScanError> {
     let offset = *pos;
     let marker = *bytes.get(offset).ok_or(ScanError::Truncated { offset })?;

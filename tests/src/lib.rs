@@ -1,1 +1,297 @@
-//! Test harness: starts real broker and node processes on ephemeral ports.
+//! Test harness: starts real `mpreg-broker` and `mpreg-node` processes on ephemeral ports,
+//! waits for the JSON lines they print on stdout, and stops them (by PID) when dropped.
+//!
+//! Binaries are looked up next to the running executable (`target/<profile>/`), or in
+//! `MPREG_BIN_DIR`. Their stderr goes to `target/test-logs/<name>-<pid>.log`, printed when a
+//! test asks for it ([`Proc::log`]).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+use serde_json::Value as Json;
+
+/// How long a process may take to print its ready line.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The directory holding the workspace binaries.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("MPREG_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// A workspace binary by name; panics with a hint when it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} not found: run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
+
+fn log_dir() -> PathBuf {
+    let dir = bin_dir()
+        .parent()
+        .map_or_else(std::env::temp_dir, Path::to_path_buf)
+        .join("test-logs");
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
+
+/// A child process that is killed when dropped.
+pub struct Proc {
+    /// A label for messages.
+    pub name: String,
+    child: Child,
+    lines: Receiver<String>,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `program` with `args`; stdout lines are collected, stderr goes to a log file.
+    pub fn spawn(name: &str, program: &Path, args: &[String], env: &[(&str, &str)]) -> Proc {
+        let log = log_dir().join(format!("{name}-{}.log", std::process::id()));
+        let stderr = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            name: name.to_string(),
+            child,
+            lines,
+            log,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for a stdout line that is JSON with `"event": event`.
+    pub fn wait_event(&mut self, event: &str, timeout: Duration) -> Json {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Ok(json) = serde_json::from_str::<Json>(&line) {
+                        if json["event"] == event {
+                            return json;
+                        }
+                    }
+                }
+                Err(_) => panic!(
+                    "{}: no `{event}` line within {timeout:?}; log:\n{}",
+                    self.name,
+                    self.log()
+                ),
+            }
+        }
+    }
+
+    /// The next stdout line, if one comes within `timeout`.
+    pub fn next_line(&mut self, timeout: Duration) -> Option<String> {
+        self.lines.recv_timeout(timeout).ok()
+    }
+
+    /// The process's stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal by PID (`TERM`, `KILL`, `STOP`, `CONT`).
+    pub fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status();
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.signal("TERM");
+        self.wait_exit(timeout)
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    /// Kills the process at once and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal("CONT");
+            self.kill();
+        }
+    }
+}
+
+/// A running broker.
+pub struct BrokerProc {
+    /// Client endpoint (resolved port).
+    pub client: String,
+    /// Worker endpoint (resolved port).
+    pub worker: String,
+    /// The process.
+    pub proc: Proc,
+}
+
+/// Starts a broker on ephemeral loopback ports; `extra` flags and `env` are passed through.
+pub fn start_broker(extra: &[&str], env: &[(&str, &str)]) -> BrokerProc {
+    let mut args: Vec<String> = [
+        "--client-endpoint",
+        "tcp://127.0.0.1:*",
+        "--worker-endpoint",
+        "tcp://127.0.0.1:*",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let mut proc = Proc::spawn("broker", &bin("mpreg-broker"), &args, env);
+    let line = proc.wait_event("listening", START_TIMEOUT);
+    BrokerProc {
+        client: line["client"]
+            .as_str()
+            .expect("client endpoint")
+            .to_string(),
+        worker: line["worker"]
+            .as_str()
+            .expect("worker endpoint")
+            .to_string(),
+        proc,
+    }
+}
+
+/// Starts a broker on given endpoints (to restart one on the same ports).
+pub fn start_broker_at(client: &str, worker: &str, extra: &[&str]) -> BrokerProc {
+    let mut args: Vec<String> = ["--client-endpoint", client, "--worker-endpoint", worker]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let mut proc = Proc::spawn("broker", &bin("mpreg-broker"), &args, &[]);
+    let line = proc.wait_event("listening", START_TIMEOUT);
+    BrokerProc {
+        client: line["client"].as_str().expect("client").to_string(),
+        worker: line["worker"].as_str().expect("worker").to_string(),
+        proc,
+    }
+}
+
+/// Starts a node serving the built-ins, registered with the broker at `worker` (waits for
+/// its `registered` line).
+pub fn start_node(worker: &str, name: &str, resources: &[&str], extra: &[&str]) -> Proc {
+    let mut node = spawn_node(worker, name, resources, extra);
+    node.wait_event("registered", START_TIMEOUT);
+    node
+}
+
+/// Starts a node without waiting for it to register.
+pub fn spawn_node(worker: &str, name: &str, resources: &[&str], extra: &[&str]) -> Proc {
+    let mut args: Vec<String> = vec![
+        "--broker".into(),
+        worker.into(),
+        "--name".into(),
+        name.into(),
+    ];
+    if !resources.is_empty() {
+        args.push("--resources".into());
+        args.push(resources.join(","));
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Proc::spawn(name, &bin("mpreg-node"), &args, &[])
+}
+
+/// A broker with `nodes` nodes named `n0..`, each given the listed resources.
+pub struct Cluster {
+    /// The broker.
+    pub broker: BrokerProc,
+    /// The nodes, in order.
+    pub nodes: Vec<Proc>,
+}
+
+impl Cluster {
+    /// Starts a broker and one node per entry of `resources`.
+    pub fn start(resources: &[&[&str]]) -> Cluster {
+        let broker = start_broker(&[], &[]);
+        let nodes = resources
+            .iter()
+            .enumerate()
+            .map(|(i, res)| start_node(&broker.worker, &format!("n{i}"), res, &[]))
+            .collect();
+        Cluster { broker, nodes }
+    }
+}
+
+/// Runs the `mpreg` CLI against `broker` and returns (exit code, stdout, stderr).
+pub fn cli(broker: &str, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    use std::io::Write;
+    let mut cmd = Command::new(bin("mpreg"));
+    cmd.args(args)
+        .arg("--broker")
+        .arg(broker)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    let mut child = cmd.spawn().expect("mpreg");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin");
+        pipe.write_all(input.as_bytes()).expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("mpreg output");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

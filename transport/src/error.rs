@@ -43,6 +43,9 @@ pub enum TransportError {
     /// The reactor thread could not start or died during setup.
     #[error("reactor: {0}")]
     Reactor(String),
+    /// A blocking send or receive failed.
+    #[error("send/receive failed: {0}")]
+    Socket(zmq::Error),
     /// An operating-system error (wake-up pipe, thread spawn).
     #[error("io: {0}")]
     Io(#[from] std::io::Error),

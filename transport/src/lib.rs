@@ -16,10 +16,12 @@
 pub mod baseline;
 pub mod endpoint;
 pub mod error;
+pub mod raw;
 pub mod reactor;
 pub mod socket_options;
 
 pub use error::{SendError, TransportError};
+pub use raw::RawDealer;
 pub use reactor::{
     spawn, Closed, Context, Handler, Io, ReactorHandle, ReactorThread, SocketId, SocketKind,
     SocketSpec, TrySendError,

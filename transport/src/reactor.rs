@@ -42,6 +42,12 @@ impl Context {
     }
 }
 
+impl Context {
+    pub(crate) fn raw(&self) -> &zmq::Context {
+        &self.inner
+    }
+}
+
 impl Default for Context {
     fn default() -> Self {
         Context::new()

@@ -1,0 +1,62 @@
+//! A blocking DEALER for tools and tests that speak raw frames (conformance checks, hostile
+//! input, benchmarks). Not for the hot path of the SDK, which uses the reactor.
+
+use std::time::Duration;
+
+use crate::error::TransportError;
+use crate::reactor::Context;
+use crate::socket_options::SocketOptions;
+
+/// A DEALER connected to one endpoint, used from a single thread.
+pub struct RawDealer {
+    socket: zmq::Socket,
+}
+
+impl RawDealer {
+    /// Connects a DEALER with the default client options.
+    pub fn connect(ctx: &Context, endpoint: &str) -> Result<RawDealer, TransportError> {
+        RawDealer::connect_with(ctx, endpoint, &SocketOptions::dealer_client())
+    }
+
+    /// Connects a DEALER with the given options.
+    pub fn connect_with(
+        ctx: &Context,
+        endpoint: &str,
+        options: &SocketOptions,
+    ) -> Result<RawDealer, TransportError> {
+        crate::endpoint::validate(endpoint)?;
+        let socket = ctx
+            .raw()
+            .socket(zmq::DEALER)
+            .map_err(TransportError::Create)?;
+        options.apply(&socket, zmq::DEALER)?;
+        socket
+            .connect(endpoint)
+            .map_err(|source| TransportError::Connect {
+                endpoint: endpoint.to_string(),
+                source,
+            })?;
+        Ok(RawDealer { socket })
+    }
+
+    /// Sends a multipart message, waiting for room if needed.
+    pub fn send<F: AsRef<[u8]>>(&self, frames: &[F]) -> Result<(), TransportError> {
+        let last = frames.len().saturating_sub(1);
+        for (i, frame) in frames.iter().enumerate() {
+            let flags = if i < last { zmq::SNDMORE } else { 0 };
+            self.socket
+                .send(frame.as_ref(), flags)
+                .map_err(TransportError::Socket)?;
+        }
+        Ok(())
+    }
+
+    /// Receives one multipart message, or `None` after `timeout`.
+    pub fn recv(&self, timeout: Duration) -> Option<Vec<Vec<u8>>> {
+        let ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+        match self.socket.poll(zmq::POLLIN, ms) {
+            Ok(n) if n > 0 => self.socket.recv_multipart(0).ok(),
+            _ => None,
+        }
+    }
+}
