@@ -1,1 +1,70 @@
-//! The MPREG Rust SDK.
+//! The MPREG Rust SDK: run functions and multi-step plans on an MPREG cluster without knowing
+//! which worker holds which function or resource.
+//!
+//! ```no_run
+//! use mpreg::{args, Client};
+//!
+//! # async fn demo() -> Result<(), mpreg::Error> {
+//! let client = Client::connect("tcp://127.0.0.1:7400").await?;
+//!
+//! // One call.
+//! let hi = client.call("echo", args!["hi there!"]).await?;
+//!
+//! // A plan: `second` and `third` use `first`'s result; only sinks are returned.
+//! let results = client
+//!     .plan()
+//!     .step("first", "echo", args!["hi there!"])
+//!     .step("second", "echo", args!["first"])
+//!     .step("third", "echos", args!["first", "second", "AND ME TOO"])
+//!     .run()
+//!     .await?;
+//! assert_eq!(results.keys().collect::<Vec<_>>(), ["third"]);
+//! # Ok(()) }
+//! ```
+//!
+//! Layout:
+//! - [`client`]: [`Client`] (connect, call, plan, status, ping) and [`ClientOptions`].
+//! - [`plan_builder`]: [`PlanBuilder`] and the progress stream of a running plan.
+//! - [`error`]: [`Error`], with a stable code and kind for every failure, and [`RemoteError`].
+//! - [`json`]: JSON <-> msgpack value conversion (what the CLI reads and prints).
+//! - [`cli`]: the `mpreg` command-line client (`src/bin/mpreg.rs` only calls [`cli::main`]).
+//! - `link` (private): the reactor handler that owns the socket and matches replies to requests.
+//!
+//! The one rule: one [`Client`] is one connection owned by one reactor thread; every clone and
+//! every request goes through it, and the reactor answers callers directly.
+
+pub mod cli;
+pub mod client;
+pub mod error;
+pub mod json;
+mod link;
+pub mod plan_builder;
+
+pub use client::{
+    Client, ClientCounters, ClientOptions, CALL_STEP, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DEADLINE_MARGIN, DEFAULT_ENDPOINT, DEFAULT_REQUEST_TIMEOUT,
+};
+pub use error::{Error, RemoteError};
+pub use mpreg_protocol::{
+    ErrorCode, Limits, Pong, Progress, StatusReply, Step, Value, WorkerStatus,
+};
+pub use plan_builder::{PlanBuilder, PlanEvent, PlanStream};
+
+/// Builds the `Vec<Value>` of a step's arguments from anything `Into<Value>`.
+///
+/// ```
+/// use mpreg::{args, Value};
+/// let args = args!["text", 42, -1i64, 2.5, true, vec![0u8, 1]];
+/// assert_eq!(args[0], Value::from("text"));
+/// assert_eq!(args[5], Value::Binary(vec![0, 1])); // Vec<u8> is binary
+/// assert!(args![].is_empty());
+/// ```
+#[macro_export]
+macro_rules! args {
+    () => {
+        ::std::vec::Vec::<$crate::Value>::new()
+    };
+    ($($arg:expr),+ $(,)?) => {
+        ::std::vec![$(<$crate::Value as ::std::convert::From<_>>::from($arg)),+]
+    };
+}

@@ -1,3 +1,5 @@
-//! `mpreg`.
+//! `mpreg`: the MPREG command-line client. Everything lives in [`mpreg::cli`].
 
-fn main() {}
+fn main() -> std::process::ExitCode {
+    mpreg::cli::main()
+}

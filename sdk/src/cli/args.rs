@@ -1,0 +1,281 @@
+//! The command line: clap definitions, and how arguments become values and durations.
+
+use std::time::Duration;
+
+use clap::{ColorChoice, Parser, Subcommand};
+use serde_json::Value as Json;
+
+use crate::client::DEFAULT_ENDPOINT;
+use crate::error::Error;
+use crate::json::from_json;
+use crate::Value;
+
+/// Call functions and run plans on an MPREG cluster.
+///
+/// Prints results as one line of JSON on stdout. On any error, prints one line
+/// `{"error": {"code", "kind", "message", "step"}}` on stderr and exits with status 1.
+#[derive(Debug, Clone, PartialEq, Parser)]
+#[command(name = "mpreg", version, color = ColorChoice::Never, max_term_width = 100)]
+pub struct Cli {
+    /// The broker's client endpoint.
+    #[arg(
+        long,
+        global = true,
+        env = "MPREG_BROKER",
+        default_value = DEFAULT_ENDPOINT,
+        value_name = "ENDPOINT"
+    )]
+    pub broker: String,
+
+    /// Seconds to wait (fractions allowed). For `call` and `plan` it is also the plan's
+    /// deadline at the broker. Default: the broker's deadline, and 30 s for the client.
+    #[arg(long, global = true, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub timeout: Option<Duration>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Clone, PartialEq, Subcommand)]
+pub enum Command {
+    /// Call one function and print its result.
+    Call {
+        /// The function.
+        fun: String,
+        /// Its arguments: each parsed as JSON, or taken as a string when it is not JSON
+        /// (`{"$bin": "<hex>"}` is binary). Put `--` before arguments that start with `-` and
+        /// are not numbers.
+        #[arg(value_name = "ARG", allow_negative_numbers = true)]
+        args: Vec<String>,
+        /// Resources the worker must hold, comma-separated.
+        #[arg(long, value_delimiter = ',', value_name = "RESOURCE,...")]
+        locs: Vec<String>,
+    },
+    /// Run a plan from a JSON file: an array of {"name", "fun", "args", "kwargs", "locs"}.
+    Plan {
+        /// The plan file, or `-` for stdin.
+        file: String,
+        /// Print every step's result, not only the sinks'.
+        #[arg(long)]
+        all: bool,
+        /// Print one JSON line per finished step before the result line.
+        #[arg(long)]
+        progress: bool,
+    },
+    /// Print the broker's status.
+    Status,
+}
+
+/// Why the command line was not run.
+#[derive(Debug)]
+pub enum Usage {
+    /// `--help` or `--version`: print this on stdout and succeed.
+    Print(String),
+    /// Anything else: a usage error (code 902 `invalid_input`).
+    Invalid(Error),
+}
+
+/// Parses the command line (the first item is the program name).
+///
+/// # Errors
+/// [`Usage::Print`] for `--help`/`--version`, [`Usage::Invalid`] for usage errors.
+pub fn parse<I, T>(args: I) -> Result<Cli, Usage>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    Cli::try_parse_from(args).map_err(|e| {
+        use clap::error::ErrorKind;
+        match e.kind() {
+            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => Usage::Print(e.to_string()),
+            ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
+                Usage::Invalid(Error::Invalid(
+                    "a command is required: call, plan or status (see --help)".to_string(),
+                ))
+            }
+            _ => Usage::Invalid(Error::Invalid(usage_message(&e))),
+        }
+    })
+}
+
+/// clap's error as one line: its first paragraph (the error and, for missing arguments, their
+/// names), without the `error: ` prefix, the tips and the usage.
+fn usage_message(e: &clap::Error) -> String {
+    let rendered = e.render().to_string();
+    let paragraph: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| l.is_empty())
+        .take_while(|l| !l.is_empty())
+        .collect();
+    let line = paragraph.join(" ");
+    match line.strip_prefix("error: ").unwrap_or(&line) {
+        "" => "invalid command line".to_string(),
+        message => message.to_string(),
+    }
+}
+
+/// Parses `SECONDS` (a positive number, fractions allowed).
+pub fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if seconds.is_nan() || seconds <= 0.0 {
+        return Err(format!("`{text}`: the timeout must be more than 0 seconds"));
+    }
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("`{text}` seconds is too long"))
+}
+
+/// A command-line argument as a value: JSON when it parses as JSON, else the string itself.
+///
+/// # Errors
+/// [`Error::Invalid`] for JSON with a malformed `{"$bin": ..}`/`{"$ext": ..}` object.
+pub fn parse_arg(text: &str) -> Result<Value, Error> {
+    match serde_json::from_str::<Json>(text) {
+        Ok(json) => from_json(&json).map_err(|e| Error::Invalid(format!("argument {text}: {e}"))),
+        Err(_) => Ok(Value::from(text)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn parsed(args: &[&str]) -> Cli {
+        match parse(std::iter::once("mpreg").chain(args.iter().copied())) {
+            Ok(cli) => cli,
+            Err(e) => panic!("{args:?}: {e:?}"),
+        }
+    }
+
+    fn usage_error(args: &[&str]) -> Error {
+        match parse(std::iter::once("mpreg").chain(args.iter().copied())) {
+            Err(Usage::Invalid(e)) => e,
+            other => panic!("{args:?}: expected a usage error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn call_takes_args_locs_and_global_options_anywhere() {
+        let cli = parsed(&[
+            "call",
+            "echo",
+            "hi",
+            "-5",
+            "{\"a\":1}",
+            "--locs",
+            "a,b",
+            "--timeout",
+            "1.5",
+            "--broker",
+            "tcp://h:1",
+        ]);
+        assert_eq!(cli.broker, "tcp://h:1");
+        assert_eq!(cli.timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(
+            cli.command,
+            Command::Call {
+                fun: "echo".into(),
+                args: vec!["hi".into(), "-5".into(), "{\"a\":1}".into()],
+                locs: vec!["a".into(), "b".into()],
+            }
+        );
+        let cli = parsed(&["--timeout", "2", "call", "f", "--", "-x"]);
+        assert_eq!(cli.timeout, Some(Duration::from_secs(2)));
+        assert!(matches!(cli.command, Command::Call { ref args, .. } if args == &["-x"]));
+    }
+
+    #[test]
+    fn plan_and_status() {
+        let cli = parsed(&["plan", "-", "--all", "--progress"]);
+        assert_eq!(
+            cli.command,
+            Command::Plan {
+                file: "-".into(),
+                all: true,
+                progress: true
+            }
+        );
+        assert_eq!(cli.timeout, None);
+        let cli = parsed(&["status"]);
+        assert_eq!(cli.command, Command::Status);
+    }
+
+    #[test]
+    fn broker_defaults_to_the_local_port() {
+        // MPREG_BROKER may be set in the environment running the tests.
+        if std::env::var_os("MPREG_BROKER").is_none() {
+            assert_eq!(parsed(&["status"]).broker, DEFAULT_ENDPOINT);
+        }
+    }
+
+    #[test]
+    fn usage_errors_are_invalid_input_on_one_line() {
+        for args in [
+            &["call"][..],
+            &[],
+            &["frobnicate"],
+            &["status", "--bogus"],
+            &["status", "--timeout", "soon"],
+            &["status", "--timeout", "0"],
+            &["status", "--timeout", "-1"],
+            &["status", "--timeout", "NaN"],
+        ] {
+            let err = usage_error(args);
+            assert_eq!((err.code(), err.kind()), (902, "invalid_input"), "{args:?}");
+            assert!(!err.message().contains('\n'), "{:?}", err.message());
+            assert!(!err.message().starts_with("error:"), "{:?}", err.message());
+        }
+        let err = usage_error(&["status", "--timeout", "soon"]);
+        assert!(err.message().contains("not a number of seconds"), "{err}");
+        let err = usage_error(&["call"]);
+        assert!(err.message().contains("<FUN>"), "{err}");
+        let err = usage_error(&[]);
+        assert!(err.message().contains("a command is required"), "{err}");
+    }
+
+    #[test]
+    fn help_and_version_print_normally() {
+        for flag in ["--help", "--version"] {
+            match parse(["mpreg", flag]) {
+                Err(Usage::Print(text)) => assert!(text.contains("mpreg"), "{text}"),
+                other => panic!("{flag}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn args_are_json_or_strings() {
+        assert_eq!(parse_arg("42").unwrap(), Value::from(42));
+        assert_eq!(parse_arg("-3").unwrap(), Value::from(-3));
+        assert_eq!(parse_arg("1.5").unwrap(), Value::F64(1.5));
+        assert_eq!(parse_arg("true").unwrap(), Value::Boolean(true));
+        assert_eq!(parse_arg("null").unwrap(), Value::Nil);
+        assert_eq!(parse_arg("\"42\"").unwrap(), Value::from("42"));
+        assert_eq!(parse_arg("hi there").unwrap(), Value::from("hi there"));
+        assert_eq!(parse_arg("").unwrap(), Value::from(""));
+        assert_eq!(
+            parse_arg("[1, \"a\"]").unwrap(),
+            Value::Array(vec![Value::from(1), Value::from("a")])
+        );
+        assert_eq!(
+            parse_arg("{\"$bin\": \"0aff\"}").unwrap(),
+            Value::Binary(vec![0x0a, 0xff])
+        );
+        let err = parse_arg("{\"$bin\": \"xyz\"}").unwrap_err();
+        assert_eq!(err.code(), 902);
+    }
+
+    #[test]
+    fn seconds() {
+        assert_eq!(parse_seconds("0.25"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_seconds("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_seconds("inf").is_err());
+        assert!(parse_seconds("1e400").is_err());
+    }
+}

@@ -1,0 +1,336 @@
+//! The `mpreg` command-line client, built on the SDK.
+//!
+//! - `mpreg call FUN [ARG ...] [--locs a,b]`: prints the function's result as one JSON line.
+//! - `mpreg plan FILE|- [--all] [--progress]`: prints the result map as one JSON line; with
+//!   `--progress`, first one line `{"step", "fun", "worker", "result", "elapsed_us"}` per finished
+//!   step, in the order they finished (printed once the plan succeeded).
+//! - `mpreg status`: prints the broker's status reply as one JSON line.
+//! - Every command takes `--broker ENDPOINT` (env `MPREG_BROKER`, default
+//!   `tcp://127.0.0.1:7400`) and `--timeout SECONDS`.
+//!
+//! On any error the exit status is 1 and stderr gets exactly one line (see [`error_line`]);
+//! nothing is printed on stdout.
+//!
+//! Layout: [`args`] (the command line), [`plan_file`] (the plan file format), and here the
+//! commands themselves and the output lines.
+
+pub mod args;
+pub mod plan_file;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::process::ExitCode;
+
+use serde_json::{json, Map, Value as Json};
+
+use crate::client::{run_one, Client, ClientOptions, CALL_STEP, DEFAULT_CONNECT_TIMEOUT};
+use crate::error::Error;
+use crate::json::to_json;
+use crate::{Progress, Step, Value};
+
+pub use args::{parse, Cli, Command, Usage};
+
+/// The whole program: parses `std::env::args_os()`, runs the command, prints, and returns the
+/// exit status.
+pub fn main() -> ExitCode {
+    run(std::env::args_os())
+}
+
+/// [`main`] over explicit arguments (the first is the program name).
+pub fn run<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match parse(args) {
+        Ok(cli) => cli,
+        Err(Usage::Print(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(Usage::Invalid(err)) => return fail(&err),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&Error::Invalid(format!("cannot start the runtime: {e}"))),
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match runtime.block_on(execute(cli, &mut out)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(&err),
+    }
+}
+
+fn fail(err: &Error) -> ExitCode {
+    // Nothing sensible is left to do if stderr is gone too.
+    let _ = writeln!(std::io::stderr().lock(), "{}", error_line(err));
+    ExitCode::FAILURE
+}
+
+/// The one line printed on stderr for an error:
+/// `{"error": {"code": <int>, "kind": "<snake_case>", "message": "...", "step": "<name>"|null}}`.
+///
+/// ```
+/// let line = mpreg::cli::error_line(&mpreg::Error::Closed);
+/// assert_eq!(
+///     line,
+///     r#"{"error":{"code":903,"kind":"connection_closed","message":"the client connection is closed","step":null}}"#
+/// );
+/// ```
+pub fn error_line(err: &Error) -> String {
+    json!({
+        "error": {
+            "code": err.code(),
+            "kind": err.kind(),
+            "message": err.message(),
+            "step": err.step(),
+        }
+    })
+    .to_string()
+}
+
+/// The line printed for one finished step with `--progress`.
+pub fn progress_line(progress: &Progress) -> String {
+    json!({
+        "step": progress.step,
+        "fun": progress.fun,
+        "worker": progress.worker,
+        "result": to_json(&progress.result),
+        "elapsed_us": progress.elapsed_us,
+    })
+    .to_string()
+}
+
+/// The line printed for a plan's results.
+pub fn results_line(results: &BTreeMap<String, Value>) -> String {
+    let object: Map<String, Json> = results
+        .iter()
+        .map(|(name, value)| (name.clone(), to_json(value)))
+        .collect();
+    Json::Object(object).to_string()
+}
+
+/// Runs a parsed command, writing its output lines to `out`.
+///
+/// # Errors
+/// Whatever the command failed with; nothing has been written to stdout then.
+pub async fn execute(cli: Cli, out: &mut impl Write) -> Result<(), Error> {
+    // Read and check the input before connecting, so bad input never waits on the network.
+    let work = match cli.command {
+        Command::Call { fun, args, locs } => {
+            let mut step = Step::new(
+                CALL_STEP,
+                fun,
+                args.iter()
+                    .map(|a| args::parse_arg(a))
+                    .collect::<Result<_, _>>()?,
+            );
+            step.locs = locs;
+            Work::Call(step)
+        }
+        Command::Plan {
+            file,
+            all,
+            progress,
+        } => Work::Plan {
+            steps: plan_file::parse_plan(&read_plan(&file)?, &file)?,
+            all,
+            progress,
+        },
+        Command::Status => Work::Status,
+    };
+
+    let mut options = ClientOptions::default();
+    if let Some(timeout) = cli.timeout {
+        options = options
+            .with_connect_timeout(timeout.min(DEFAULT_CONNECT_TIMEOUT))
+            .with_request_timeout(timeout);
+    }
+    let client = Client::connect_with(&cli.broker, options).await?;
+
+    match work {
+        Work::Call(step) => {
+            let mut plan = client.plan().step_with(step);
+            if let Some(timeout) = cli.timeout {
+                plan = plan.deadline(timeout);
+            }
+            let value = run_one(plan, CALL_STEP).await?;
+            emit(out, &to_json(&value).to_string())
+        }
+        Work::Plan {
+            steps,
+            all,
+            progress,
+        } => {
+            let mut plan = client.plan();
+            for step in steps {
+                plan = plan.step_with(step);
+            }
+            if let Some(timeout) = cli.timeout {
+                plan = plan.deadline(timeout);
+            }
+            if all {
+                plan = plan.all_results();
+            }
+            // Progress lines are held until the plan succeeds: on an error nothing reaches
+            // stdout (the contract scripts rely on), and the error carries partial results.
+            let mut lines = Vec::new();
+            let results = if progress {
+                plan.run_with_progress(|p| lines.push(progress_line(&p)))
+                    .await?
+            } else {
+                plan.run().await?
+            };
+            for line in &lines {
+                emit(out, line)?;
+            }
+            emit(out, &results_line(&results))
+        }
+        Work::Status => {
+            let status = client.status().await?;
+            let line = serde_json::to_string(&status)
+                .map_err(|e| Error::Invalid(format!("cannot print the status: {e}")))?;
+            emit(out, &line)
+        }
+    }
+}
+
+enum Work {
+    Call(Step),
+    Plan {
+        steps: Vec<Step>,
+        all: bool,
+        progress: bool,
+    },
+    Status,
+}
+
+fn read_plan(file: &str) -> Result<String, Error> {
+    let mut text = String::new();
+    let read = if file == "-" {
+        std::io::stdin()
+            .lock()
+            .read_to_string(&mut text)
+            .map(|_| ())
+    } else {
+        std::fs::File::open(file).and_then(|mut f| f.read_to_string(&mut text).map(|_| ()))
+    };
+    read.map_err(|e| Error::Invalid(format!("cannot read plan file {file}: {e}")))?;
+    Ok(text)
+}
+
+/// Writes one line and flushes it.
+fn emit(out: &mut impl Write, line: &str) -> Result<(), Error> {
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .map_err(|e| Error::Invalid(format!("cannot write the output: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::ErrorCode;
+    use mpreg_protocol::ErrorReply;
+
+    #[test]
+    fn error_lines_have_the_four_fields_in_order() {
+        let remote = Error::from(
+            ErrorReply::new(
+                Some(3),
+                ErrorCode::StepFailed,
+                "boom \"quoted\"\nsecond line",
+            )
+            .with_step("b")
+            .with_fun("fail"),
+        );
+        let line = error_line(&remote);
+        assert_eq!(
+            line,
+            r#"{"error":{"code":301,"kind":"step_failed","message":"boom \"quoted\"\nsecond line","step":"b"}}"#
+        );
+        assert!(!line.contains('\n'));
+        let parsed: Json = serde_json::from_str(&line).unwrap();
+        assert_eq!(parsed["error"]["code"], 301);
+
+        let timeout = Error::Timeout {
+            after: std::time::Duration::from_secs(2),
+        };
+        let parsed: Json = serde_json::from_str(&error_line(&timeout)).unwrap();
+        assert_eq!(parsed["error"]["code"], 901);
+        assert_eq!(parsed["error"]["kind"], "request_timeout");
+        assert_eq!(parsed["error"]["step"], Json::Null);
+        let keys: Vec<&String> = parsed["error"].as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["code", "kind", "message", "step"]);
+    }
+
+    #[test]
+    fn output_lines() {
+        let p = Progress {
+            id: 1,
+            step: "a".into(),
+            fun: "echo".into(),
+            worker: "n1".into(),
+            result: Value::Binary(vec![1]),
+            elapsed_us: 12,
+        };
+        assert_eq!(
+            progress_line(&p),
+            r#"{"step":"a","fun":"echo","worker":"n1","result":{"$bin":"01"},"elapsed_us":12}"#
+        );
+        let mut results = BTreeMap::new();
+        results.insert("|third".to_string(), Value::Array(vec![Value::from("x")]));
+        results.insert("|second".to_string(), Value::from(2));
+        assert_eq!(results_line(&results), r#"{"|second":2,"|third":["x"]}"#);
+    }
+
+    #[tokio::test]
+    async fn bad_input_fails_before_connecting() {
+        // The broker address is unreachable on purpose: input errors must come first.
+        let cli = parse([
+            "mpreg",
+            "--broker",
+            "tcp://127.0.0.1:9",
+            "plan",
+            "/nonexistent/p.json",
+        ])
+        .map_err(|_| "parse")
+        .unwrap();
+        let mut out = Vec::new();
+        let err = execute(cli, &mut out).await.unwrap_err();
+        assert_eq!(err.code(), 902);
+        assert!(err.message().contains("/nonexistent/p.json"), "{err}");
+        assert!(out.is_empty());
+    }
+
+    #[tokio::test]
+    async fn unreachable_broker_is_connection_failed_with_nothing_on_stdout() {
+        let cli = parse([
+            "mpreg",
+            "--broker",
+            "tcp://127.0.0.1:9",
+            "--timeout",
+            "0.2",
+            "call",
+            "echo",
+            "x",
+        ])
+        .map_err(|_| "parse")
+        .unwrap();
+        let mut out = Vec::new();
+        let started = std::time::Instant::now();
+        let err = execute(cli, &mut out).await.unwrap_err();
+        assert_eq!(
+            (err.code(), err.kind()),
+            (900, "connection_failed"),
+            "{err}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(3));
+        assert!(out.is_empty());
+    }
+}
