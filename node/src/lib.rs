@@ -1,1 +1,271 @@
-//! The MPREG worker node library.
+//! The MPREG worker node library: serve Rust functions (sync and async) to one or more brokers.
+//!
+//! A node registers its functions, the resources it holds and its capacity (tasks it runs at
+//! once) with every broker it is given; it heartbeats, re-registers when a broker restarts,
+//! reconnects with backoff (1 s doubling to 32 s) when a broker goes silent, and on
+//! [`Node::shutdown`] tells its brokers it is leaving and finishes the tasks it has.
+//!
+//! ```no_run
+//! use mpreg_node::{NodeBuilder, Value};
+//!
+//! # async fn run() -> Result<(), mpreg_node::NodeError> {
+//! let node = NodeBuilder::new("featurizer")
+//!     .broker("tcp://127.0.0.1:7401")
+//!     .resources(["dataset-a", "gpu"])
+//!     .capacity(8)
+//!     .builtins()
+//!     // Cheap and non-blocking: runs on the node's I/O thread.
+//!     .inline_function("len", |args, _kwargs| Ok(Value::from(args.len() as u64)))
+//!     // May block: runs on tokio's blocking pool.
+//!     .function("checksum", |args, _kwargs| {
+//!         let text = args.first().and_then(|v| v.as_str()).ok_or("checksum(text)")?;
+//!         Ok(Value::from(text.bytes().map(u64::from).sum::<u64>()))
+//!     })
+//!     // Async.
+//!     .async_function("later", |args, _kwargs| async move { Ok(args.into_iter().next().unwrap_or(Value::Nil)) })
+//!     .start()?;
+//! node.wait_registered(std::time::Duration::from_secs(5)).await;
+//! node.shutdown(std::time::Duration::from_secs(5)).await;
+//! # Ok(()) }
+//! ```
+
+pub mod config;
+pub mod functions;
+mod link;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+pub use functions::{Args, Failure, Function, Kwargs, Outcome};
+pub use mpreg_protocol::Value;
+use mpreg_transport::{spawn, Context, ReactorHandle, ReactorThread, TransportError};
+
+use crate::link::{Command, NodeHandler, OnRegistered};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// `start` was called outside a tokio runtime.
+    #[error("mpreg-node needs a tokio runtime: call start() from within one")]
+    NoRuntime,
+    /// No broker endpoint was given.
+    #[error("no broker endpoint given")]
+    NoBroker,
+    /// A socket could not be set up (bad endpoint, ...).
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+/// Builds a node: name, brokers, resources, capacity and functions.
+pub struct NodeBuilder {
+    name: String,
+    brokers: Vec<String>,
+    resources: Vec<String>,
+    capacity: u32,
+    functions: HashMap<String, Function>,
+    on_registered: Option<OnRegistered>,
+    log: slog::Logger,
+}
+
+impl NodeBuilder {
+    /// A node with this name, capacity 64 and no functions yet.
+    pub fn new(name: impl Into<String>) -> NodeBuilder {
+        NodeBuilder {
+            name: name.into(),
+            brokers: Vec::new(),
+            resources: Vec::new(),
+            capacity: 64,
+            functions: HashMap::new(),
+            on_registered: None,
+            log: slog::Logger::root(slog::Discard, slog::o!()),
+        }
+    }
+
+    /// Adds a broker's worker endpoint (call again for more brokers).
+    pub fn broker(mut self, endpoint: impl Into<String>) -> Self {
+        self.brokers.push(endpoint.into());
+        self
+    }
+
+    /// Adds a resource this node holds.
+    pub fn resource(mut self, resource: impl Into<String>) -> Self {
+        self.resources.push(resource.into());
+        self
+    }
+
+    /// Adds resources this node holds.
+    pub fn resources<I, S>(mut self, resources: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.resources.extend(resources.into_iter().map(Into::into));
+        self
+    }
+
+    /// Tasks run at once (at least 1); more wait in the node's queue.
+    pub fn capacity(mut self, capacity: u32) -> Self {
+        self.capacity = capacity.max(1);
+        self
+    }
+
+    /// A synchronous function that may block: it runs on tokio's blocking pool.
+    pub fn function<F, E>(mut self, name: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(Args, Kwargs) -> Result<Value, E> + Send + Sync + 'static,
+        E: Into<Failure>,
+    {
+        self.functions.insert(
+            name.into(),
+            Function::Blocking(Arc::new(move |a, k| f(a, k).map_err(Into::into))),
+        );
+        self
+    }
+
+    /// A cheap, non-blocking synchronous function: it runs on the node's I/O thread, which is
+    /// fastest but stalls the node while it runs.
+    pub fn inline_function<F, E>(mut self, name: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(Args, Kwargs) -> Result<Value, E> + Send + Sync + 'static,
+        E: Into<Failure>,
+    {
+        self.functions.insert(
+            name.into(),
+            Function::Inline(Arc::new(move |a, k| f(a, k).map_err(Into::into))),
+        );
+        self
+    }
+
+    /// An async function: it runs as a tokio task.
+    pub fn async_function<F, Fut, E>(mut self, name: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(Args, Kwargs) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Value, E>> + Send + 'static,
+        E: Into<Failure>,
+    {
+        let f = Arc::new(f);
+        self.functions.insert(
+            name.into(),
+            Function::Async(Arc::new(move |a, k| {
+                let fut = f(a, k);
+                Box::pin(async move { fut.await.map_err(Into::into) })
+            })),
+        );
+        self
+    }
+
+    /// Adds the built-ins: `echo`, `echos`, `sleep`, `fail`.
+    pub fn builtins(mut self) -> Self {
+        for (name, f) in functions::builtins() {
+            self.functions.insert(name.to_string(), f);
+        }
+        self
+    }
+
+    /// Called with the broker endpoint each time the node registers.
+    pub fn on_registered(mut self, f: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        self.on_registered = Some(Arc::new(f));
+        self
+    }
+
+    /// Logs connection events through `log`.
+    pub fn logger(mut self, log: slog::Logger) -> Self {
+        self.log = log;
+        self
+    }
+
+    /// Connects to the brokers and starts serving. Must be called within a tokio runtime
+    /// (async and blocking functions run on it).
+    pub fn start(self) -> Result<Node, NodeError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| NodeError::NoRuntime)?;
+        if self.brokers.is_empty() {
+            return Err(NodeError::NoBroker);
+        }
+        let registered = Arc::new(AtomicUsize::new(0));
+        let handle_cell = Arc::new(OnceLock::new());
+        let ctx = Context::new();
+        let NodeBuilder {
+            name,
+            brokers,
+            resources,
+            capacity,
+            functions,
+            on_registered,
+            log,
+        } = self;
+        let (count, cell) = (Arc::clone(&registered), Arc::clone(&handle_cell));
+        let (handle, thread) = spawn("mpreg-node", &ctx, 1024, move |io| {
+            NodeHandler::new(
+                name,
+                functions,
+                resources,
+                capacity,
+                brokers,
+                runtime,
+                cell,
+                on_registered,
+                count,
+                log,
+                io,
+            )
+        })?;
+        let _ = handle_cell.set(handle.clone());
+        Ok(Node {
+            handle,
+            thread: Some(thread),
+            registered,
+        })
+    }
+}
+
+/// A running node.
+pub struct Node {
+    handle: ReactorHandle<Command>,
+    thread: Option<ReactorThread<NodeHandler>>,
+    registered: Arc<AtomicUsize>,
+}
+
+impl Node {
+    /// Brokers this node is registered with now.
+    pub fn registered_brokers(&self) -> usize {
+        self.registered.load(Ordering::Relaxed)
+    }
+
+    /// Waits until registered with at least one broker; false on timeout.
+    pub async fn wait_registered(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.registered_brokers() == 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
+    /// Tells the brokers the node is leaving, finishes running tasks (up to `drain`), stops.
+    pub async fn shutdown(mut self, drain: Duration) {
+        let _ = self
+            .handle
+            .send(Command::Shutdown {
+                deadline: Instant::now() + drain,
+            })
+            .await;
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            let _ = self.handle.try_send(Command::Shutdown {
+                deadline: Instant::now(),
+            });
+        }
+    }
+}

@@ -1,3 +1,115 @@
-//! `mpreg-node`.
+//! `mpreg-node`: a worker serving the built-in functions (`echo`, `echos`, `sleep`, `fail`).
+//!
+//! Prints one JSON line on stdout each time it registers with a broker:
+//! `{"event":"registered","node":"<name>","broker":"<endpoint>"}`.
+//! SIGTERM or SIGINT: tell the brokers, finish running tasks (`drain_timeout_ms`), exit 0.
 
-fn main() {}
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use mpreg_node::config::{NodeConfig, Overrides};
+use mpreg_node::NodeBuilder;
+
+/// MPREG worker node serving the built-in functions.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Configuration file (TOML); see node/config/default.toml.
+    #[arg(long, env = "MPREG_NODE_CONFIG")]
+    config: Option<String>,
+    /// Node name shown by brokers.
+    #[arg(long)]
+    name: Option<String>,
+    /// A broker's worker endpoint (repeat for several brokers).
+    #[arg(long = "broker")]
+    brokers: Vec<String>,
+    /// Resources this node holds, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    resources: Option<Vec<String>>,
+    /// Tasks run at once.
+    #[arg(long)]
+    capacity: Option<u32>,
+    /// Drain time at shutdown, milliseconds.
+    #[arg(long)]
+    drain_timeout_ms: Option<u64>,
+    /// Log level (critical, error, warning, info, debug, trace).
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+fn logger(level: &str) -> slog::Logger {
+    use slog::Drain;
+    let level = level.parse::<slog::Level>().unwrap_or(slog::Level::Info);
+    let decorator = slog_term::TermDecorator::new().stderr().build();
+    let drain = slog_term::FullFormat::new(decorator).build().fuse();
+    let drain = slog_async::Async::new(drain)
+        .build()
+        .filter_level(level)
+        .fuse();
+    slog::Logger::root(drain, slog::o!())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let flags = Overrides {
+        name: args.name,
+        brokers: args.brokers,
+        resources: args.resources,
+        capacity: args.capacity,
+        drain_timeout_ms: args.drain_timeout_ms,
+        log_level: args.log_level,
+    };
+    let env = std::env::vars().filter(|(k, _)| k != "MPREG_NODE_CONFIG");
+    let config = match NodeConfig::load(args.config.as_deref(), env, &flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mpreg-node: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let log = logger(&config.log_level);
+    let name = config.name.clone();
+    let mut builder = NodeBuilder::new(&config.name)
+        .resources(config.resources.clone())
+        .capacity(config.capacity)
+        .builtins()
+        .logger(log.clone())
+        .on_registered(move |broker| {
+            let line = serde_json::json!({"event": "registered", "node": name, "broker": broker});
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        });
+    for broker in &config.brokers {
+        builder = builder.broker(broker);
+    }
+    let node = match builder.start() {
+        Ok(node) => node,
+        Err(e) => {
+            eprintln!("mpreg-node: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    slog::info!(log, "started"; "node" => &config.name, "brokers" => config.brokers.join(","), "resources" => config.resources.join(","), "capacity" => config.capacity);
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        eprintln!("mpreg-node: cannot install signal handlers");
+        return ExitCode::from(1);
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    node.shutdown(Duration::from_millis(config.drain_timeout_ms))
+        .await;
+    slog::info!(log, "stopped");
+    drop(log);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,177 @@
+//! Functions a node serves, and the built-ins.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mpreg_protocol::{failure_kind, Value};
+
+/// Why a function did not return a value; becomes a `failure {kind, message}` to the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// One of [`mpreg_protocol::failure_kind`].
+    pub kind: &'static str,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+impl Failure {
+    /// The function ran and reported an error.
+    pub fn function(message: impl Into<String>) -> Failure {
+        Failure {
+            kind: failure_kind::FUNCTION_ERROR,
+            message: message.into(),
+        }
+    }
+
+    /// The arguments do not fit the function.
+    pub fn bad_arguments(message: impl Into<String>) -> Failure {
+        Failure {
+            kind: failure_kind::BAD_ARGUMENTS,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure::function(message)
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Failure {
+        Failure::function(message)
+    }
+}
+
+/// Positional arguments.
+pub type Args = Vec<Value>;
+/// Keyword arguments.
+pub type Kwargs = BTreeMap<String, Value>;
+/// What a function returns.
+pub type Outcome = Result<Value, Failure>;
+/// A boxed future of an async function.
+pub type BoxFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+/// A registered function and how it runs.
+#[derive(Clone)]
+pub enum Function {
+    /// Cheap and non-blocking: runs on the node's reactor thread (no hop, lowest latency).
+    Inline(Arc<dyn Fn(Args, Kwargs) -> Outcome + Send + Sync>),
+    /// May block or take long: runs on tokio's blocking pool.
+    Blocking(Arc<dyn Fn(Args, Kwargs) -> Outcome + Send + Sync>),
+    /// Async: runs as a tokio task.
+    Async(Arc<dyn Fn(Args, Kwargs) -> BoxFuture + Send + Sync>),
+}
+
+fn one(args: Args, name: &str) -> Result<Value, Failure> {
+    let n = args.len();
+    let mut it = args.into_iter();
+    match (it.next(), n) {
+        (Some(v), 1) => Ok(v),
+        _ => Err(Failure::bad_arguments(format!(
+            "{name} takes exactly 1 argument, got {n}"
+        ))),
+    }
+}
+
+/// `echo(x)`: returns its one argument.
+pub fn echo(args: Args, _kwargs: Kwargs) -> Outcome {
+    one(args, "echo")
+}
+
+/// `echos(...)`: returns its arguments as a list.
+pub fn echos(args: Args, _kwargs: Kwargs) -> Outcome {
+    Ok(Value::Array(args))
+}
+
+/// `fail(message)`: fails with that message.
+pub fn fail(args: Args, _kwargs: Kwargs) -> Outcome {
+    let message = one(args, "fail")?;
+    Err(Failure::function(match message {
+        Value::String(s) => s.into_str().unwrap_or_default(),
+        other => other.to_string(),
+    }))
+}
+
+/// `sleep(ms, value)`: returns `value` after `ms` milliseconds, without blocking anything.
+pub fn sleep(args: Args, _kwargs: Kwargs) -> BoxFuture {
+    Box::pin(async move {
+        let [ms, value]: [Value; 2] = args.try_into().map_err(|a: Vec<Value>| {
+            Failure::bad_arguments(format!(
+                "sleep takes (ms, value), got {} arguments",
+                a.len()
+            ))
+        })?;
+        let ms = ms
+            .as_u64()
+            .ok_or_else(|| Failure::bad_arguments("sleep: ms must be a non-negative integer"))?;
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(value)
+    })
+}
+
+/// The built-ins by name.
+pub fn builtins() -> Vec<(&'static str, Function)> {
+    vec![
+        ("echo", Function::Inline(Arc::new(echo))),
+        ("echos", Function::Inline(Arc::new(echos))),
+        ("fail", Function::Inline(Arc::new(fail))),
+        ("sleep", Function::Async(Arc::new(sleep))),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtins_check_their_arguments() {
+        assert_eq!(
+            echo(vec![Value::from(1)], Kwargs::new()),
+            Ok(Value::from(1))
+        );
+        assert_eq!(
+            echo(vec![], Kwargs::new()).unwrap_err().kind,
+            failure_kind::BAD_ARGUMENTS
+        );
+        assert_eq!(
+            echo(vec![Value::Nil, Value::Nil], Kwargs::new())
+                .unwrap_err()
+                .kind,
+            failure_kind::BAD_ARGUMENTS
+        );
+        assert_eq!(
+            echos(vec![Value::from(1), Value::from("a")], Kwargs::new()),
+            Ok(Value::Array(vec![Value::from(1), Value::from("a")]))
+        );
+        assert_eq!(
+            fail(vec![Value::from("boom")], Kwargs::new()),
+            Err(Failure::function("boom"))
+        );
+    }
+
+    #[tokio::test]
+    async fn sleep_waits_and_returns_its_value() {
+        let start = std::time::Instant::now();
+        assert_eq!(
+            sleep(vec![Value::from(30), Value::from("v")], Kwargs::new()).await,
+            Ok(Value::from("v"))
+        );
+        assert!(start.elapsed() >= Duration::from_millis(30));
+        assert_eq!(
+            sleep(vec![Value::from("x"), Value::Nil], Kwargs::new())
+                .await
+                .unwrap_err()
+                .kind,
+            failure_kind::BAD_ARGUMENTS
+        );
+        assert_eq!(
+            sleep(vec![], Kwargs::new()).await.unwrap_err().kind,
+            failure_kind::BAD_ARGUMENTS
+        );
+    }
+}
