@@ -990,6 +990,11 @@ impl Engine {
         self.shutdown_deadline = Some(deadline);
     }
 
+    /// True once shutdown was asked for.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown_deadline.is_some()
+    }
+
     /// True once shutdown was asked for and no plan is left.
     pub fn is_drained(&self) -> bool {
         self.shutdown_deadline.is_some() && self.plans.is_empty()

@@ -135,7 +135,8 @@ impl Handler for BrokerHandler {
     }
 
     fn on_handles_dropped(&mut self, io: &mut Io) {
-        if !self.finished {
+        // The owner is gone without asking for a graceful shutdown: stop now.
+        if !self.finished && !self.engine.is_shutting_down() {
             self.engine.begin_shutdown(io.now());
             let now = io.now();
             let mut out = Sockets {
