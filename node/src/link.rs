@@ -24,6 +24,8 @@ pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(32);
 /// How often `register` is repeated until the broker answers.
 pub const REGISTER_EVERY: Duration = Duration::from_secs(1);
+/// How soon `register` is retried when the connection is not up yet.
+pub const REGISTER_RETRY: Duration = Duration::from_millis(20);
 
 /// Messages to the node's reactor.
 pub enum Command {
@@ -163,11 +165,13 @@ impl NodeHandler {
         Ok(())
     }
 
-    fn send(&self, io: &mut Io, i: usize, kind: &str, body: &[u8]) {
-        if let Some(socket) = self.links[i].socket {
-            // A full or unconnected pipe drops the message: registration and heartbeats are
-            // repeated, and a lost result is re-run by the broker after it expires us.
-            let _ = io.send(socket, &[VERSION, kind.as_bytes(), body]);
+    /// Sends to a broker; false if the message was dropped. A full or not yet connected pipe
+    /// drops it: registration and heartbeats are repeated, and a lost result is re-run by the
+    /// broker after it expires us.
+    fn send(&self, io: &mut Io, i: usize, kind: &str, body: &[u8]) -> bool {
+        match self.links[i].socket {
+            Some(socket) => io.send(socket, &[VERSION, kind.as_bytes(), body]).is_ok(),
+            None => false,
         }
     }
 
@@ -180,8 +184,13 @@ impl NodeHandler {
             resources: self.resources.clone(),
             capacity: self.capacity,
         });
-        self.send(io, i, "register", &body);
-        self.links[i].next_register = io.now() + REGISTER_EVERY;
+        // Until the connection exists the send fails at once (IMMEDIATE): retry soon.
+        let retry = if self.send(io, i, "register", &body) {
+            REGISTER_EVERY
+        } else {
+            REGISTER_RETRY
+        };
+        self.links[i].next_register = io.now() + retry;
     }
 
     fn link_of(&self, socket: SocketId) -> Option<usize> {
@@ -342,7 +351,7 @@ impl NodeHandler {
         if self.links[link].generation != generation {
             return; // The connection it came on is gone; the broker re-dispatched it.
         }
-        match outcome {
+        let sent = match outcome {
             Ok(value) => self.send(
                 io,
                 link,
@@ -355,8 +364,11 @@ impl NodeHandler {
                     kind: f.kind.to_string(),
                     message: f.message,
                 });
-                self.send(io, link, "failure", &body);
+                self.send(io, link, "failure", &body)
             }
+        };
+        if !sent {
+            debug!(self.log, "reply dropped (connection down or full)"; "task" => task);
         }
     }
 

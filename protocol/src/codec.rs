@@ -74,12 +74,10 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8], limits: &Limits) -> Result<
 
 /// Best effort: the `id` field of a body that failed to decode, so the error reply can still be
 /// matched to its request. Reads only the top-level map, skipping other values without
-/// recursion, so it works on bodies that are too deep or have wrong field types. Returns
-/// `None` when the body is not a map with an unsigned `id`.
-pub fn peek_request_id(body: &[u8], limits: &Limits) -> Option<u64> {
-    if body.len() > limits.max_message_bytes {
-        return None;
-    }
+/// recursion, so it works on bodies that are too deep, too large or have wrong field types.
+/// Returns `None` when the body is not a map with an unsigned `id`. The work is bounded by the
+/// body's length (the transport caps frames), `_limits` is kept for future checks.
+pub fn peek_request_id(body: &[u8], _limits: &Limits) -> Option<u64> {
     let mut rest = body;
     let entries = rmp::decode::read_map_len(&mut rest).ok()?;
     for _ in 0..entries {

@@ -122,6 +122,7 @@ fn oversized_bodies_and_plans_are_refused_with_their_codes() {
     d.send(&[VERSION, b"plan", &body]).unwrap();
     let e = error(&d);
     assert_eq!(e.error_code(), Some(ErrorCode::MessageTooLarge));
+    assert_eq!(e.id, Some(3), "the id is read even from an oversized body");
 
     // A frame far over the limit (+1 MiB margin): libzmq drops that connection; others live.
     let big =

@@ -1,0 +1,40 @@
+#!/usr/bin/env python3
+"""Checks this Python msgpack encoding against the golden fixtures (PROTOCOL.md section 12).
+
+For every protocol/fixtures/<direction>.<type>[_<variant>].json: the frames are
+["MPREG/1", <type>], msgpack.packb(body) equals the .msgpack bytes exactly, and the .msgpack
+bytes decode to the JSON body. Exits 0 when every fixture passes. Usage: check_fixtures.py [FIXTURE_DIR]
+"""
+import glob, json, os, sys
+import msgpack
+
+DEFAULT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "protocol", "fixtures")
+
+
+def check(directory=DEFAULT_DIR):
+    """Returns a list of failure strings (empty: all good) and the number of fixtures checked."""
+    failures, paths = [], sorted(glob.glob(os.path.join(directory, "*.json")))
+    for path in paths:
+        name = os.path.basename(path)[: -len(".json")]
+        with open(path) as f:
+            fixture = json.load(f)
+        with open(path[: -len(".json")] + ".msgpack", "rb") as f:
+            golden = f.read()
+        kind = name.split(".")[1].split("_")[0]  # error_cycle is another sample of `error`
+        if fixture["frames"] != ["MPREG/1", kind]:
+            failures.append(f"{name}: frames {fixture['frames']} != ['MPREG/1', '{kind}']")
+        if msgpack.packb(fixture["body"]) != golden:
+            failures.append(f"{name}: encoding differs: {msgpack.packb(fixture['body']).hex()} != {golden.hex()}")
+        if msgpack.unpackb(golden, strict_map_key=False) != fixture["body"]:
+            failures.append(f"{name}: decoding differs")
+    if not paths:
+        failures.append(f"no fixtures in {directory}")
+    return failures, len(paths)
+
+
+if __name__ == "__main__":
+    failures, n = check(sys.argv[1] if len(sys.argv) > 1 else DEFAULT_DIR)
+    for failure in failures:
+        print("FAIL", failure)
+    print(f"{n - len({f.split(':')[0] for f in failures})}/{n} fixtures match")
+    sys.exit(1 if failures else 0)
