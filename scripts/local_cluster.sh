@@ -119,8 +119,8 @@ demo() {
     echo "$seed"
     echo "\$ mpreg plan -"
     echo "$seed" | "$M" plan - || true
-    local fan='[{"name":"eu","fun":"echo","args":[{"region":"eu","rows":[1,2,3]}],"locs":["region-eu"]},
- {"name":"us","fun":"echo","args":[{"region":"us","rows":[4,5]}],"locs":["region-us"]},
+    local fan='[{"name":"eu","fun":"echo","args":[{"region":"europe","rows":[1,2,3]}],"locs":["region-eu"]},
+ {"name":"us","fun":"echo","args":[{"region":"america","rows":[4,5]}],"locs":["region-us"]},
  {"name":"join","fun":"echos","args":["eu.rows.2","us.rows.0","eu.region"]}]'
     echo
     echo "== fan-out to two regions, then a join using field paths (eu.rows.2), every step's progress"
