@@ -15,14 +15,16 @@
 //!     .capacity(8)
 //!     .builtins()
 //!     // Cheap and non-blocking: runs on the node's I/O thread.
-//!     .inline_function("len", |args, _kwargs| Ok(Value::from(args.len() as u64)))
+//!     .inline_function("len", |args, _kwargs| Ok::<_, String>(Value::from(args.len() as u64)))
 //!     // May block: runs on tokio's blocking pool.
-//!     .function("checksum", |args, _kwargs| {
+//!     .function("checksum", |args, _kwargs| -> Result<Value, String> {
 //!         let text = args.first().and_then(|v| v.as_str()).ok_or("checksum(text)")?;
 //!         Ok(Value::from(text.bytes().map(u64::from).sum::<u64>()))
 //!     })
 //!     // Async.
-//!     .async_function("later", |args, _kwargs| async move { Ok(args.into_iter().next().unwrap_or(Value::Nil)) })
+//!     .async_function("later", |args, _kwargs| async move {
+//!         Ok::<_, String>(args.into_iter().next().unwrap_or(Value::Nil))
+//!     })
 //!     .start()?;
 //! node.wait_registered(std::time::Duration::from_secs(5)).await;
 //! node.shutdown(std::time::Duration::from_secs(5)).await;
