@@ -21,6 +21,10 @@ pub struct BrokerConfig {
     pub client_endpoint: String,
     /// Worker ROUTER endpoint.
     pub worker_endpoint: String,
+    /// Event XPUB endpoint.
+    pub event_endpoint: String,
+    /// Event endpoint announced to subscribers (empty: the bound one).
+    pub advertise_event_endpoint: String,
     /// Heartbeat interval, milliseconds.
     pub heartbeat_ms: u64,
     /// Missed intervals before a worker expires.
@@ -39,25 +43,25 @@ pub struct BrokerConfig {
     pub shutdown_timeout_ms: u64,
     /// Log level.
     pub log_level: String,
-    /// Size limits.
-    pub limits: LimitsConfig,
+    /// Size limits (`[limits]`).
+    pub limits: Limits,
     /// Socket settings.
     pub socket: SocketConfig,
+    /// Topic exchange settings.
+    pub topics: TopicsConfig,
 }
 
-/// `[limits]`.
+/// `[topics]`.
 #[derive(Debug, Clone, Deserialize)]
-pub struct LimitsConfig {
-    /// Largest message body.
-    pub max_message_bytes: usize,
-    /// Deepest nesting.
-    pub max_depth: usize,
-    /// Most steps per plan.
-    pub max_steps: usize,
-    /// Longest name.
-    pub max_name_bytes: usize,
-    /// Most resources per step.
-    pub max_locs: usize,
+pub struct TopicsConfig {
+    /// Retained messages per topic.
+    pub retain_count: usize,
+    /// Oldest retained message, milliseconds (0: no limit).
+    pub retain_ms: u64,
+    /// Subscriptions per client connection.
+    pub max_subscriptions_per_client: usize,
+    /// Activation timeout, milliseconds.
+    pub activation_timeout_ms: u64,
 }
 
 /// `[socket]`.
@@ -67,6 +71,8 @@ pub struct SocketConfig {
     pub hwm: i32,
     /// ZMTP handshake timeout, milliseconds.
     pub handshake_timeout_ms: i32,
+    /// High-water mark per subscriber on the event socket.
+    pub event_hwm: i32,
 }
 
 /// Values given on the command line (highest precedence).
@@ -78,6 +84,8 @@ pub struct Overrides {
     pub client_endpoint: Option<String>,
     /// `--worker-endpoint`.
     pub worker_endpoint: Option<String>,
+    /// `--event-endpoint`.
+    pub event_endpoint: Option<String>,
     /// `--heartbeat-ms`.
     pub heartbeat_ms: Option<u64>,
     /// `--log-level`.
@@ -115,6 +123,9 @@ impl BrokerConfig {
         }
         if let Some(v) = &overrides.worker_endpoint {
             builder = builder.set_override("worker_endpoint", v.as_str())?;
+        }
+        if let Some(v) = &overrides.event_endpoint {
+            builder = builder.set_override("event_endpoint", v.as_str())?;
         }
         if let Some(v) = overrides.heartbeat_ms {
             builder = builder.set_override("heartbeat_ms", v)?;
@@ -155,13 +166,7 @@ impl BrokerConfig {
 
     /// The protocol limits.
     pub fn limits(&self) -> Limits {
-        Limits {
-            max_message_bytes: self.limits.max_message_bytes,
-            max_depth: self.limits.max_depth,
-            max_steps: self.limits.max_steps,
-            max_name_bytes: self.limits.max_name_bytes,
-            max_locs: self.limits.max_locs,
-        }
+        self.limits
     }
 
     /// The engine's part.
@@ -176,6 +181,13 @@ impl BrokerConfig {
             max_retries: self.max_retries,
             max_plans_in_flight: self.max_plans_in_flight,
             max_plans_per_client: self.max_plans_per_client,
+            exchange: crate::exchange::ExchangeConfig {
+                events_endpoint: self.advertise_event_endpoint.clone(),
+                retain_count: self.topics.retain_count,
+                retain_age: Duration::from_millis(self.topics.retain_ms),
+                max_subscriptions_per_client: self.topics.max_subscriptions_per_client,
+                activation_timeout: Duration::from_millis(self.topics.activation_timeout_ms),
+            },
         }
     }
 }

@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 use mpreg_protocol::{
     encode_body, parse_envelope, peek_request_id, router_prefix_len, BrokerToClient, CancelTask,
     ClientToBroker, DecodeError, Disconnect, ErrorCode, ErrorReply, Heartbeat, Limits, PlanRequest,
-    PlanResult, Pong, Progress, Reconnect, Register, Registered, StatusReply, Task, Value,
-    WorkerStatus, WorkerToBroker,
+    PlanResult, Pong, Progress, Published, Reconnect, Register, Registered, StatusReply,
+    Subscribed, Task, Unsubscribed, Value, WorkerStatus, WorkerToBroker,
 };
 
+use crate::exchange::{EventSink, Exchange, ExchangeConfig, SubscribeError};
 use crate::plan_graph::{PlanError, PlanGraph};
 use crate::registry::{Registry, RoutingId, Selection, WorkerId};
 use crate::resolve::{resolve_args, Results, Unresolved};
@@ -44,6 +45,8 @@ pub struct EngineConfig {
     pub max_plans_in_flight: usize,
     /// Plans in flight per client connection.
     pub max_plans_per_client: usize,
+    /// The topic exchange.
+    pub exchange: ExchangeConfig,
 }
 
 impl Default for EngineConfig {
@@ -58,6 +61,7 @@ impl Default for EngineConfig {
             max_retries: 2,
             max_plans_in_flight: 100_000,
             max_plans_per_client: 10_000,
+            exchange: ExchangeConfig::default(),
         }
     }
 }
@@ -73,8 +77,8 @@ pub enum Delivery {
     Gone,
 }
 
-/// Where the engine's messages go: the broker's client and worker sockets.
-pub trait Outbox {
+/// Where the engine's messages go: the broker's client, worker and event sockets.
+pub trait Outbox: EventSink {
     /// Sends `[prefix.., VERSION, kind, body]` on the client socket.
     fn to_client(&mut self, client: &ClientAddr, kind: &str, body: &[u8]) -> Delivery;
     /// Sends `[routing, VERSION, kind, body]` on the worker socket.
@@ -164,6 +168,7 @@ pub struct Engine {
     shutdown_deadline: Option<Instant>,
     counters: BTreeMap<&'static str, u64>,
     log: slog::Logger,
+    exchange: Exchange,
 }
 
 impl Engine {
@@ -171,6 +176,7 @@ impl Engine {
     pub fn new(config: EngineConfig, now: Instant) -> Engine {
         Engine {
             next_heartbeat: now + config.heartbeat,
+            exchange: Exchange::new(config.exchange.clone()),
             config,
             started: now,
             registry: Registry::default(),
@@ -257,6 +263,17 @@ impl Engine {
                     let id = peek_request_id(envelope.body, &self.config.limits);
                     let mut reply = ErrorReply::new(id, e.code(), e.to_string());
                     if let DecodeError::Field { path, .. } = &e {
+                        // A topic or pattern that is not a UTF-8 string is a bad topic.
+                        let code = match (envelope.kind, path.as_str()) {
+                            (b"publish", "topic") => Some(ErrorCode::InvalidTopic),
+                            (b"subscribe", p) if p.starts_with("patterns") => {
+                                Some(ErrorCode::InvalidPattern)
+                            }
+                            _ => None,
+                        };
+                        if let Some(code) = code {
+                            reply = ErrorReply::new(id, code, e.to_string());
+                        }
                         reply.path = Some(path.clone());
                     }
                     self.reply_error(out, &client, reply);
@@ -287,6 +304,68 @@ impl Engine {
                 let reply = BrokerToClient::Status(self.status(status.id, now));
                 self.send_client(out, &client, &reply);
             }
+            ClientToBroker::Subscribe(sub) => {
+                let limits = self.config.limits;
+                let reply = match self.exchange.subscribe(
+                    &client.routing,
+                    sub.patterns,
+                    sub.backlog,
+                    &limits,
+                    now,
+                ) {
+                    Ok(token) => BrokerToClient::Subscribed(Subscribed {
+                        id: sub.id,
+                        sub: token,
+                        events: self.exchange.events_endpoint().to_string(),
+                    }),
+                    Err(e) => BrokerToClient::Error(subscribe_error(sub.id, e)),
+                };
+                self.send_client(out, &client, &reply);
+            }
+            ClientToBroker::Unsubscribe(unsub) => {
+                let reply = match self.exchange.unsubscribe(&client.routing, &unsub.sub) {
+                    Ok(()) => BrokerToClient::Unsubscribed(Unsubscribed {
+                        id: unsub.id,
+                        sub: unsub.sub,
+                    }),
+                    Err(e) => BrokerToClient::Error(subscribe_error(unsub.id, e)),
+                };
+                self.send_client(out, &client, &reply);
+            }
+            ClientToBroker::Publish(publish) => {
+                if let Err(e) =
+                    mpreg_protocol::topic::check_topic(&publish.topic, &self.config.limits)
+                {
+                    let reply = ErrorReply::new(
+                        Some(publish.id),
+                        ErrorCode::InvalidTopic,
+                        format!("topic {:?}: {e}", truncate(&publish.topic)),
+                    );
+                    return self.reply_error(out, &client, reply);
+                }
+                let (msg, matched) = self.exchange.publish(
+                    out,
+                    &publish.topic,
+                    publish.headers,
+                    publish.payload,
+                    now,
+                );
+                if publish.confirm {
+                    let reply = BrokerToClient::Published(Published {
+                        id: publish.id,
+                        msg,
+                        matched,
+                    });
+                    self.send_client(out, &client, &reply);
+                }
+            }
+        }
+    }
+
+    /// A message from the event (XPUB) socket: a SUB subscribing or leaving.
+    pub fn on_event_message(&mut self, out: &mut impl Outbox, frames: &[Vec<u8>], now: Instant) {
+        if let Some(frame) = frames.first() {
+            self.exchange.on_subscription_frame(out, frame, now);
         }
     }
 
@@ -326,6 +405,15 @@ impl Engine {
                 ),
             );
             return self.reply_error(out, &client, reply);
+        }
+        if let Some(topic) = &request.progress_topic {
+            if let Err(e) = mpreg_protocol::topic::check_topic(topic, &self.config.limits) {
+                let reply = refuse(
+                    ErrorCode::InvalidTopic,
+                    format!("progress_topic {:?}: {e}", truncate(topic)),
+                );
+                return self.reply_error(out, &client, reply);
+            }
         }
         let graph = match PlanGraph::build(&request.steps, &self.config.limits) {
             Ok(graph) => graph,
@@ -598,17 +686,28 @@ impl Engine {
         if plan.results[step].is_some() {
             return;
         }
-        if plan.request.progress {
-            let event = BrokerToClient::Progress(Progress {
+        if plan.request.progress || plan.request.progress_topic.is_some() {
+            let event = Progress {
                 id: plan.id,
                 step: plan.request.steps[step].name.clone(),
                 fun: plan.request.steps[step].fun.clone(),
                 worker: worker_name,
                 result: value.clone(),
                 elapsed_us: now.saturating_duration_since(task.sent).as_micros() as u64,
-            });
+            };
             let client = plan.client.clone();
-            self.send_client(out, &client, &event);
+            let topic = plan.request.progress_topic.clone();
+            let to_client = plan.request.progress;
+            if let Some(topic) = topic {
+                // The progress body as a named map (what a client's `progress` message holds).
+                let payload = rmpv::decode::read_value(&mut encode_body(&event).as_slice())
+                    .unwrap_or(Value::Nil);
+                let headers = BTreeMap::from([("plan".to_string(), event.id.to_string())]);
+                self.exchange.publish(out, &topic, headers, payload, now);
+            }
+            if to_client {
+                self.send_client(out, &client, &BrokerToClient::Progress(event));
+            }
         }
         let Some(plan) = self.plans.get_mut(&task.plan) else {
             return;
@@ -897,6 +996,7 @@ impl Engine {
     pub fn on_tick(&mut self, out: &mut impl Outbox, now: Instant) {
         if now >= self.next_heartbeat {
             self.next_heartbeat = now + self.config.heartbeat;
+            self.exchange.on_tick(now);
             let body = encode_body(&Heartbeat {});
             let routings: Vec<RoutingId> = self
                 .registry
@@ -1037,11 +1137,22 @@ impl Engine {
                 .collect(),
             plans_in_flight: self.plans.len() as u64,
             tasks_waiting: self.waiting_len as u64,
-            counters: self
-                .counters
-                .iter()
-                .map(|(k, v)| (k.to_string(), *v))
-                .collect(),
+            counters: {
+                let mut counters: BTreeMap<String, u64> = self
+                    .counters
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), *v))
+                    .collect();
+                let topics = self.exchange.counters();
+                counters.insert("topic_published".into(), topics.published);
+                counters.insert("topic_delivered".into(), topics.delivered);
+                counters.insert("topic_dropped_hwm".into(), topics.dropped);
+                counters.insert(
+                    "subscriptions".into(),
+                    self.exchange.subscription_count() as u64,
+                );
+                counters
+            },
             limits: BTreeMap::from([
                 (
                     "max_message_bytes".to_string(),
@@ -1051,6 +1162,13 @@ impl Engine {
                 ("max_steps".to_string(), limits.max_steps as u64),
                 ("max_name_bytes".to_string(), limits.max_name_bytes as u64),
                 ("max_locs".to_string(), limits.max_locs as u64),
+                ("max_topic_bytes".to_string(), limits.max_topic_bytes as u64),
+                ("max_topic_words".to_string(), limits.max_topic_words as u64),
+                ("max_patterns".to_string(), limits.max_patterns as u64),
+                (
+                    "max_subscriptions_per_client".to_string(),
+                    self.config.exchange.max_subscriptions_per_client as u64,
+                ),
                 (
                     "max_plans_per_client".to_string(),
                     self.config.max_plans_per_client as u64,
@@ -1103,4 +1221,26 @@ impl Engine {
             Delivery::Gone => self.count("client_replies_undeliverable"),
         }
     }
+}
+
+fn subscribe_error(id: u64, e: SubscribeError) -> ErrorReply {
+    match e {
+        SubscribeError::InvalidPattern(m) => {
+            ErrorReply::new(Some(id), ErrorCode::InvalidPattern, m)
+        }
+        SubscribeError::TooMany(n) => ErrorReply::new(
+            Some(id),
+            ErrorCode::TooManySubscriptions,
+            format!("this connection already has {n} subscriptions, the limit"),
+        ),
+        SubscribeError::Unknown => ErrorReply::new(
+            Some(id),
+            ErrorCode::UnknownSubscription,
+            "no subscription with this token on this connection",
+        ),
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
 }

@@ -4,12 +4,15 @@
 //! - [`plan_graph`]: validation and the dependency graph of a plan.
 //! - [`resolve`]: replacing references by results.
 //! - [`registry`]: workers, their functions, resources and load.
+//! - [`matcher`], [`exchange`]: the topic exchange (patterns, subscriptions, delivery).
 //! - [`engine`]: the synchronous state machine (plans, tasks, heartbeats, deadlines).
 //! - [`server`]: the reactor thread with the client and worker sockets.
 //! - [`config`]: layered configuration.
 
 pub mod config;
 pub mod engine;
+pub mod exchange;
+pub mod matcher;
 pub mod plan_graph;
 pub mod registry;
 pub mod resolve;

@@ -12,6 +12,7 @@ use slog::{info, warn, Logger};
 
 use crate::config::BrokerConfig;
 use crate::engine::{ClientAddr, Delivery, Engine, Outbox};
+use crate::exchange::EventSink;
 
 /// Commands to a running broker.
 #[derive(Debug)]
@@ -27,6 +28,16 @@ struct Sockets<'a> {
     io: &'a mut Io,
     client: SocketId,
     worker: SocketId,
+    events: SocketId,
+}
+
+impl EventSink for Sockets<'_> {
+    fn to_events(&mut self, token: &[u8], kind: &str, body: &[u8]) -> Delivery {
+        delivery(
+            self.io
+                .send(self.events, &[token, VERSION, kind.as_bytes(), body]),
+        )
+    }
 }
 
 fn delivery(result: Result<(), SendError>) -> Delivery {
@@ -65,18 +76,24 @@ struct BrokerHandler {
     engine: Engine,
     client: SocketId,
     worker: SocketId,
+    events: SocketId,
     finished: bool,
     log: Logger,
 }
 
 impl BrokerHandler {
+    fn sockets<'a>(&self, io: &'a mut Io) -> Sockets<'a> {
+        Sockets {
+            io,
+            client: self.client,
+            worker: self.worker,
+            events: self.events,
+        }
+    }
+
     fn check_drained(&mut self, io: &mut Io) {
         if !self.finished && self.engine.is_drained() {
-            let mut out = Sockets {
-                io,
-                client: self.client,
-                worker: self.worker,
-            };
+            let mut out = self.sockets(io);
             self.engine.disconnect_workers(&mut out);
             info!(self.log, "shut down"; "plans_completed" => self.engine.counter("plans_completed"));
             self.finished = true;
@@ -89,15 +106,13 @@ impl Handler for BrokerHandler {
 
     fn on_message(&mut self, io: &mut Io, socket: SocketId, frames: Vec<Vec<u8>>) {
         let now = io.now();
-        let mut out = Sockets {
-            io,
-            client: self.client,
-            worker: self.worker,
-        };
+        let mut out = self.sockets(io);
         if socket == self.client {
             self.engine.on_client_message(&mut out, &frames, now);
-        } else {
+        } else if socket == self.worker {
             self.engine.on_worker_message(&mut out, &frames, now);
+        } else {
+            self.engine.on_event_message(&mut out, &frames, now);
         }
         if self.engine.is_drained() {
             self.check_drained(io);
@@ -117,11 +132,7 @@ impl Handler for BrokerHandler {
     fn on_timer(&mut self, io: &mut Io) {
         let now = io.now();
         let workers = self.engine.worker_count();
-        let mut out = Sockets {
-            io,
-            client: self.client,
-            worker: self.worker,
-        };
+        let mut out = self.sockets(io);
         self.engine.on_tick(&mut out, now);
         let after = self.engine.worker_count();
         if after < workers {
@@ -139,11 +150,7 @@ impl Handler for BrokerHandler {
         if !self.finished && !self.engine.is_shutting_down() {
             self.engine.begin_shutdown(io.now());
             let now = io.now();
-            let mut out = Sockets {
-                io,
-                client: self.client,
-                worker: self.worker,
-            };
+            let mut out = self.sockets(io);
             self.engine.on_tick(&mut out, now);
             self.check_drained(io);
         }
@@ -160,6 +167,8 @@ pub struct Broker {
     pub client_endpoint: String,
     /// The worker endpoint actually bound.
     pub worker_endpoint: String,
+    /// The event endpoint actually bound.
+    pub event_endpoint: String,
     handle: ReactorHandle<Command>,
     thread: ReactorThread<BrokerHandler>,
 }
@@ -185,31 +194,46 @@ impl Broker {
             .bind(config.client_endpoint.clone());
         let worker_spec =
             SocketSpec::new(SocketKind::Router, options).bind(config.worker_endpoint.clone());
-        let engine_config = config.engine();
+        let event_options = SocketOptions {
+            sndhwm: config.socket.event_hwm,
+            rcvhwm: config.socket.event_hwm,
+            handshake_ms: config.socket.handshake_timeout_ms,
+            ..SocketOptions::xpub_events()
+        };
+        let event_spec =
+            SocketSpec::new(SocketKind::XPub, event_options).bind(config.event_endpoint.clone());
+        let mut engine_config = config.engine();
         let (endpoints_tx, endpoints_rx) = std::sync::mpsc::channel();
         let engine_log = log.clone();
         let (handle, thread) = spawn("mpreg-broker", ctx, 1024, move |io| {
             let client = io.open(&client_spec)?;
             let worker = io.open(&worker_spec)?;
+            let events = io.open(&event_spec)?;
             let endpoints = (
                 io.bound_endpoints(client)[0].clone(),
                 io.bound_endpoints(worker)[0].clone(),
+                io.bound_endpoints(events)[0].clone(),
             );
+            if engine_config.exchange.events_endpoint.is_empty() {
+                engine_config.exchange.events_endpoint = endpoints.2.clone();
+            }
             let _ = endpoints_tx.send(endpoints);
             Ok(BrokerHandler {
                 engine: Engine::new(engine_config, Instant::now()).with_logger(engine_log.clone()),
                 client,
                 worker,
+                events,
                 finished: false,
                 log: engine_log,
             })
         })?;
-        let (client_endpoint, worker_endpoint) = endpoints_rx
+        let (client_endpoint, worker_endpoint, event_endpoint) = endpoints_rx
             .recv()
             .map_err(|_| TransportError::Reactor("broker reactor ended during start".into()))?;
         Ok(Broker {
             client_endpoint,
             worker_endpoint,
+            event_endpoint,
             handle,
             thread,
         })

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use mpreg_broker::engine::{ClientAddr, Delivery, Engine, EngineConfig, Outbox};
+use mpreg_broker::exchange::EventSink;
 use mpreg_protocol::*;
 use proptest::prelude::*;
 
@@ -18,6 +19,12 @@ struct Recorder {
     tasks: Vec<(Vec<u8>, Task<'static>)>,
     cancels: Vec<u64>,
     client: Vec<BrokerToClient>,
+}
+
+impl EventSink for Recorder {
+    fn to_events(&mut self, _token: &[u8], _kind: &str, _body: &[u8]) -> Delivery {
+        Delivery::Sent
+    }
 }
 
 impl Outbox for Recorder {
@@ -86,6 +93,7 @@ fn plan(id: u64, steps: Vec<Step>) -> PlanRequest {
         deadline_ms: None,
         all_results: false,
         progress: false,
+        progress_topic: None,
     }
 }
 

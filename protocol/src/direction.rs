@@ -7,6 +7,10 @@ use crate::codec::{decode_body, encode_body, DecodeError};
 use crate::envelope::VERSION;
 use crate::limits::Limits;
 use crate::plan::{PlanRequest, PlanResult, Progress};
+use crate::topic::{
+    Active, Lagging, Publish, Published, Subscribe, Subscribed, TopicMessage, Unsubscribe,
+    Unsubscribed,
+};
 use crate::worker::{
     CancelTask, Disconnect, Heartbeat, Reconnect, Register, Registered, Task, TaskFailure,
     TaskResult,
@@ -63,6 +67,12 @@ direction! {
         Ping(Ping) = "ping",
         /// Broker status.
         Status(StatusRequest) = "status",
+        /// Create a subscription.
+        Subscribe(Subscribe) = "subscribe",
+        /// End a subscription.
+        Unsubscribe(Unsubscribe) = "unsubscribe",
+        /// Publish a message to a topic.
+        Publish(Publish) = "publish",
     }
 }
 
@@ -79,6 +89,12 @@ direction! {
         Pong(Pong) = "pong",
         /// Answer to `status`.
         Status(StatusReply) = "status",
+        /// The subscription exists.
+        Subscribed(Subscribed) = "subscribed",
+        /// The subscription ended.
+        Unsubscribed(Unsubscribed) = "unsubscribed",
+        /// The message was routed.
+        Published(Published) = "published",
     }
 }
 
@@ -118,6 +134,18 @@ direction! {
     }
 }
 
+direction! {
+    /// Broker -> subscriber, on the event (XPUB) socket, after the subscription token frame.
+    Event {
+        /// The subscription is live.
+        Active(Active) = "active",
+        /// A message for the subscription.
+        Message(TopicMessage) = "message",
+        /// The subscriber fell behind; messages were dropped.
+        Lagging(Lagging) = "lagging",
+    }
+}
+
 impl ClientToBroker {
     /// The request id every client message carries.
     pub fn request_id(&self) -> u64 {
@@ -126,6 +154,9 @@ impl ClientToBroker {
             ClientToBroker::Cancel(m) => m.id,
             ClientToBroker::Ping(m) => m.id,
             ClientToBroker::Status(m) => m.id,
+            ClientToBroker::Subscribe(m) => m.id,
+            ClientToBroker::Unsubscribe(m) => m.id,
+            ClientToBroker::Publish(m) => m.id,
         }
     }
 }
@@ -139,6 +170,9 @@ impl BrokerToClient {
             BrokerToClient::Error(m) => m.id,
             BrokerToClient::Pong(m) => Some(m.id),
             BrokerToClient::Status(m) => Some(m.id),
+            BrokerToClient::Subscribed(m) => Some(m.id),
+            BrokerToClient::Unsubscribed(m) => Some(m.id),
+            BrokerToClient::Published(m) => Some(m.id),
         }
     }
 }

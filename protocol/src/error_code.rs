@@ -93,8 +93,16 @@ error_codes! {
     AccessDenied = 404, "access_denied";
     /// A worker message came from a connection that has not registered.
     NotRegistered = 405, "not_registered";
+    /// The client has as many subscriptions as the broker allows.
+    TooManySubscriptions = 406, "too_many_subscriptions";
     /// A bug: the broker could not handle a request it accepted.
     Internal = 500, "internal_error";
+    /// A topic is empty, too long, has too many words or is not UTF-8.
+    InvalidTopic = 600, "invalid_topic";
+    /// A subscription pattern is invalid (same rules as topics), or there are none or too many.
+    InvalidPattern = 601, "invalid_pattern";
+    /// No subscription has this token (on this connection).
+    UnknownSubscription = 602, "unknown_subscription";
     /// Client side: the broker could not be reached.
     ConnectionFailed = 900, "connection_failed";
     /// Client side: no reply arrived in time (the broker may be unreachable or overloaded).
@@ -151,7 +159,11 @@ mod tests {
                 (403, "shutting_down"),
                 (404, "access_denied"),
                 (405, "not_registered"),
+                (406, "too_many_subscriptions"),
                 (500, "internal_error"),
+                (600, "invalid_topic"),
+                (601, "invalid_pattern"),
+                (602, "unknown_subscription"),
                 (900, "connection_failed"),
                 (901, "request_timeout"),
                 (902, "invalid_input"),

@@ -5,7 +5,7 @@
 //! - [`envelope`]: the frames around a body (version tag, message type) and ROUTER prefixes.
 //! - [`codec`]: msgpack bodies as named maps; size, structure and depth checks before decoding.
 //! - [`msgpack_scan`]: the non-recursive structural check behind the codec.
-//! - [`plan`], [`client`], [`worker`]: the message structs.
+//! - [`plan`], [`client`], [`worker`], [`topic`]: the message structs.
 //! - [`direction`]: one enum per direction (`ClientToBroker`, `BrokerToClient`,
 //!   `WorkerToBroker`, `BrokerToWorker`) keyed by the message type frame.
 //! - [`error_code`]: stable numeric error codes and names.
@@ -23,16 +23,21 @@ pub mod error_code;
 pub mod limits;
 pub mod msgpack_scan;
 pub mod plan;
+pub mod topic;
 pub mod worker;
 
 pub use client::{CancelRequest, ErrorReply, Ping, Pong, StatusReply, StatusRequest, WorkerStatus};
 pub use codec::{decode_body, encode_body, peek_request_id, DecodeError};
-pub use direction::{BrokerToClient, BrokerToWorker, ClientToBroker, WorkerToBroker};
+pub use direction::{BrokerToClient, BrokerToWorker, ClientToBroker, Event, WorkerToBroker};
 pub use envelope::{parse as parse_envelope, router_prefix_len, Envelope, EnvelopeError, VERSION};
 pub use error_code::ErrorCode;
 pub use limits::Limits;
 pub use plan::{PlanRequest, PlanResult, Progress, Step};
 pub use rmpv::Value;
+pub use topic::{
+    Active, Lagging, Publish, Published, Subscribe, Subscribed, TopicMessage, Unsubscribe,
+    Unsubscribed,
+};
 pub use worker::{
     failure_kind, CancelTask, Disconnect, Heartbeat, Reconnect, Register, Registered, Task,
     TaskFailure, TaskResult,

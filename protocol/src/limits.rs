@@ -15,9 +15,15 @@ pub const DEFAULT_MAX_STEPS: usize = 100_000;
 pub const DEFAULT_MAX_NAME_BYTES: usize = 256;
 /// Default most resource names in one step's `locs` or one worker's registration.
 pub const DEFAULT_MAX_LOCS: usize = 256;
+/// Default longest topic or pattern, in bytes.
+pub const DEFAULT_MAX_TOPIC_BYTES: usize = 256;
+/// Default most words in a topic or pattern.
+pub const DEFAULT_MAX_TOPIC_WORDS: usize = 32;
+/// Default most patterns in one subscription.
+pub const DEFAULT_MAX_PATTERNS: usize = 64;
 
 /// The limits applied to one message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
     /// Largest body frame, in bytes.
     pub max_message_bytes: usize,
@@ -29,6 +35,12 @@ pub struct Limits {
     pub max_name_bytes: usize,
     /// Most resource names in one `locs` list or registration.
     pub max_locs: usize,
+    /// Longest topic or pattern, in bytes.
+    pub max_topic_bytes: usize,
+    /// Most words in a topic or pattern.
+    pub max_topic_words: usize,
+    /// Most patterns in one subscription.
+    pub max_patterns: usize,
 }
 
 impl Default for Limits {
@@ -39,6 +51,9 @@ impl Default for Limits {
             max_steps: DEFAULT_MAX_STEPS,
             max_name_bytes: DEFAULT_MAX_NAME_BYTES,
             max_locs: DEFAULT_MAX_LOCS,
+            max_topic_bytes: DEFAULT_MAX_TOPIC_BYTES,
+            max_topic_words: DEFAULT_MAX_TOPIC_WORDS,
+            max_patterns: DEFAULT_MAX_PATTERNS,
         }
     }
 }

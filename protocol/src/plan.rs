@@ -85,6 +85,10 @@ pub struct PlanRequest {
         skip_serializing_if = "is_false"
     )]
     pub progress: bool,
+    /// Publish each finished step's progress event to this topic (payload: the `progress`
+    /// body as a map).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_topic: Option<String>,
 }
 
 pub(crate) fn is_false(b: &bool) -> bool {

@@ -45,6 +45,7 @@ fn samples() -> Vec<Sample> {
         deadline_ms: Some(30_000),
         all_results: true,
         progress: true,
+        progress_topic: Some("plans.progress".into()),
     };
     let mut results = BTreeMap::new();
     results.insert(
@@ -259,6 +260,92 @@ fn samples() -> Vec<Sample> {
         BrokerToWorker,
         BrokerToWorker::Disconnect(Disconnect {
             reason: "broker shutting down".into()
+        })
+    );
+    let mut headers = BTreeMap::new();
+    headers.insert("source".to_string(), "sensor-7".to_string());
+    sample!(
+        "client_to_broker.subscribe",
+        ClientToBroker,
+        ClientToBroker::Subscribe(Subscribe {
+            id: 11,
+            patterns: vec!["orders.*.eu".into(), "alerts.#".into()],
+            backlog: true
+        })
+    );
+    sample!(
+        "client_to_broker.unsubscribe",
+        ClientToBroker,
+        ClientToBroker::Unsubscribe(Unsubscribe {
+            id: 12,
+            sub: "s01JB8ZXK3Q9V6T2M4N7P5R8W0Y".into()
+        })
+    );
+    sample!(
+        "client_to_broker.publish",
+        ClientToBroker,
+        ClientToBroker::Publish(Publish {
+            id: 13,
+            topic: "orders.42.eu".into(),
+            headers: headers.clone(),
+            payload: Value::Map(vec![(v("qty"), Value::from(3))]),
+            confirm: true,
+        })
+    );
+    sample!(
+        "broker_to_client.subscribed",
+        BrokerToClient,
+        BrokerToClient::Subscribed(Subscribed {
+            id: 11,
+            sub: "s01JB8ZXK3Q9V6T2M4N7P5R8W0Y".into(),
+            events: "tcp://127.0.0.1:7402".into(),
+        })
+    );
+    sample!(
+        "broker_to_client.unsubscribed",
+        BrokerToClient,
+        BrokerToClient::Unsubscribed(Unsubscribed {
+            id: 12,
+            sub: "s01JB8ZXK3Q9V6T2M4N7P5R8W0Y".into()
+        })
+    );
+    sample!(
+        "broker_to_client.published",
+        BrokerToClient,
+        BrokerToClient::Published(Published {
+            id: 13,
+            msg: "01JB8ZXM0A1B2C3D4E5F6G7H8J".into(),
+            matched: 2
+        })
+    );
+    sample!(
+        "event.active",
+        Event,
+        Event::Active(Active {
+            sub: "s01JB8ZXK3Q9V6T2M4N7P5R8W0Y".into(),
+            backlog: 1
+        })
+    );
+    sample!(
+        "event.message",
+        Event,
+        Event::Message(TopicMessage {
+            sub: "s01JB8ZXK3Q9V6T2M4N7P5R8W0Y".into(),
+            seq: 1,
+            id: "01JB8ZXM0A1B2C3D4E5F6G7H8J".into(),
+            topic: "orders.42.eu".into(),
+            headers,
+            payload: Value::Map(vec![(v("qty"), Value::from(3))]),
+            retained: true,
+        })
+    );
+    sample!(
+        "event.lagging",
+        Event,
+        Event::Lagging(Lagging {
+            sub: "s01JB8ZXK3Q9V6T2M4N7P5R8W0Y".into(),
+            dropped: 17,
+            dropped_total: 40
         })
     );
     out

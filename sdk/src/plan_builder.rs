@@ -46,6 +46,7 @@ pub struct PlanBuilder {
     deadline: Option<Duration>,
     all_results: bool,
     progress: bool,
+    progress_topic: Option<String>,
     /// The first misuse of the builder (a step option before any step), reported by `run`.
     misuse: Option<String>,
 }
@@ -68,6 +69,7 @@ impl PlanBuilder {
             deadline: None,
             all_results: false,
             progress: false,
+            progress_topic: None,
             misuse: None,
         }
     }
@@ -146,6 +148,13 @@ impl PlanBuilder {
         self
     }
 
+    /// Also publish each finished step's progress event to `topic` on the broker's topic
+    /// exchange (payload: the progress event as a map).
+    pub fn progress_topic(mut self, topic: impl Into<String>) -> Self {
+        self.progress_topic = Some(topic.into());
+        self
+    }
+
     /// The steps so far.
     pub fn steps(&self) -> &[Step] {
         &self.steps
@@ -165,6 +174,7 @@ impl PlanBuilder {
             deadline_ms: self.deadline.map(millis),
             all_results: self.all_results,
             progress: self.progress,
+            progress_topic: self.progress_topic.clone(),
         })
     }
 

@@ -177,49 +177,51 @@ pub struct BrokerProc {
     pub client: String,
     /// Worker endpoint (resolved port).
     pub worker: String,
+    /// Event (topic delivery) endpoint (resolved port).
+    pub events: String,
     /// The process.
     pub proc: Proc,
 }
 
 /// Starts a broker on ephemeral loopback ports; `extra` flags and `env` are passed through.
 pub fn start_broker(extra: &[&str], env: &[(&str, &str)]) -> BrokerProc {
-    let mut args: Vec<String> = [
-        "--client-endpoint",
-        "tcp://127.0.0.1:*",
-        "--worker-endpoint",
-        "tcp://127.0.0.1:*",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let mut proc = Proc::spawn("broker", &bin("mpreg-broker"), &args, env);
-    let line = proc.wait_event("listening", START_TIMEOUT);
-    BrokerProc {
-        client: line["client"]
-            .as_str()
-            .expect("client endpoint")
-            .to_string(),
-        worker: line["worker"]
-            .as_str()
-            .expect("worker endpoint")
-            .to_string(),
-        proc,
-    }
+    let any = "tcp://127.0.0.1:*";
+    launch_broker(any, any, any, extra, env)
 }
 
 /// Starts a broker on given endpoints (to restart one on the same ports).
-pub fn start_broker_at(client: &str, worker: &str, extra: &[&str]) -> BrokerProc {
-    let mut args: Vec<String> = ["--client-endpoint", client, "--worker-endpoint", worker]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+pub fn start_broker_at(client: &str, worker: &str, events: &str, extra: &[&str]) -> BrokerProc {
+    launch_broker(client, worker, events, extra, &[])
+}
+
+fn launch_broker(
+    client: &str,
+    worker: &str,
+    events: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> BrokerProc {
+    let mut args: Vec<String> = vec![
+        "--client-endpoint".into(),
+        client.into(),
+        "--worker-endpoint".into(),
+        worker.into(),
+        "--event-endpoint".into(),
+        events.into(),
+    ];
     args.extend(extra.iter().map(|s| s.to_string()));
-    let mut proc = Proc::spawn("broker", &bin("mpreg-broker"), &args, &[]);
+    let mut proc = Proc::spawn("broker", &bin("mpreg-broker"), &args, env);
     let line = proc.wait_event("listening", START_TIMEOUT);
+    let endpoint = |key: &str| {
+        line[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {key} endpoint in {line}"))
+            .to_string()
+    };
     BrokerProc {
-        client: line["client"].as_str().expect("client").to_string(),
-        worker: line["worker"].as_str().expect("worker").to_string(),
+        client: endpoint("client"),
+        worker: endpoint("worker"),
+        events: endpoint("events"),
         proc,
     }
 }

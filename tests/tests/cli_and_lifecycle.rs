@@ -129,10 +129,14 @@ fn cli_contract() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_register_again_after_a_broker_restart() {
     let mut c = Cluster::start(&[&[]]);
-    let (client_ep, worker_ep) = (c.broker.client.clone(), c.broker.worker.clone());
+    let (client_ep, worker_ep, events_ep) = (
+        c.broker.client.clone(),
+        c.broker.worker.clone(),
+        c.broker.events.clone(),
+    );
     c.broker.proc.kill();
     // Same ports, new broker that knows no one: the node must find it by itself.
-    let _restarted = start_broker_at(&client_ep, &worker_ep, &[]);
+    let _restarted = start_broker_at(&client_ep, &worker_ep, &events_ep, &[]);
     let client = Client::connect(&client_ep).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(45);
     loop {

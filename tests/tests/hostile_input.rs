@@ -113,6 +113,7 @@ fn oversized_bodies_and_plans_are_refused_with_their_codes() {
         deadline_ms: None,
         all_results: false,
         progress: false,
+        progress_topic: None,
     };
     let base = encode_body(&plan).len();
     // A str32 header is 5 bytes where the empty string took 1: exactly one byte over.
@@ -141,6 +142,7 @@ fn oversized_bodies_and_plans_are_refused_with_their_codes() {
             deadline_ms: None,
             all_results: false,
             progress: false,
+            progress_topic: None,
         })
         .to_frames(),
     )
@@ -165,6 +167,7 @@ fn invalid_plans_are_rejected_before_running() {
                 deadline_ms: None,
                 all_results: false,
                 progress: false,
+                progress_topic: None,
             })
             .to_frames(),
         )
@@ -208,6 +211,7 @@ fn invalid_plans_are_rejected_before_running() {
             deadline_ms: None,
             all_results: false,
             progress: false,
+            progress_topic: None,
         })
         .to_frames(),
     )

@@ -21,7 +21,7 @@ pub mod reactor;
 pub mod socket_options;
 
 pub use error::{SendError, TransportError};
-pub use raw::RawDealer;
+pub use raw::{RawDealer, RawSub};
 pub use reactor::{
     spawn, Closed, Context, Handler, Io, ReactorHandle, ReactorThread, SocketId, SocketKind,
     SocketSpec, TrySendError,

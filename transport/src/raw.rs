@@ -25,11 +25,11 @@ impl RawDealer {
         options: &SocketOptions,
     ) -> Result<RawDealer, TransportError> {
         crate::endpoint::validate(endpoint)?;
-        let socket = ctx
+        let mut socket = ctx
             .raw()
             .socket(zmq::DEALER)
             .map_err(TransportError::Create)?;
-        options.apply(&socket, zmq::DEALER)?;
+        options.apply(&mut socket, zmq::DEALER)?;
         socket
             .connect(endpoint)
             .map_err(|source| TransportError::Connect {
@@ -49,6 +49,64 @@ impl RawDealer {
                 .map_err(TransportError::Socket)?;
         }
         Ok(())
+    }
+
+    /// Receives one multipart message, or `None` after `timeout`.
+    pub fn recv(&self, timeout: Duration) -> Option<Vec<Vec<u8>>> {
+        let ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+        match self.socket.poll(zmq::POLLIN, ms) {
+            Ok(n) if n > 0 => self.socket.recv_multipart(0).ok(),
+            _ => None,
+        }
+    }
+}
+
+/// A blocking SUB for tools and tests.
+pub struct RawSub {
+    socket: zmq::Socket,
+}
+
+impl RawSub {
+    /// Connects a SUB with the given receive high-water mark (0: unlimited).
+    pub fn connect(ctx: &Context, endpoint: &str, rcvhwm: i32) -> Result<RawSub, TransportError> {
+        crate::endpoint::validate(endpoint)?;
+        let socket = ctx.raw().socket(zmq::SUB).map_err(TransportError::Create)?;
+        let opt = |option, r: zmq::Result<()>| {
+            r.map_err(|source| TransportError::Option { option, source })
+        };
+        opt("LINGER", socket.set_linger(0))?;
+        opt("RCVHWM", socket.set_rcvhwm(rcvhwm))?;
+        // Small kernel buffers too, so a subscriber that stops reading is felt quickly.
+        if rcvhwm > 0 && rcvhwm < 1000 {
+            opt("RCVBUF", socket.set_rcvbuf(16 * 1024))?;
+        }
+        socket
+            .connect(endpoint)
+            .map_err(|source| TransportError::Connect {
+                endpoint: endpoint.to_string(),
+                source,
+            })?;
+        Ok(RawSub { socket })
+    }
+
+    /// Adds a prefix filter.
+    pub fn subscribe(&self, prefix: &[u8]) -> Result<(), TransportError> {
+        self.socket
+            .set_subscribe(prefix)
+            .map_err(|source| TransportError::Option {
+                option: "SUBSCRIBE",
+                source,
+            })
+    }
+
+    /// Removes a prefix filter.
+    pub fn unsubscribe(&self, prefix: &[u8]) -> Result<(), TransportError> {
+        self.socket
+            .set_unsubscribe(prefix)
+            .map_err(|source| TransportError::Option {
+                option: "UNSUBSCRIBE",
+                source,
+            })
     }
 
     /// Receives one multipart message, or `None` after `timeout`.

@@ -152,11 +152,11 @@ impl Io {
     /// Creates a socket, applies its options, binds and connects it, and adds it to the poll
     /// set. Bound endpoints with a `*` port are resolved (see [`Io::bound_endpoints`]).
     pub fn open(&mut self, spec: &SocketSpec) -> Result<SocketId, TransportError> {
-        let socket = self
+        let mut socket = self
             .ctx
             .socket(spec.kind.raw())
             .map_err(TransportError::Create)?;
-        spec.options.apply(&socket, spec.kind.raw())?;
+        spec.options.apply(&mut socket, spec.kind.raw())?;
         let mut bound = Vec::new();
         for endpoint in &spec.bind {
             crate::endpoint::validate(endpoint)?;

@@ -42,6 +42,11 @@ pub struct SocketOptions {
     pub reconnect_max_ms: i32,
     /// Explicit routing id for this socket (DEALER), if any.
     pub routing_id: Option<Vec<u8>>,
+    /// XPUB: pass every subscribe and unsubscribe to the application (`XPUB_VERBOSER`).
+    pub xpub_verboser: bool,
+    /// XPUB: a full subscriber pipe makes sends fail with EAGAIN instead of dropping silently
+    /// (`XPUB_NODROP`), so the owner can count drops per subscriber.
+    pub xpub_nodrop: bool,
 }
 
 impl Default for SocketOptions {
@@ -60,6 +65,8 @@ impl Default for SocketOptions {
             reconnect_ms: 100,
             reconnect_max_ms: 5_000,
             routing_id: None,
+            xpub_verboser: false,
+            xpub_nodrop: false,
         }
     }
 }
@@ -87,7 +94,7 @@ impl SocketOptions {
 
     pub(crate) fn apply(
         &self,
-        socket: &zmq::Socket,
+        socket: &mut zmq::Socket,
         kind: zmq::SocketType,
     ) -> Result<(), TransportError> {
         let set = |what: &'static str, r: zmq::Result<()>| {
@@ -134,6 +141,53 @@ impl SocketOptions {
         if let Some(id) = &self.routing_id {
             set("ROUTING_ID", socket.set_identity(id))?;
         }
+        if kind == zmq::XPUB {
+            set(
+                "XPUB_VERBOSER",
+                set_int(
+                    socket,
+                    zmq_sys::ZMQ_XPUB_VERBOSER,
+                    self.xpub_verboser.into(),
+                ),
+            )?;
+            set(
+                "XPUB_NODROP",
+                set_int(socket, zmq_sys::ZMQ_XPUB_NODROP, self.xpub_nodrop.into()),
+            )?;
+        }
         Ok(())
+    }
+
+    /// An XPUB for topic delivery: sees every subscription, reports full subscribers.
+    pub fn xpub_events() -> Self {
+        SocketOptions {
+            xpub_verboser: true,
+            xpub_nodrop: true,
+            ..SocketOptions::default()
+        }
+    }
+}
+
+/// Sets an integer option the `zmq` crate has no setter for.
+#[allow(unsafe_code)]
+fn set_int(socket: &mut zmq::Socket, option: u32, value: i32) -> zmq::Result<()> {
+    let option = std::os::raw::c_int::try_from(option).map_err(|_| zmq::Error::EINVAL)?;
+    let raw = socket.as_mut_ptr();
+    // SAFETY: `raw` is the live socket borrowed mutably for this call (so no other thread
+    // uses it); the value pointer and length describe one `c_int` on the stack, which is what
+    // zmq_setsockopt reads for integer options.
+    let rc = unsafe {
+        zmq_sys::zmq_setsockopt(
+            raw,
+            option,
+            (&value as *const i32).cast(),
+            std::mem::size_of::<i32>(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        Err(zmq::Error::from_raw(errno))
     }
 }

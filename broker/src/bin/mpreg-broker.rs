@@ -1,7 +1,7 @@
 //! `mpreg-broker`: serves plans on a client endpoint and workers on a worker endpoint.
 //!
 //! On start it prints one JSON line on stdout with the endpoints it bound:
-//! `{"event":"listening","name":...,"client":"tcp://...","worker":"tcp://..."}`.
+//! `{"event":"listening","name":...,"client":"tcp://...","worker":"tcp://...","events":"tcp://..."}`.
 //! SIGTERM or SIGINT: stop accepting plans, let those in flight finish (up to
 //! `shutdown_timeout_ms`), tell the workers, exit 0.
 
@@ -30,6 +30,9 @@ struct Args {
     /// Worker endpoint to bind, e.g. tcp://127.0.0.1:7401.
     #[arg(long)]
     worker_endpoint: Option<String>,
+    /// Event (topic delivery) endpoint to bind, e.g. tcp://127.0.0.1:7402.
+    #[arg(long)]
+    event_endpoint: Option<String>,
     /// Heartbeat interval to workers, milliseconds.
     #[arg(long)]
     heartbeat_ms: Option<u64>,
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         name: args.name,
         client_endpoint: args.client_endpoint,
         worker_endpoint: args.worker_endpoint,
+        event_endpoint: args.event_endpoint,
         heartbeat_ms: args.heartbeat_ms,
         log_level: args.log_level,
     };
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
         "name": config.name,
         "client": broker.client_endpoint,
         "worker": broker.worker_endpoint,
+        "events": broker.event_endpoint,
     });
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{line}");

@@ -5,9 +5,14 @@
 //! process (release build, next to this binary). Latency samples of both are taken in
 //! alternating rounds so that noise on this shared machine hits both alike.
 //!
-//! Usage: `mpreg-bench rpc [--quick] [--json FILE]`.
+//! `mpreg-bench pubsub`: topic matching cost, subscribe/unsubscribe rate and end-to-end
+//! message rates through the broker, next to raw libzmq PUB -> SUB in the same run.
+//!
+//! Usage: `mpreg-bench rpc|pubsub [--quick] [--json FILE]`.
 
 #![allow(clippy::expect_used)]
+
+mod pubsub;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -61,6 +66,7 @@ impl PlanClient {
             deadline_ms: Some(120_000),
             all_results: false,
             progress: false,
+            progress_topic: None,
         };
         self.dealer
             .send(&[VERSION, b"plan", &encode_body(&plan)])
@@ -99,10 +105,27 @@ fn echo_step() -> Vec<Step> {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) != Some("rpc") {
-        eprintln!("usage: mpreg-bench rpc [--quick] [--json FILE]");
-        std::process::exit(2);
+    match args.first().map(String::as_str) {
+        Some("rpc") => rpc(&args),
+        Some("pubsub") => pubsub::run(&args),
+        _ => {
+            eprintln!("usage: mpreg-bench rpc|pubsub [--quick] [--json FILE]");
+            std::process::exit(2);
+        }
     }
+}
+
+fn write_json(path: Option<String>, report: &serde_json::Value) {
+    if let Some(path) = path {
+        if let Some(dir) = std::path::Path::new(&path).parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        std::fs::write(&path, format!("{report:#}\n")).expect("write json");
+        println!("figures written to {path}");
+    }
+}
+
+fn rpc(args: &[String]) {
     let quick = args.iter().any(|a| a == "--quick");
     let json_path = args
         .iter()
@@ -159,6 +182,7 @@ fn main() {
         deadline_ms: Some(120_000),
         all_results: false,
         progress: false,
+        progress_topic: None,
     });
     let wait_floor = Instant::now();
     while floor
@@ -213,6 +237,7 @@ fn main() {
             deadline_ms: Some(120_000),
             all_results: false,
             progress: false,
+            progress_topic: None,
         })
     };
     let start = Instant::now();
@@ -322,11 +347,5 @@ fn main() {
         "sizes": { "sequential": sizes.sequential, "pipelined": sizes.pipelined, "window": sizes.window, "wide": sizes.wide, "chain": sizes.chain },
         "targets_met": pass,
     });
-    if let Some(path) = json_path {
-        if let Some(dir) = std::path::Path::new(&path).parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        std::fs::write(&path, format!("{report:#}\n")).expect("write json");
-        println!("figures written to {path}");
-    }
+    write_json(json_path, &report);
 }

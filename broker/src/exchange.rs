@@ -1,0 +1,462 @@
+//! The topic exchange: subscriptions, matching, retained backlog and delivery over the event
+//! (XPUB) socket.
+//!
+//! A subscription is created on a client connection and becomes *active* when the broker's
+//! XPUB sees a SUB subscribe to its token: from then on every matching message is sent as
+//! `[token, VERSION, "message", body]` with a per-subscription sequence number. A full
+//! subscriber pipe (XPUB_NODROP) makes the send fail: the message is dropped for that
+//! subscriber only, counted, its sequence number skipped, and a `lagging` notice precedes the
+//! next message it does receive. Nothing blocks the broker.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mpreg_protocol::{encode_body, Active, Lagging, Limits, TopicMessage, Value};
+
+use crate::engine::Delivery;
+use crate::matcher::{Key, Matcher};
+use crate::registry::RoutingId;
+
+/// Where event frames go: the broker's XPUB socket.
+pub trait EventSink {
+    /// Sends `[token, VERSION, kind, body]`.
+    fn to_events(&mut self, token: &[u8], kind: &str, body: &[u8]) -> Delivery;
+}
+
+/// Settings of the exchange.
+#[derive(Debug, Clone)]
+pub struct ExchangeConfig {
+    /// The event endpoint announced to subscribers.
+    pub events_endpoint: String,
+    /// Retained messages per topic (0: none).
+    pub retain_count: usize,
+    /// Retained messages older than this are forgotten (zero: no age limit).
+    pub retain_age: Duration,
+    /// Subscriptions per client connection.
+    pub max_subscriptions_per_client: usize,
+    /// A subscription whose SUB filter does not arrive within this is discarded.
+    pub activation_timeout: Duration,
+}
+
+impl Default for ExchangeConfig {
+    fn default() -> Self {
+        ExchangeConfig {
+            events_endpoint: "tcp://127.0.0.1:7402".into(),
+            retain_count: 0,
+            retain_age: Duration::ZERO,
+            max_subscriptions_per_client: 1000,
+            activation_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+struct Subscription {
+    token: String,
+    client: RoutingId,
+    patterns: Vec<String>,
+    backlog: bool,
+    active: bool,
+    created: Instant,
+    seq: u64,
+    dropped_pending: u64,
+    dropped_total: u64,
+}
+
+struct Retained {
+    order: u64,
+    id: Arc<str>,
+    topic: Arc<str>,
+    headers: Arc<BTreeMap<String, String>>,
+    payload: Arc<Value>,
+    at: Instant,
+}
+
+/// Why a subscribe or unsubscribe was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubscribeError {
+    /// A pattern breaks the rules, or there are none or too many (601).
+    InvalidPattern(String),
+    /// The connection has too many subscriptions (406).
+    TooMany(usize),
+    /// No subscription with this token on this connection (602).
+    Unknown,
+}
+
+/// Counters the broker reports in `status`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ExchangeCounters {
+    /// Messages published.
+    pub published: u64,
+    /// Copies delivered to subscribers.
+    pub delivered: u64,
+    /// Copies dropped because a subscriber's pipe was full.
+    pub dropped: u64,
+}
+
+/// The exchange state.
+pub struct Exchange {
+    config: ExchangeConfig,
+    matcher: Matcher,
+    subs: HashMap<Key, Subscription>,
+    by_token: HashMap<String, Key>,
+    per_client: HashMap<RoutingId, usize>,
+    next_key: Key,
+    retained: HashMap<Arc<str>, VecDeque<Retained>>,
+    order: u64,
+    scratch: Vec<Key>,
+    counters: ExchangeCounters,
+    ids: ulid::Generator,
+}
+
+impl Exchange {
+    /// An exchange with no subscriptions.
+    pub fn new(config: ExchangeConfig) -> Exchange {
+        Exchange {
+            config,
+            matcher: Matcher::new(),
+            subs: HashMap::new(),
+            by_token: HashMap::new(),
+            per_client: HashMap::new(),
+            next_key: 1,
+            retained: HashMap::new(),
+            order: 0,
+            scratch: Vec::new(),
+            counters: ExchangeCounters::default(),
+            ids: ulid::Generator::new(),
+        }
+    }
+
+    /// The event endpoint subscribers connect to.
+    pub fn events_endpoint(&self) -> &str {
+        &self.config.events_endpoint
+    }
+
+    /// Counters for `status`.
+    pub fn counters(&self) -> ExchangeCounters {
+        self.counters
+    }
+
+    /// Subscriptions (active and pending).
+    pub fn subscription_count(&self) -> usize {
+        self.subs.len()
+    }
+
+    /// Creates a pending subscription and returns its token.
+    pub fn subscribe(
+        &mut self,
+        client: &RoutingId,
+        patterns: Vec<String>,
+        backlog: bool,
+        limits: &Limits,
+        now: Instant,
+    ) -> Result<String, SubscribeError> {
+        if patterns.is_empty() || patterns.len() > limits.max_patterns {
+            return Err(SubscribeError::InvalidPattern(format!(
+                "a subscription needs 1 to {} patterns, got {}",
+                limits.max_patterns,
+                patterns.len()
+            )));
+        }
+        for p in &patterns {
+            mpreg_protocol::topic::check_topic(p, limits)
+                .map_err(|e| SubscribeError::InvalidPattern(format!("pattern {p:?}: {e}")))?;
+        }
+        let count = self.per_client.get(client).copied().unwrap_or(0);
+        if count >= self.config.max_subscriptions_per_client {
+            return Err(SubscribeError::TooMany(
+                self.config.max_subscriptions_per_client,
+            ));
+        }
+        let key = self.next_key;
+        self.next_key += 1;
+        let token = format!(
+            "s{}",
+            self.ids.generate().unwrap_or_else(|_| ulid::Ulid::new())
+        );
+        for p in &patterns {
+            self.matcher.insert(p, key);
+        }
+        *self.per_client.entry(client.clone()).or_default() += 1;
+        self.by_token.insert(token.clone(), key);
+        self.subs.insert(
+            key,
+            Subscription {
+                token: token.clone(),
+                client: client.clone(),
+                patterns,
+                backlog,
+                active: false,
+                created: now,
+                seq: 0,
+                dropped_pending: 0,
+                dropped_total: 0,
+            },
+        );
+        Ok(token)
+    }
+
+    /// Ends a subscription on behalf of its client.
+    pub fn unsubscribe(&mut self, client: &RoutingId, token: &str) -> Result<(), SubscribeError> {
+        match self.by_token.get(token).and_then(|k| self.subs.get(k)) {
+            Some(sub) if &sub.client == client => {
+                self.remove(token);
+                Ok(())
+            }
+            _ => Err(SubscribeError::Unknown),
+        }
+    }
+
+    fn remove(&mut self, token: &str) -> bool {
+        let Some(key) = self.by_token.remove(token) else {
+            return false;
+        };
+        let Some(sub) = self.subs.remove(&key) else {
+            return false;
+        };
+        for p in &sub.patterns {
+            self.matcher.remove(p, key);
+        }
+        if let Some(n) = self.per_client.get_mut(&sub.client) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_client.remove(&sub.client);
+            }
+        }
+        true
+    }
+
+    /// A frame from the XPUB: `0x01 token` (a SUB subscribed) or `0x00 token` (it left).
+    pub fn on_subscription_frame(&mut self, out: &mut impl EventSink, frame: &[u8], now: Instant) {
+        let Some((&flag, token)) = frame.split_first() else {
+            return;
+        };
+        let Ok(token) = std::str::from_utf8(token) else {
+            return;
+        };
+        match flag {
+            1 => self.activate(out, token, now),
+            0 => {
+                self.remove(token);
+            }
+            _ => {}
+        }
+    }
+
+    fn activate(&mut self, out: &mut impl EventSink, token: &str, now: Instant) {
+        let cutoff = self.retain_cutoff(now);
+        let Some(&key) = self.by_token.get(token) else {
+            return;
+        };
+        let Some(sub) = self.subs.get_mut(&key) else {
+            return;
+        };
+        if sub.active {
+            return;
+        }
+        sub.active = true;
+        // The backlog: retained messages of every topic matching the patterns, in publish
+        // order. The loop is single-threaded, so nothing is published in between: no gap and
+        // no duplicate between the backlog and live messages.
+        let mut backlog: Vec<&Retained> = Vec::new();
+        if sub.backlog && !self.retained.is_empty() {
+            let mut probe = Matcher::new();
+            for p in &sub.patterns {
+                probe.insert(p, 0);
+            }
+            let mut hit = Vec::new();
+            for (topic, messages) in &self.retained {
+                hit.clear();
+                probe.matches(topic, &mut hit);
+                if !hit.is_empty() {
+                    backlog.extend(messages.iter().filter(|m| cutoff.is_none_or(|c| m.at >= c)));
+                }
+            }
+            backlog.sort_by_key(|m| m.order);
+        }
+        let active = Active {
+            sub: token.to_string(),
+            backlog: backlog.len() as u64,
+        };
+        let _ = out.to_events(token.as_bytes(), "active", &encode_body(&active));
+        let mut delivered = 0;
+        let mut dropped = 0;
+        for m in backlog {
+            match deliver(out, sub, &m.id, &m.topic, &m.headers, &m.payload, true) {
+                true => delivered += 1,
+                false => dropped += 1,
+            }
+        }
+        self.counters.delivered += delivered;
+        self.counters.dropped += dropped;
+    }
+
+    fn retain_cutoff(&self, now: Instant) -> Option<Instant> {
+        if self.config.retain_age.is_zero() {
+            None
+        } else {
+            now.checked_sub(self.config.retain_age)
+        }
+    }
+
+    /// Routes a message to every active subscription with a matching pattern; returns the
+    /// message id and the number of subscriptions it matched.
+    pub fn publish(
+        &mut self,
+        out: &mut impl EventSink,
+        topic: &str,
+        headers: BTreeMap<String, String>,
+        payload: Value,
+        now: Instant,
+    ) -> (String, u64) {
+        self.counters.published += 1;
+        let id = self
+            .ids
+            .generate()
+            .unwrap_or_else(|_| ulid::Ulid::new())
+            .to_string();
+        let mut keys = std::mem::take(&mut self.scratch);
+        keys.clear();
+        self.matcher.matches(topic, &mut keys);
+        let mut matched = 0;
+        for key in &keys {
+            let Some(sub) = self.subs.get_mut(key) else {
+                continue;
+            };
+            if !sub.active {
+                continue;
+            }
+            matched += 1;
+            if deliver(out, sub, &id, topic, &headers, &payload, false) {
+                self.counters.delivered += 1;
+            } else {
+                self.counters.dropped += 1;
+            }
+        }
+        self.scratch = keys;
+        if self.config.retain_count > 0 {
+            self.retain(&id, topic, headers, payload, now);
+        }
+        (id, matched)
+    }
+
+    fn retain(
+        &mut self,
+        id: &str,
+        topic: &str,
+        headers: BTreeMap<String, String>,
+        payload: Value,
+        now: Instant,
+    ) {
+        self.order += 1;
+        let cutoff = self.retain_cutoff(now);
+        let topic: Arc<str> = Arc::from(topic);
+        let queue = self.retained.entry(Arc::clone(&topic)).or_default();
+        queue.push_back(Retained {
+            order: self.order,
+            id: Arc::from(id),
+            topic,
+            headers: Arc::new(headers),
+            payload: Arc::new(payload),
+            at: now,
+        });
+        while queue.len() > self.config.retain_count
+            || queue
+                .front()
+                .is_some_and(|m| cutoff.is_some_and(|c| m.at < c))
+        {
+            queue.pop_front();
+        }
+    }
+
+    /// Discards subscriptions never activated, and retained messages past their age.
+    pub fn on_tick(&mut self, now: Instant) {
+        let timeout = self.config.activation_timeout;
+        let stale: Vec<String> = self
+            .subs
+            .values()
+            .filter(|s| !s.active && now.saturating_duration_since(s.created) > timeout)
+            .map(|s| s.token.clone())
+            .collect();
+        for token in stale {
+            self.remove(&token);
+        }
+        if let Some(cutoff) = self.retain_cutoff(now) {
+            self.retained.retain(|_, q| {
+                while q.front().is_some_and(|m| m.at < cutoff) {
+                    q.pop_front();
+                }
+                !q.is_empty()
+            });
+        }
+    }
+}
+
+/// Sends one message to one subscription, preceded by a `lagging` notice if it lost some.
+/// Returns false when the subscriber's pipe was full (the message is dropped and counted).
+fn deliver(
+    out: &mut impl EventSink,
+    sub: &mut Subscription,
+    id: &str,
+    topic: &str,
+    headers: &BTreeMap<String, String>,
+    payload: &Value,
+    retained: bool,
+) -> bool {
+    sub.seq += 1;
+    if sub.dropped_pending > 0 {
+        let notice = Lagging {
+            sub: sub.token.clone(),
+            dropped: sub.dropped_pending,
+            dropped_total: sub.dropped_total,
+        };
+        if out.to_events(sub.token.as_bytes(), "lagging", &encode_body(&notice)) != Delivery::Sent {
+            sub.dropped_pending += 1;
+            sub.dropped_total += 1;
+            return false;
+        }
+        sub.dropped_pending = 0;
+    }
+    let body = encode_message(&sub.token, sub.seq, id, topic, headers, payload, retained);
+    if out.to_events(sub.token.as_bytes(), "message", &body) == Delivery::Sent {
+        true
+    } else {
+        sub.dropped_pending += 1;
+        sub.dropped_total += 1;
+        false
+    }
+}
+
+fn encode_message(
+    token: &str,
+    seq: u64,
+    id: &str,
+    topic: &str,
+    headers: &BTreeMap<String, String>,
+    payload: &Value,
+    retained: bool,
+) -> Vec<u8> {
+    // Borrowing view of `TopicMessage`, so nothing is cloned per subscriber.
+    #[derive(serde::Serialize)]
+    struct View<'a> {
+        sub: &'a str,
+        seq: u64,
+        id: &'a str,
+        topic: &'a str,
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        headers: &'a BTreeMap<String, String>,
+        payload: &'a Value,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        retained: bool,
+    }
+    let _shape: Option<TopicMessage> = None;
+    encode_body(&View {
+        sub: token,
+        seq,
+        id,
+        topic,
+        headers,
+        payload,
+        retained,
+    })
+}

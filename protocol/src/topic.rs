@@ -1,0 +1,196 @@
+//! The topic exchange: publish, subscribe and the messages delivered on the broker's event
+//! (XPUB) socket.
+//!
+//! A subscriber asks for a subscription on its client connection (`subscribe`), receives a
+//! subscription token (`subscribed`), and subscribes its SUB socket (connected to the event
+//! endpoint named in the reply) to that token. The broker sees the SUB's filter arrive, sends
+//! `active`, then the retained backlog if asked, then live messages — all on frames
+//! `[token, VERSION, type, body]`.
+
+use std::collections::BTreeMap;
+
+use rmpv::Value;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::nil_as_default;
+use crate::plan::is_false;
+
+fn nil() -> Value {
+    Value::Nil
+}
+
+/// `subscribe`: create a subscription matching any of `patterns`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscribe {
+    /// Request id.
+    pub id: u64,
+    /// Topic patterns (`*` one word, `#` zero or more words).
+    #[serde(deserialize_with = "nil_as_default")]
+    pub patterns: Vec<String>,
+    /// Deliver the retained messages matching the patterns first.
+    #[serde(
+        default,
+        deserialize_with = "nil_as_default",
+        skip_serializing_if = "is_false"
+    )]
+    pub backlog: bool,
+}
+
+/// `subscribed`: the subscription exists; subscribe a SUB socket to `sub` on `events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscribed {
+    /// The request id.
+    pub id: u64,
+    /// The subscription token: the first frame of everything delivered for it, and the
+    /// prefix the SUB socket subscribes to.
+    pub sub: String,
+    /// The broker's event endpoint to connect the SUB socket to.
+    pub events: String,
+}
+
+/// `unsubscribe`: end a subscription.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unsubscribe {
+    /// Request id.
+    pub id: u64,
+    /// The subscription token.
+    pub sub: String,
+}
+
+/// `unsubscribed`: the subscription is gone; nothing more is delivered for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unsubscribed {
+    /// The request id.
+    pub id: u64,
+    /// The subscription token.
+    pub sub: String,
+}
+
+/// `publish`: route a message to every subscription with a matching pattern.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Publish {
+    /// Request id (echoed in `published` or `error`).
+    pub id: u64,
+    /// The topic: words separated by `.`.
+    pub topic: String,
+    /// String headers.
+    #[serde(
+        default,
+        deserialize_with = "nil_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub headers: BTreeMap<String, String>,
+    /// The payload: any msgpack value.
+    #[serde(default = "nil")]
+    pub payload: Value,
+    /// Answer with `published` once routed (errors are always answered).
+    #[serde(
+        default,
+        deserialize_with = "nil_as_default",
+        skip_serializing_if = "is_false"
+    )]
+    pub confirm: bool,
+}
+
+/// `published`: the message was routed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    /// The request id.
+    pub id: u64,
+    /// The message id the broker gave the message.
+    pub msg: String,
+    /// How many subscriptions it matched.
+    pub matched: u64,
+}
+
+/// Event socket: the subscription is live; `backlog` retained messages follow, then live ones.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Active {
+    /// The subscription token.
+    pub sub: String,
+    /// Retained messages that follow before live ones.
+    pub backlog: u64,
+}
+
+/// Event socket: one message for one subscription.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopicMessage {
+    /// The subscription token.
+    pub sub: String,
+    /// Per-subscription sequence number, from 1; a gap means messages were dropped.
+    pub seq: u64,
+    /// The message id (the same for every subscription's copy).
+    pub id: String,
+    /// The topic it was published to.
+    pub topic: String,
+    /// Its headers.
+    #[serde(
+        default,
+        deserialize_with = "nil_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub headers: BTreeMap<String, String>,
+    /// Its payload.
+    #[serde(default = "nil")]
+    pub payload: Value,
+    /// True for messages replayed from the retained backlog.
+    #[serde(
+        default,
+        deserialize_with = "nil_as_default",
+        skip_serializing_if = "is_false"
+    )]
+    pub retained: bool,
+}
+
+/// Event socket: this subscriber fell behind and `dropped` messages were not delivered (their
+/// sequence numbers are skipped).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lagging {
+    /// The subscription token.
+    pub sub: String,
+    /// Messages dropped since the last delivery.
+    pub dropped: u64,
+    /// Messages dropped over the subscription's life.
+    pub dropped_total: u64,
+}
+
+/// Checks a topic (or a pattern: the same rules) against the limits: not empty, at most
+/// `max_topic_bytes` bytes and `max_topic_words` words. Empty words are words (`a..b` has
+/// three).
+pub fn check_topic(topic: &str, limits: &crate::Limits) -> Result<(), String> {
+    if topic.is_empty() {
+        return Err("empty topic".into());
+    }
+    if topic.len() > limits.max_topic_bytes {
+        return Err(format!(
+            "topic of {} bytes exceeds the limit of {}",
+            topic.len(),
+            limits.max_topic_bytes
+        ));
+    }
+    let words = topic.split('.').count();
+    if words > limits.max_topic_words {
+        return Err(format!(
+            "topic of {words} words exceeds the limit of {}",
+            limits.max_topic_words
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_limits() {
+        let l = crate::Limits::default();
+        assert!(check_topic("a", &l).is_ok());
+        assert!(check_topic("a..b", &l).is_ok());
+        assert!(check_topic(".", &l).is_ok());
+        assert!(check_topic("", &l).is_err());
+        assert!(check_topic(&"x".repeat(257), &l).is_err());
+        assert!(check_topic(&vec!["w"; 33].join("."), &l).is_err());
+        assert!(check_topic(&vec!["w"; 32].join("."), &l).is_ok());
+    }
+}
