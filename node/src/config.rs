@@ -88,60 +88,213 @@ impl NodeConfig {
             c.name = format!("node-{}", std::process::id());
         }
         c.resources.retain(|r| !r.is_empty());
-        if c.brokers.is_empty() {
-            return Err(config::ConfigError::Message(
-                "at least one broker endpoint is needed".into(),
-            ));
-        }
-        if c.capacity == 0 {
-            return Err(config::ConfigError::Message(
-                "capacity must be at least 1".into(),
-            ));
-        }
+        c.brokers.retain(|b| !b.is_empty());
+        c.validate()?;
         Ok(c)
+    }
+
+    /// Checks every field; the error names the field.
+    pub fn validate(&self) -> Result<(), config::ConfigError> {
+        let invalid =
+            |field: &str, why: String| Err(config::ConfigError::Message(format!("{field}: {why}")));
+        if self.brokers.is_empty() {
+            return invalid("brokers", "at least one broker endpoint is needed".into());
+        }
+        for (i, endpoint) in self.brokers.iter().enumerate() {
+            if let Err(e) = mpreg_transport::endpoint::validate(endpoint) {
+                return invalid(&format!("brokers[{i}]"), e.to_string());
+            }
+            if endpoint.ends_with(":*") {
+                return invalid(
+                    &format!("brokers[{i}]"),
+                    format!("`{endpoint}`: a broker endpoint needs a port, not `*`"),
+                );
+            }
+        }
+        if self.capacity == 0 {
+            return invalid("capacity", "must be at least 1".into());
+        }
+        if self.log_level.parse::<slog::Level>().is_err() {
+            return invalid(
+                "log_level",
+                format!(
+                    "`{}` is not one of critical, error, warning, info, debug, trace",
+                    self.log_level
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// The log level (validated by [`NodeConfig::load`]).
+    pub fn slog_level(&self) -> slog::Level {
+        self.log_level.parse().unwrap_or(slog::Level::Info)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    type EnvVar = (String, String);
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<EnvVar> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// A config file in a directory of its own, removed on drop.
+    struct TempFile(std::path::PathBuf);
+
+    impl TempFile {
+        fn new(test: &str, text: &str) -> TempFile {
+            let dir = std::env::temp_dir()
+                .join(format!("mpreg-node-config-{test}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let file = dir.join("node.toml");
+            std::fs::write(&file, text).unwrap();
+            TempFile(file)
+        }
+        fn path(&self) -> &str {
+            self.0.to_str().unwrap()
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            if let Some(dir) = self.0.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let d = NodeConfig::load(None, Vec::new(), &Overrides::default()).unwrap();
+        assert_eq!(d.name, format!("node-{}", std::process::id()));
+        assert_eq!(d.capacity, 64);
+        assert_eq!(d.brokers, vec!["tcp://127.0.0.1:7401"]);
+        assert!(d.resources.is_empty());
+        assert_eq!(d.drain_timeout_ms, 5000);
+        assert_eq!(d.slog_level(), slog::Level::Info);
+    }
 
     #[test]
     fn file_env_flags_in_order() {
-        let dir = std::env::temp_dir().join(format!("mpreg-node-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("node.toml");
-        std::fs::write(&file, "name = \"f\"\ncapacity = 3\nresources = [\"x\"]\n").unwrap();
-        let env = vec![
-            ("MPREG_NODE_CAPACITY".to_string(), "5".to_string()),
-            (
-                "MPREG_NODE_BROKERS".to_string(),
-                "tcp://a:1,tcp://b:2".to_string(),
-            ),
-        ];
-        let c = NodeConfig::load(file.to_str(), env.clone(), &Overrides::default()).unwrap();
+        let file = TempFile::new(
+            "order",
+            "name = \"f\"\ncapacity = 3\nresources = [\"x\"]\ndrain_timeout_ms = 7\n",
+        );
+        // The file overrides the defaults.
+        let c = NodeConfig::load(Some(file.path()), Vec::new(), &Overrides::default()).unwrap();
+        assert_eq!((c.name.as_str(), c.capacity), ("f", 3));
+        assert_eq!(
+            (c.resources.clone(), c.drain_timeout_ms),
+            (vec!["x".into()], 7)
+        );
+        assert_eq!(c.brokers, vec!["tcp://127.0.0.1:7401"]);
+
+        // The environment overrides the file.
+        let vars = env(&[
+            ("MPREG_NODE_CAPACITY", "5"),
+            ("MPREG_NODE_BROKERS", "tcp://a:1,tcp://b:2"),
+            ("MPREG_NODE_RESOURCES", "gpu"),
+            ("MPREG_NODE_DRAIN_TIMEOUT_MS", "250"),
+            ("UNRELATED_CAPACITY", "1"),
+        ]);
+        let c = NodeConfig::load(Some(file.path()), vars.clone(), &Overrides::default()).unwrap();
         assert_eq!((c.name.as_str(), c.capacity), ("f", 5));
         assert_eq!(c.brokers, vec!["tcp://a:1", "tcp://b:2"]);
-        assert_eq!(c.resources, vec!["x"]);
+        assert_eq!(c.resources, vec!["gpu"]);
+        assert_eq!(c.drain_timeout_ms, 250);
+
+        // Flags override everything.
         let flags = Overrides {
+            name: Some("flag".into()),
             capacity: Some(9),
-            resources: Some(vec!["gpu".into()]),
+            resources: Some(vec!["a".into(), "b".into()]),
             brokers: vec!["tcp://c:3".into()],
-            ..Overrides::default()
+            drain_timeout_ms: Some(1),
+            log_level: Some("debug".into()),
         };
-        let c = NodeConfig::load(file.to_str(), env, &flags).unwrap();
-        assert_eq!(
-            (c.capacity, c.resources.clone(), c.brokers.clone()),
-            (9, vec!["gpu".to_string()], vec!["tcp://c:3".to_string()])
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
-        let bad = vec![("MPREG_NODE_CAPACITY".to_string(), "0".to_string())];
-        assert!(NodeConfig::load(None, bad, &Overrides::default()).is_err());
-        let d = NodeConfig::load(None, Vec::new(), &Overrides::default()).unwrap();
-        assert!(
-            d.name.starts_with("node-")
-                && d.capacity == 64
-                && d.brokers == vec!["tcp://127.0.0.1:7401"]
-        );
+        let c = NodeConfig::load(Some(file.path()), vars, &flags).unwrap();
+        assert_eq!((c.name.as_str(), c.capacity), ("flag", 9));
+        assert_eq!(c.resources, vec!["a", "b"]);
+        assert_eq!(c.brokers, vec!["tcp://c:3"]);
+        assert_eq!(c.drain_timeout_ms, 1);
+        assert_eq!(c.slog_level(), slog::Level::Debug);
+    }
+
+    #[test]
+    fn environment_values_keep_their_types() {
+        // A numeric name stays a name; an empty resource list is empty.
+        let vars = env(&[("MPREG_NODE_NAME", "42"), ("MPREG_NODE_RESOURCES", "")]);
+        let c = NodeConfig::load(None, vars, &Overrides::default()).unwrap();
+        assert_eq!(c.name, "42");
+        assert!(c.resources.is_empty(), "{:?}", c.resources);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases: Vec<(Vec<EnvVar>, Overrides, &str)> = vec![
+            (
+                env(&[("MPREG_NODE_CAPACITY", "0")]),
+                Overrides::default(),
+                "capacity",
+            ),
+            (
+                env(&[("MPREG_NODE_CAPACITY", "many")]),
+                Overrides::default(),
+                "capacity",
+            ),
+            (
+                Vec::new(),
+                Overrides {
+                    brokers: vec!["tcp://a:1".into(), "127.0.0.1:7401".into()],
+                    ..Overrides::default()
+                },
+                "brokers[1]",
+            ),
+            (
+                env(&[("MPREG_NODE_BROKERS", "tcp://127.0.0.1:*")]),
+                Overrides::default(),
+                "brokers[0]",
+            ),
+            (
+                env(&[("MPREG_NODE_BROKERS", "")]),
+                Overrides::default(),
+                "brokers",
+            ),
+            (
+                Vec::new(),
+                Overrides {
+                    log_level: Some("loud".into()),
+                    ..Overrides::default()
+                },
+                "log_level",
+            ),
+        ];
+        for (vars, flags, field) in cases {
+            let err = NodeConfig::load(None, vars, &flags)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "{field}: {err}");
+        }
+        let missing = NodeConfig::load(
+            Some("/nonexistent/node.toml"),
+            Vec::new(),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(missing.contains("/nonexistent/node.toml"), "{missing}");
+        let file = TempFile::new("bad", "capacity = \"x\"\n");
+        let err = NodeConfig::load(Some(file.path()), Vec::new(), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("capacity"), "{err}");
     }
 }

@@ -1,7 +1,9 @@
 //! Functions a node serves, and the built-ins.
 
+use std::any::Any;
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,6 +67,32 @@ pub enum Function {
     Blocking(Arc<dyn Fn(Args, Kwargs) -> Outcome + Send + Sync>),
     /// Async: runs as a tokio task.
     Async(Arc<dyn Fn(Args, Kwargs) -> BoxFuture + Send + Sync>),
+}
+
+/// The failure reported for a function that panicked, with the panic's message.
+pub fn panicked(panic: &(dyn Any + Send)) -> Failure {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    Failure {
+        kind: failure_kind::PANIC,
+        message: format!("the function panicked: {text}"),
+    }
+}
+
+/// Calls a synchronous function; a panic becomes a [`failure_kind::PANIC`] failure instead of
+/// unwinding into the caller (the node's reactor thread).
+pub fn call_catching_panics(
+    f: &(dyn Fn(Args, Kwargs) -> Outcome + Send + Sync),
+    args: Args,
+    kwargs: Kwargs,
+) -> Outcome {
+    // AssertUnwindSafe: the function owns its arguments, and a function that panics halfway
+    // through mutating its own shared state is the function's bug; the node keeps no state
+    // across the call.
+    catch_unwind(AssertUnwindSafe(|| f(args, kwargs))).unwrap_or_else(|p| Err(panicked(p.as_ref())))
 }
 
 fn one(args: Args, name: &str) -> Result<Value, Failure> {
@@ -152,6 +180,45 @@ mod tests {
             fail(vec![Value::from("boom")], Kwargs::new()),
             Err(Failure::function("boom"))
         );
+    }
+
+    #[test]
+    fn panics_become_failures() {
+        let boom = |_a: Args, _k: Kwargs| -> Outcome { panic!("kaboom") };
+        let failure = call_catching_panics(&boom, vec![], Kwargs::new()).unwrap_err();
+        assert_eq!(failure.kind, failure_kind::PANIC);
+        assert!(failure.message.contains("kaboom"), "{}", failure.message);
+        let formatted = |_a: Args, _k: Kwargs| -> Outcome { panic!("bad {}", 7) };
+        let failure = call_catching_panics(&formatted, vec![], Kwargs::new()).unwrap_err();
+        assert!(failure.message.contains("bad 7"), "{}", failure.message);
+        let other = |_a: Args, _k: Kwargs| -> Outcome { std::panic::panic_any(5u8) };
+        let failure = call_catching_panics(&other, vec![], Kwargs::new()).unwrap_err();
+        assert_eq!(failure.kind, failure_kind::PANIC);
+        // A function that does not panic passes through, failure kinds included.
+        assert_eq!(
+            call_catching_panics(&echos, vec![Value::from(1)], Kwargs::new()),
+            Ok(Value::Array(vec![Value::from(1)]))
+        );
+        assert_eq!(
+            call_catching_panics(&fail, vec![Value::from("m")], Kwargs::new()),
+            Err(Failure::function("m"))
+        );
+    }
+
+    #[test]
+    fn fail_of_a_non_string_and_builtin_names() {
+        assert_eq!(
+            fail(vec![Value::from(3)], Kwargs::new()),
+            Err(Failure::function("3"))
+        );
+        assert_eq!(
+            fail(vec![], Kwargs::new()).unwrap_err().kind,
+            failure_kind::BAD_ARGUMENTS
+        );
+        assert_eq!(echos(vec![], Kwargs::new()), Ok(Value::Array(vec![])));
+        let mut names: Vec<&str> = builtins().into_iter().map(|(n, _)| n).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["echo", "echos", "fail", "sleep"]);
     }
 
     #[tokio::test]

@@ -5,6 +5,23 @@
 //! reconnects with backoff (1 s doubling to 32 s) when a broker goes silent, and on
 //! [`Node::shutdown`] tells its brokers it is leaving and finishes the tasks it has.
 //!
+//! Layout:
+//! - [`NodeBuilder`] / [`Node`] (this file): configure, start, wait for registration, stop.
+//! - [`functions`]: how a function runs ([`Function`]), failures, panic catching, built-ins.
+//! - `link` (private): the reactor handler, one DEALER per broker: registration, heartbeats,
+//!   liveness, reconnection, the task queue and capacity, cancel, drain.
+//! - [`config`]: the binary's layered configuration (defaults, file, environment, flags).
+//!
+//! Threads: the broker connections live on one reactor thread (`mpreg-node`, from
+//! `mpreg-transport`). Functions added with [`NodeBuilder::inline_function`] and the built-ins
+//! `echo`, `echos` and `fail` run on that thread (no hop: lowest latency); functions added with
+//! [`NodeBuilder::function`] run on tokio's blocking pool, async ones as tokio tasks, and both
+//! post their outcome back to the reactor. A panicking function becomes a `panic` failure.
+//!
+//! The one rule: a task is answered at most once, and only on the broker session it came
+//! from; tasks of a session that ended (silence, `disconnect`, `reconnect`) are abandoned,
+//! because the broker has already re-dispatched them and may reuse their ids.
+//!
 //! ```no_run
 //! use mpreg_node::{NodeBuilder, Value};
 //!
@@ -37,7 +54,6 @@ mod link;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -45,7 +61,7 @@ pub use functions::{Args, Failure, Function, Kwargs, Outcome};
 pub use mpreg_protocol::Value;
 use mpreg_transport::{spawn, Context, ReactorHandle, ReactorThread, TransportError};
 
-use crate::link::{Command, NodeHandler, OnRegistered};
+use crate::link::{Command, HandleCell, NodeHandler, NodeSetup, OnRegistered};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -179,41 +195,43 @@ impl NodeBuilder {
         self
     }
 
-    /// Connects to the brokers and starts serving. Must be called within a tokio runtime
-    /// (async and blocking functions run on it).
+    /// Connects to the brokers and starts serving.
+    ///
+    /// Must be called within a tokio runtime: async functions run as tasks on it, and
+    /// functions added with [`NodeBuilder::function`] on its blocking pool. The broker
+    /// connections live on a dedicated reactor thread (`mpreg-node`), so the runtime may be a
+    /// current-thread one as long as it keeps running.
+    ///
+    /// # Errors
+    /// [`NodeError::NoRuntime`] outside a tokio runtime, [`NodeError::NoBroker`] when no
+    /// broker was given, [`NodeError::Transport`] for an invalid endpoint.
     pub fn start(self) -> Result<Node, NodeError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| NodeError::NoRuntime)?;
         if self.brokers.is_empty() {
             return Err(NodeError::NoBroker);
         }
-        let registered = Arc::new(AtomicUsize::new(0));
-        let handle_cell = Arc::new(OnceLock::new());
+        for endpoint in &self.brokers {
+            mpreg_transport::endpoint::validate(endpoint)?;
+        }
+        let (registered_tx, registered) = tokio::sync::watch::channel(0usize);
+        let handle_cell: HandleCell = Arc::new(OnceLock::new());
         let ctx = Context::new();
-        let NodeBuilder {
-            name,
-            brokers,
-            resources,
-            capacity,
-            functions,
-            on_registered,
-            log,
-        } = self;
-        let (count, cell) = (Arc::clone(&registered), Arc::clone(&handle_cell));
-        let (handle, thread) = spawn("mpreg-node", &ctx, 1024, move |io| {
-            NodeHandler::new(
-                name,
-                functions,
-                resources,
-                capacity,
-                brokers,
-                runtime,
-                cell,
-                on_registered,
-                count,
-                log,
-                io,
-            )
+        let setup = NodeSetup {
+            name: self.name,
+            functions: self.functions,
+            resources: self.resources,
+            capacity: self.capacity,
+            brokers: self.brokers,
+            runtime,
+            handle: Arc::clone(&handle_cell),
+            on_registered: self.on_registered,
+            registered: registered_tx,
+            log: self.log,
+        };
+        let (handle, thread) = spawn("mpreg-node", &ctx, COMMAND_CAPACITY, move |io| {
+            NodeHandler::new(setup, io)
         })?;
+        // Only this call sets the cell, and it runs once.
         let _ = handle_cell.set(handle.clone());
         Ok(Node {
             handle,
@@ -223,32 +241,35 @@ impl NodeBuilder {
     }
 }
 
-/// A running node.
+/// Commands (finished tasks, shutdown) queued to the reactor before senders wait: finished
+/// tasks beyond it wait in their tokio tasks, so this bounds memory, not throughput.
+const COMMAND_CAPACITY: usize = 1024;
+
+/// A running node. Dropping it without [`Node::shutdown`] stops it at once (running tasks are
+/// abandoned; the brokers re-dispatch them).
 pub struct Node {
     handle: ReactorHandle<Command>,
     thread: Option<ReactorThread<NodeHandler>>,
-    registered: Arc<AtomicUsize>,
+    registered: tokio::sync::watch::Receiver<usize>,
 }
 
 impl Node {
     /// Brokers this node is registered with now.
     pub fn registered_brokers(&self) -> usize {
-        self.registered.load(Ordering::Relaxed)
+        *self.registered.borrow()
     }
 
     /// Waits until registered with at least one broker; false on timeout.
     pub async fn wait_registered(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while self.registered_brokers() == 0 {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        true
+        let mut registered = self.registered.clone();
+        tokio::time::timeout(timeout, registered.wait_for(|n| *n > 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
-    /// Tells the brokers the node is leaving, finishes running tasks (up to `drain`), stops.
+    /// Graceful stop: tells every broker the node is leaving (`disconnect`), so no new tasks
+    /// arrive; lets running and queued tasks finish and sends their results, for at most
+    /// `drain`; then closes the connections. Returns when the node has stopped.
     pub async fn shutdown(mut self, drain: Duration) {
         let _ = self
             .handle

@@ -1,9 +1,13 @@
 //! The node's reactor: one DEALER per broker, registration, heartbeats both ways, reconnection
 //! with backoff, task execution within the node's capacity, graceful drain.
+//!
+//! Every broker connection is a *session* numbered by its link's `generation`. A session ends
+//! when the broker goes silent, says `disconnect`, or says `reconnect` (it no longer knows us,
+//! so it has already given up on our tasks and may reuse their ids). Tasks of an ended session
+//! are abandoned: queued ones are dropped, running ones are aborted when possible, and no
+//! reply is ever sent for them.
 
 use std::collections::{HashMap, VecDeque};
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -15,8 +19,9 @@ use mpreg_transport::{
     Handler, Io, ReactorHandle, SocketId, SocketKind, SocketOptions, SocketSpec,
 };
 use slog::{debug, info, warn, Logger};
+use tokio::task::{AbortHandle, JoinHandle};
 
-use crate::functions::{Failure, Function, Outcome};
+use crate::functions::{call_catching_panics, panicked, Failure, Function, Outcome};
 
 /// First delay before reopening a connection to a broker that went silent.
 pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
@@ -24,21 +29,38 @@ pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(32);
 /// How often `register` is repeated until the broker answers.
 pub const REGISTER_EVERY: Duration = Duration::from_secs(1);
-/// How soon `register` is retried when the connection is not up yet.
+/// How soon `register` is retried while the connection is not up yet (the send fails at once
+/// with IMMEDIATE set, so this only costs a failed non-blocking send).
 pub const REGISTER_RETRY: Duration = Duration::from_millis(20);
+/// After the drain, how long the sockets stay open so that libzmq's I/O thread can write the
+/// last results: the reactor closes sockets with LINGER 0, which discards unsent messages.
+pub const FLUSH_GRACE: Duration = Duration::from_millis(100);
+/// Heartbeat interval assumed before a broker has told us its own, in milliseconds.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
+/// Shortest heartbeat interval honoured, whatever a broker asks (bounds the timer rate).
+const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
+/// Disconnect reason sent to brokers at shutdown.
+pub const SHUTDOWN_REASON: &str = "shutting down";
+
+/// One task of one broker session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TaskKey {
+    /// Which broker link it came from.
+    pub link: usize,
+    /// The link's session when the task arrived.
+    pub generation: u64,
+    /// The broker's task id.
+    pub task: u64,
+}
 
 /// Messages to the node's reactor.
 pub enum Command {
-    /// A task running off the reactor finished.
+    /// A task running off the reactor ended; `None` when it was aborted before finishing.
     Done {
-        /// Which broker link it came from.
-        link: usize,
-        /// The link's connection generation when the task arrived.
-        generation: u64,
-        /// The broker's task id.
-        task: u64,
+        /// The task.
+        key: TaskKey,
         /// Its outcome.
-        outcome: Outcome,
+        outcome: Option<Outcome>,
     },
     /// Stop taking tasks, finish the running ones until `deadline`, then end.
     Shutdown {
@@ -49,6 +71,9 @@ pub enum Command {
 
 /// Called with a broker endpoint each time the node registers with it.
 pub type OnRegistered = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Where the reactor's handle will be once `spawn` has returned it.
+pub type HandleCell = Arc<OnceLock<ReactorHandle<Command>>>;
 
 struct Link {
     endpoint: String,
@@ -64,78 +89,122 @@ struct Link {
     backoff: Duration,
 }
 
+impl Link {
+    fn new(endpoint: String, now: Instant) -> Link {
+        Link {
+            endpoint,
+            socket: None,
+            generation: 0,
+            registered: false,
+            heartbeat: DEFAULT_HEARTBEAT,
+            liveness: 3,
+            last_heard: now,
+            next_heartbeat: now,
+            next_register: now,
+            reopen_at: None,
+            backoff: BACKOFF_MIN,
+        }
+    }
+
+    /// When this link next needs the timer.
+    fn deadline(&self) -> Option<Instant> {
+        if self.socket.is_none() {
+            self.reopen_at
+        } else if self.registered {
+            Some(
+                self.next_heartbeat
+                    .min(self.last_heard + self.heartbeat * self.liveness),
+            )
+        } else {
+            Some(self.next_register)
+        }
+    }
+}
+
 struct Queued {
-    link: usize,
-    generation: u64,
+    key: TaskKey,
     task: Task<'static>,
 }
 
-/// The node's state on its reactor thread.
-pub struct NodeHandler {
+/// A task running off the reactor; it counts against the capacity until its `Done` arrives.
+struct Running {
+    abort: AbortHandle,
+    /// Cancelled or its session ended: its outcome is not sent.
+    abandoned: bool,
+}
+
+/// Where the node is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Serving,
+    /// Shutdown asked: no new registrations, running and queued tasks finish until `deadline`.
+    Draining {
+        deadline: Instant,
+    },
+    /// Drained: the sockets stay open until `at` so the last replies leave.
+    Closing {
+        at: Instant,
+    },
+    Finished,
+}
+
+/// What the node serves and how it reports.
+pub(crate) struct NodeSetup {
     pub(crate) name: String,
     pub(crate) functions: HashMap<String, Function>,
     pub(crate) resources: Vec<String>,
     pub(crate) capacity: u32,
+    pub(crate) brokers: Vec<String>,
     pub(crate) runtime: tokio::runtime::Handle,
-    pub(crate) handle: Arc<OnceLock<ReactorHandle<Command>>>,
+    pub(crate) handle: HandleCell,
     pub(crate) on_registered: Option<OnRegistered>,
-    pub(crate) registered_count: Arc<AtomicUsize>,
+    /// Number of brokers the node is registered with now.
+    pub(crate) registered: tokio::sync::watch::Sender<usize>,
     pub(crate) log: Logger,
+}
+
+/// The node's state on its reactor thread.
+pub struct NodeHandler {
+    setup: NodeSetup,
+    /// The `register` body, the same for every broker.
+    register_body: Vec<u8>,
     links: Vec<Link>,
-    running: HashMap<(usize, u64), Option<tokio::task::AbortHandle>>,
+    running: HashMap<TaskKey, Running>,
     queue: VecDeque<Queued>,
-    drain_deadline: Option<Instant>,
-    finished: bool,
+    phase: Phase,
     limits: Limits,
 }
 
 impl NodeHandler {
-    /// A handler for these brokers; sockets open on the first tick.
-    #[allow(clippy::too_many_arguments)]
+    /// A handler for these brokers; one socket per broker opens now.
     pub(crate) fn new(
-        name: String,
-        functions: HashMap<String, Function>,
-        resources: Vec<String>,
-        capacity: u32,
-        brokers: Vec<String>,
-        runtime: tokio::runtime::Handle,
-        handle: Arc<OnceLock<ReactorHandle<Command>>>,
-        on_registered: Option<OnRegistered>,
-        registered_count: Arc<AtomicUsize>,
-        log: Logger,
+        setup: NodeSetup,
         io: &mut Io,
     ) -> Result<NodeHandler, mpreg_transport::TransportError> {
-        let now = Instant::now();
-        let mut handler = NodeHandler {
-            name,
+        let now = io.now();
+        let mut functions: Vec<String> = setup.functions.keys().cloned().collect();
+        functions.sort();
+        let mut resources = setup.resources.clone();
+        resources.sort();
+        resources.dedup();
+        let register_body = encode_body(&Register {
+            node: setup.name.clone(),
             functions,
             resources,
-            capacity: capacity.max(1),
-            runtime,
-            handle,
-            on_registered,
-            registered_count,
-            log,
-            links: brokers
-                .into_iter()
-                .map(|endpoint| Link {
-                    endpoint,
-                    socket: None,
-                    generation: 0,
-                    registered: false,
-                    heartbeat: Duration::from_secs(1),
-                    liveness: 3,
-                    last_heard: now,
-                    next_heartbeat: now,
-                    next_register: now,
-                    reopen_at: None,
-                    backoff: BACKOFF_MIN,
-                })
-                .collect(),
+            capacity: setup.capacity.max(1),
+        });
+        let links = setup
+            .brokers
+            .iter()
+            .map(|endpoint| Link::new(endpoint.clone(), now))
+            .collect();
+        let mut handler = NodeHandler {
+            setup,
+            register_body,
+            links,
             running: HashMap::new(),
             queue: VecDeque::new(),
-            drain_deadline: None,
-            finished: false,
+            phase: Phase::Serving,
             limits: Limits::default(),
         };
         for i in 0..handler.links.len() {
@@ -144,8 +213,14 @@ impl NodeHandler {
         Ok(handler)
     }
 
+    fn capacity(&self) -> usize {
+        self.setup.capacity.max(1) as usize
+    }
+
     fn open(&mut self, io: &mut Io, i: usize) -> Result<(), mpreg_transport::TransportError> {
         let options = SocketOptions {
+            // Messages go only to a completed connection: a `register` sent before the broker
+            // is up fails at once instead of piling up and being delivered in a burst.
             immediate: true,
             ..SocketOptions::dealer_client()
         }
@@ -159,7 +234,6 @@ impl NodeHandler {
         link.generation += 1;
         link.registered = false;
         link.last_heard = now;
-        link.next_register = now;
         link.reopen_at = None;
         self.send_register(io, i);
         Ok(())
@@ -176,16 +250,7 @@ impl NodeHandler {
     }
 
     fn send_register(&mut self, io: &mut Io, i: usize) {
-        let mut functions: Vec<String> = self.functions.keys().cloned().collect();
-        functions.sort();
-        let body = encode_body(&Register {
-            node: self.name.clone(),
-            functions,
-            resources: self.resources.clone(),
-            capacity: self.capacity,
-        });
-        // Until the connection exists the send fails at once (IMMEDIATE): retry soon.
-        let retry = if self.send(io, i, "register", &body) {
+        let retry = if self.send(io, i, "register", &self.register_body) {
             REGISTER_EVERY
         } else {
             REGISTER_RETRY
@@ -197,21 +262,43 @@ impl NodeHandler {
         self.links.iter().position(|l| l.socket == Some(socket))
     }
 
-    /// Forgets a broker connection and schedules a fresh one after the backoff.
+    fn set_unregistered(&mut self, i: usize) {
+        if std::mem::replace(&mut self.links[i].registered, false) {
+            self.setup
+                .registered
+                .send_modify(|n| *n = n.saturating_sub(1));
+        }
+    }
+
+    /// Ends the link's session: its tasks are abandoned and a new session starts.
+    fn end_session(&mut self, i: usize) {
+        self.set_unregistered(i);
+        let link = &mut self.links[i];
+        let old = link.generation;
+        link.generation += 1;
+        self.queue
+            .retain(|q| !(q.key.link == i && q.key.generation == old));
+        for (key, running) in self.running.iter_mut() {
+            if key.link == i && key.generation == old && !running.abandoned {
+                running.abandoned = true;
+                running.abort.abort();
+            }
+        }
+    }
+
+    /// Forgets a broker connection and schedules a fresh one (new routing id) after the backoff.
     fn drop_link(&mut self, io: &mut Io, i: usize, why: &str) {
+        self.end_session(i);
         let now = io.now();
         let link = &mut self.links[i];
         if let Some(socket) = link.socket.take() {
             io.close(socket);
         }
-        if link.registered {
-            self.registered_count.fetch_sub(1, Ordering::Relaxed);
-        }
-        link.registered = false;
         link.reopen_at = Some(now + link.backoff);
-        warn!(self.log, "broker connection lost"; "broker" => &link.endpoint, "why" => why, "retry_in_ms" => link.backoff.as_millis() as u64);
+        warn!(self.setup.log, "broker connection lost";
+            "broker" => &link.endpoint, "why" => why,
+            "retry_in_ms" => link.backoff.as_millis() as u64);
         link.backoff = (link.backoff * 2).min(BACKOFF_MAX);
-        self.queue.retain(|q| q.link != i);
     }
 
     fn on_broker_message(&mut self, io: &mut Io, i: usize, frames: Vec<Vec<u8>>) {
@@ -219,183 +306,226 @@ impl NodeHandler {
         let message = match parse_envelope(&frames) {
             Ok(env) => BrokerToWorker::decode(env.kind, env.body, &self.limits),
             Err(e) => {
-                warn!(self.log, "malformed message from broker"; "error" => %e);
+                warn!(self.setup.log, "malformed message from broker"; "error" => %e);
                 return;
             }
         };
         match message {
-            Ok(BrokerToWorker::Registered(r)) => {
-                let link = &mut self.links[i];
-                if !link.registered {
-                    self.registered_count.fetch_add(1, Ordering::Relaxed);
-                }
-                link.registered = true;
-                link.heartbeat = Duration::from_millis(r.heartbeat_ms.max(10));
-                link.liveness = r.liveness.max(1);
-                link.backoff = BACKOFF_MIN;
-                link.next_heartbeat = io.now() + link.heartbeat;
-                info!(self.log, "registered"; "broker" => &r.broker, "endpoint" => &link.endpoint);
-                if let Some(callback) = &self.on_registered {
-                    callback(&self.links[i].endpoint);
-                }
-            }
+            Ok(BrokerToWorker::Registered(r)) => self.on_registered(io, i, r),
             Ok(BrokerToWorker::Task(task)) => {
-                let generation = self.links[i].generation;
-                self.queue.push_back(Queued {
+                if matches!(self.phase, Phase::Closing { .. } | Phase::Finished) {
+                    // Too late to run anything: the broker re-dispatches it when we vanish.
+                    debug!(self.setup.log, "task refused while closing"; "task" => task.task);
+                    return;
+                }
+                let key = TaskKey {
                     link: i,
-                    generation,
-                    task,
-                });
+                    generation: self.links[i].generation,
+                    task: task.task,
+                };
+                self.queue.push_back(Queued { key, task });
                 self.pump(io);
             }
             Ok(BrokerToWorker::Cancel(cancel)) => {
-                if let Some(Some(abort)) = self.running.remove(&(i, cancel.task)) {
-                    abort.abort();
+                let key = TaskKey {
+                    link: i,
+                    generation: self.links[i].generation,
+                    task: cancel.task,
+                };
+                self.queue.retain(|q| q.key != key);
+                if let Some(running) = self.running.get_mut(&key) {
+                    // The slot frees when the aborted task's `Done` arrives.
+                    running.abandoned = true;
+                    running.abort.abort();
                 }
-                self.queue
-                    .retain(|q| !(q.link == i && q.task.task == cancel.task));
-                self.pump(io);
             }
             Ok(BrokerToWorker::Heartbeat(_)) => {}
             Ok(BrokerToWorker::Reconnect(r)) => {
-                debug!(self.log, "broker asks to register again"; "reason" => r.reason);
-                if self.links[i].registered {
-                    self.registered_count.fetch_sub(1, Ordering::Relaxed);
-                }
-                self.links[i].registered = false;
-                if self.drain_deadline.is_none() {
+                info!(self.setup.log, "broker asks to register again";
+                    "broker" => &self.links[i].endpoint, "reason" => r.reason);
+                self.end_session(i);
+                if self.phase == Phase::Serving {
                     self.send_register(io, i);
                 }
             }
-            Ok(BrokerToWorker::Disconnect(d)) => self.drop_link(io, i, &d.reason),
-            Ok(BrokerToWorker::Error(e)) => {
-                warn!(self.log, "broker reported an error"; "code" => e.code, "message" => e.message)
+            Ok(BrokerToWorker::Disconnect(d)) => {
+                let why = format!("broker disconnected: {}", d.reason);
+                self.drop_link(io, i, &why);
             }
-            Err(e) => warn!(self.log, "undecodable message from broker"; "error" => %e),
+            Ok(BrokerToWorker::Error(e)) => {
+                warn!(self.setup.log, "broker reported an error";
+                    "broker" => &self.links[i].endpoint, "code" => e.code,
+                    "kind" => e.kind, "message" => e.message)
+            }
+            Err(e) => warn!(self.setup.log, "undecodable message from broker";
+                "broker" => &self.links[i].endpoint, "error" => %e),
+        }
+    }
+
+    fn on_registered(&mut self, io: &mut Io, i: usize, r: mpreg_protocol::Registered) {
+        let now = io.now();
+        if self.phase != Phase::Serving {
+            // A late answer to a `register` sent before shutdown: leave at once.
+            let body = encode_body(&Disconnect {
+                reason: SHUTDOWN_REASON.into(),
+            });
+            self.send(io, i, "disconnect", &body);
+            return;
+        }
+        let link = &mut self.links[i];
+        link.heartbeat = Duration::from_millis(r.heartbeat_ms).max(MIN_HEARTBEAT);
+        link.liveness = r.liveness.max(1);
+        link.backoff = BACKOFF_MIN;
+        if link.registered {
+            return; // An answer to a repeated `register`: nothing new.
+        }
+        link.registered = true;
+        link.next_heartbeat = now + link.heartbeat;
+        self.setup.registered.send_modify(|n| *n += 1);
+        info!(self.setup.log, "registered";
+            "broker" => &r.broker, "endpoint" => &link.endpoint,
+            "heartbeat_ms" => r.heartbeat_ms, "capacity" => r.capacity);
+        if let Some(callback) = &self.setup.on_registered {
+            callback(&self.links[i].endpoint);
         }
     }
 
     /// Starts queued tasks while there is capacity.
     fn pump(&mut self, io: &mut Io) {
-        while self.running.len() < self.capacity as usize {
-            let Some(Queued {
-                link,
-                generation,
-                task,
-            }) = self.queue.pop_front()
-            else {
+        while self.running.len() < self.capacity() {
+            let Some(Queued { key, task }) = self.queue.pop_front() else {
                 return;
             };
-            let key = (link, task.task);
             let args = task.args.into_owned();
             let kwargs = task.kwargs.into_owned();
-            match self.functions.get(task.fun.as_ref()).cloned() {
+            let join: JoinHandle<Outcome> = match self.setup.functions.get(task.fun.as_ref()) {
                 None => {
                     let failure = Failure {
                         kind: failure_kind::UNKNOWN_FUNCTION,
                         message: format!("this node does not serve `{}`", task.fun),
                     };
-                    self.reply(io, link, generation, task.task, Err(failure));
+                    self.reply(io, key, Err(failure));
+                    continue;
                 }
                 Some(Function::Inline(f)) => {
-                    let outcome = catch_unwind(AssertUnwindSafe(|| f(args, kwargs)))
-                        .unwrap_or_else(|panic| Err(panicked(&panic)));
-                    self.reply(io, link, generation, task.task, outcome);
+                    let outcome = call_catching_panics(f.as_ref(), args, kwargs);
+                    self.reply(io, key, outcome);
+                    continue;
                 }
                 Some(Function::Blocking(f)) => {
-                    let handle = Arc::clone(&self.handle);
-                    let join = self.runtime.spawn_blocking(move || {
-                        let outcome = catch_unwind(AssertUnwindSafe(|| f(args, kwargs)))
-                            .unwrap_or_else(|panic| Err(panicked(&panic)));
-                        if let Some(h) = handle.get() {
-                            let _ = h.blocking_send(Command::Done {
-                                link,
-                                generation,
-                                task: task.task,
-                                outcome,
-                            });
-                        }
-                    });
-                    self.running.insert(key, Some(join.abort_handle()));
+                    let f = Arc::clone(f);
+                    self.setup.runtime.spawn_blocking(move || f(args, kwargs))
                 }
                 Some(Function::Async(f)) => {
-                    // The function runs in its own task, so a panic or an abort (cancel) ends
-                    // only that task; the watcher reports the outcome.
-                    let inner = self.runtime.spawn(f(args, kwargs));
-                    self.running.insert(key, Some(inner.abort_handle()));
-                    let handle = Arc::clone(&self.handle);
-                    let id = task.task;
-                    self.runtime.spawn(async move {
-                        let outcome = match inner.await {
-                            Ok(outcome) => outcome,
-                            Err(e) if e.is_panic() => Err(panicked(&e.into_panic())),
-                            Err(_) => return, // cancelled
-                        };
-                        if let Some(h) = handle.get() {
-                            let _ = h
-                                .send(Command::Done {
-                                    link,
-                                    generation,
-                                    task: id,
-                                    outcome,
-                                })
-                                .await;
-                        }
-                    });
+                    // Called inside the task: the closure's synchronous part (and any panic in
+                    // it) stays off the reactor thread.
+                    let f = Arc::clone(f);
+                    self.setup
+                        .runtime
+                        .spawn(async move { f(args, kwargs).await })
                 }
-            }
+            };
+            self.running.insert(
+                key,
+                Running {
+                    abort: join.abort_handle(),
+                    abandoned: false,
+                },
+            );
+            // The function runs in its own task, so a panic or an abort ends only that task;
+            // the watcher always reports, so the capacity slot is always given back.
+            let cell = Arc::clone(&self.setup.handle);
+            self.setup.runtime.spawn(async move {
+                let outcome = match join.await {
+                    Ok(outcome) => Some(outcome),
+                    Err(e) if e.is_panic() => Some(Err(panicked(e.into_panic().as_ref()))),
+                    Err(_) => None,
+                };
+                if let Some(handle) = reactor_handle(&cell).await {
+                    let _ = handle.send(Command::Done { key, outcome }).await;
+                }
+            });
         }
     }
 
-    fn reply(&mut self, io: &mut Io, link: usize, generation: u64, task: u64, outcome: Outcome) {
-        if self.links[link].generation != generation {
-            return; // The connection it came on is gone; the broker re-dispatched it.
+    fn reply(&mut self, io: &mut Io, key: TaskKey, outcome: Outcome) {
+        if self.links[key.link].generation != key.generation {
+            return; // Its session is gone; the broker re-dispatches it.
         }
+        let task = key.task;
         let sent = match outcome {
-            Ok(value) => self.send(
-                io,
-                link,
-                "result",
-                &encode_body(&TaskResult { task, value }),
-            ),
+            Ok(value) => {
+                let body = encode_body(&TaskResult { task, value });
+                self.send(io, key.link, "result", &body)
+            }
             Err(f) => {
                 let body = encode_body(&TaskFailure {
                     task,
                     kind: f.kind.to_string(),
                     message: f.message,
                 });
-                self.send(io, link, "failure", &body)
+                self.send(io, key.link, "failure", &body)
             }
         };
         if !sent {
-            debug!(self.log, "reply dropped (connection down or full)"; "task" => task);
+            debug!(self.setup.log, "reply dropped (connection down or full)"; "task" => task);
         }
     }
 
+    /// While draining: once nothing is left (or the deadline passed), start closing.
     fn check_drained(&mut self, now: Instant) {
-        if let Some(deadline) = self.drain_deadline {
-            if (self.running.is_empty() && self.queue.is_empty()) || now >= deadline {
-                for (_, abort) in self.running.drain() {
-                    if let Some(abort) = abort {
-                        abort.abort();
-                    }
-                }
-                self.finished = true;
+        let Phase::Draining { deadline } = self.phase else {
+            return;
+        };
+        let idle = self.running.is_empty() && self.queue.is_empty();
+        if !idle && now < deadline {
+            return;
+        }
+        if !idle {
+            warn!(self.setup.log, "drain deadline passed; abandoning tasks";
+                "running" => self.running.len(), "queued" => self.queue.len());
+        }
+        for (_, running) in self.running.drain() {
+            running.abort.abort();
+        }
+        self.queue.clear();
+        self.phase = Phase::Closing {
+            at: now + FLUSH_GRACE,
+        };
+    }
+
+    fn start_drain(&mut self, io: &mut Io, deadline: Instant) {
+        if self.phase != Phase::Serving {
+            return;
+        }
+        let body = encode_body(&Disconnect {
+            reason: SHUTDOWN_REASON.into(),
+        });
+        for i in 0..self.links.len() {
+            if self.links[i].registered {
+                self.send(io, i, "disconnect", &body);
             }
         }
+        info!(self.setup.log, "draining";
+            "running" => self.running.len(), "queued" => self.queue.len());
+        self.phase = Phase::Draining { deadline };
+        self.check_drained(io.now());
     }
 }
 
-fn panicked(panic: &Box<dyn std::any::Any + Send>) -> Failure {
-    let text = panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into());
-    Failure {
-        kind: failure_kind::PANIC,
-        message: format!("the function panicked: {text}"),
+/// The reactor's handle, set by `start` right after the reactor thread is spawned. A task can
+/// only finish after a broker round trip, long after that, so the loop is a formality; it
+/// yields instead of sleeping so that it needs no timer in the caller's runtime.
+async fn reactor_handle(
+    cell: &OnceLock<ReactorHandle<Command>>,
+) -> Option<&ReactorHandle<Command>> {
+    for _ in 0..1_000_000 {
+        if let Some(handle) = cell.get() {
+            return Some(handle);
+        }
+        tokio::task::yield_now().await;
     }
+    None
 }
 
 impl Handler for NodeHandler {
@@ -409,46 +539,39 @@ impl Handler for NodeHandler {
 
     fn on_command(&mut self, io: &mut Io, command: Command) {
         match command {
-            Command::Done {
-                link,
-                generation,
-                task,
-                outcome,
-            } => {
-                if self.running.remove(&(link, task)).is_some() {
-                    self.reply(io, link, generation, task, outcome);
+            Command::Done { key, outcome } => {
+                if let Some(running) = self.running.remove(&key) {
+                    if let (false, Some(outcome)) = (running.abandoned, outcome) {
+                        self.reply(io, key, outcome);
+                    }
                 }
                 self.pump(io);
                 self.check_drained(io.now());
             }
-            Command::Shutdown { deadline } => {
-                if self.drain_deadline.is_none() {
-                    let body = encode_body(&Disconnect {
-                        reason: "node shutting down".into(),
-                    });
-                    for i in 0..self.links.len() {
-                        if self.links[i].registered {
-                            self.send(io, i, "disconnect", &body);
-                        }
-                    }
-                    info!(self.log, "draining"; "running" => self.running.len(), "queued" => self.queue.len());
-                }
-                self.drain_deadline = Some(deadline);
-                self.check_drained(io.now());
-            }
+            Command::Shutdown { deadline } => self.start_drain(io, deadline),
         }
     }
 
     fn on_timer(&mut self, io: &mut Io) {
         let now = io.now();
+        if let Phase::Closing { at } = self.phase {
+            if now >= at {
+                self.phase = Phase::Finished;
+            }
+            return;
+        }
+        let serving = self.phase == Phase::Serving;
         let heartbeat = encode_body(&Heartbeat {});
         for i in 0..self.links.len() {
             let link = &self.links[i];
             if link.socket.is_none() {
-                if link.reopen_at.is_some_and(|at| now >= at) && self.drain_deadline.is_none() {
+                if serving && link.reopen_at.is_some_and(|at| now >= at) {
                     if let Err(e) = self.open(io, i) {
-                        warn!(self.log, "cannot reconnect"; "broker" => &self.links[i].endpoint, "error" => %e);
-                        self.links[i].reopen_at = Some(now + self.links[i].backoff);
+                        warn!(self.setup.log, "cannot reconnect";
+                            "broker" => &self.links[i].endpoint, "error" => %e);
+                        let link = &mut self.links[i];
+                        link.reopen_at = Some(now + link.backoff);
+                        link.backoff = (link.backoff * 2).min(BACKOFF_MAX);
                     }
                 }
                 continue;
@@ -460,41 +583,45 @@ impl Handler for NodeHandler {
                 }
                 if now >= link.next_heartbeat {
                     self.send(io, i, "heartbeat", &heartbeat);
-                    self.links[i].next_heartbeat = now + self.links[i].heartbeat;
+                    let link = &mut self.links[i];
+                    link.next_heartbeat = now + link.heartbeat;
                 }
-            } else if now >= link.next_register && self.drain_deadline.is_none() {
-                self.send_register(io, i);
+            } else if now >= link.next_register {
+                if serving {
+                    self.send_register(io, i);
+                } else {
+                    // Draining: never register again; park the timer.
+                    self.links[i].next_register = now + REGISTER_EVERY;
+                }
             }
         }
         self.check_drained(now);
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let mut next = self.drain_deadline;
-        for link in &self.links {
-            let at = if link.socket.is_none() {
-                link.reopen_at
-            } else if link.registered {
-                Some(
-                    link.next_heartbeat
-                        .min(link.last_heard + link.heartbeat * link.liveness),
-                )
-            } else {
-                Some(link.next_register)
-            };
-            next = match (next, at) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+        match self.phase {
+            Phase::Closing { at } => return Some(at),
+            Phase::Finished => return None,
+            Phase::Serving | Phase::Draining { .. } => {}
         }
-        next
+        let drain = match self.phase {
+            Phase::Draining { deadline } => Some(deadline),
+            _ => None,
+        };
+        let serving = self.phase == Phase::Serving;
+        self.links
+            .iter()
+            .filter(|l| serving || l.socket.is_some())
+            .filter_map(Link::deadline)
+            .chain(drain)
+            .min()
     }
 
     fn on_handles_dropped(&mut self, io: &mut Io) {
-        self.on_command(io, Command::Shutdown { deadline: io.now() });
+        self.start_drain(io, io.now());
     }
 
     fn is_finished(&self) -> bool {
-        self.finished
+        self.phase == Phase::Finished
     }
 }

@@ -39,16 +39,15 @@ struct Args {
     log_level: Option<String>,
 }
 
-fn logger(level: &str) -> slog::Logger {
+/// A logger to stderr; the guard flushes pending records when dropped.
+fn logger(level: slog::Level) -> (slog::Logger, slog_async::AsyncGuard) {
     use slog::Drain;
-    let level = level.parse::<slog::Level>().unwrap_or(slog::Level::Info);
     let decorator = slog_term::TermDecorator::new().stderr().build();
     let drain = slog_term::FullFormat::new(decorator).build().fuse();
-    let drain = slog_async::Async::new(drain)
-        .build()
-        .filter_level(level)
-        .fuse();
-    slog::Logger::root(drain, slog::o!())
+    let (drain, guard) = slog_async::Async::new(drain).build_with_guard();
+    // After the guard is dropped records are discarded, never a panic.
+    let drain = drain.filter_level(level).ignore_res();
+    (slog::Logger::root(drain, slog::o!()), guard)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -70,7 +69,16 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let log = logger(&config.log_level);
+    // Installed before the node starts, so a signal during start-up is a graceful stop too.
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        eprintln!("mpreg-node: cannot install signal handlers");
+        return ExitCode::from(1);
+    };
+    let (log, log_guard) = logger(config.slog_level());
     let name = config.name.clone();
     let mut builder = NodeBuilder::new(&config.name)
         .resources(config.resources.clone())
@@ -94,14 +102,6 @@ async fn main() -> ExitCode {
         }
     };
     slog::info!(log, "started"; "node" => &config.name, "brokers" => config.brokers.join(","), "resources" => config.resources.join(","), "capacity" => config.capacity);
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        eprintln!("mpreg-node: cannot install signal handlers");
-        return ExitCode::from(1);
-    };
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
@@ -110,6 +110,6 @@ async fn main() -> ExitCode {
         .await;
     slog::info!(log, "stopped");
     drop(log);
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    drop(log_guard);
     ExitCode::SUCCESS
 }
