@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use mpreg_protocol::{
     encode_body, parse_envelope, peek_request_id, router_prefix_len, BrokerToClient, CancelTask,
     ClientToBroker, DecodeError, Disconnect, ErrorCode, ErrorReply, Heartbeat, Limits, PlanRequest,
-    PlanResult, Pong, Progress, Published, Reconnect, Register, Registered, StatusReply,
-    Subscribed, Task, Unsubscribed, Value, WorkerStatus, WorkerToBroker,
+    PlanResult, Pong, Progress, Published, PublishedBatch, Reconnect, Register, Registered,
+    StatusReply, Subscribed, Task, Unsubscribed, Value, WorkerStatus, WorkerToBroker,
 };
 
 use crate::exchange::{EventSink, Exchange, ExchangeConfig, SubscribeError};
@@ -266,6 +266,11 @@ impl Engine {
                         // A topic or pattern that is not a UTF-8 string is a bad topic.
                         let code = match (envelope.kind, path.as_str()) {
                             (b"publish", "topic") => Some(ErrorCode::InvalidTopic),
+                            (b"publish_batch", p)
+                                if p.starts_with("messages") && p.ends_with(".topic") =>
+                            {
+                                Some(ErrorCode::InvalidTopic)
+                            }
                             (b"subscribe", p) if p.starts_with("patterns") => {
                                 Some(ErrorCode::InvalidPattern)
                             }
@@ -331,6 +336,34 @@ impl Engine {
                     Err(e) => BrokerToClient::Error(subscribe_error(unsub.id, e)),
                 };
                 self.send_client(out, &client, &reply);
+            }
+            ClientToBroker::PublishBatch(batch) => {
+                for (i, item) in batch.messages.iter().enumerate() {
+                    if let Err(e) =
+                        mpreg_protocol::topic::check_topic(&item.topic, &self.config.limits)
+                    {
+                        let mut reply = ErrorReply::new(
+                            Some(batch.id),
+                            ErrorCode::InvalidTopic,
+                            format!(
+                                "messages[{i}].topic {:?}: {e}; nothing in the batch was published",
+                                truncate(&item.topic)
+                            ),
+                        );
+                        reply.path = Some(format!("messages[{i}].topic"));
+                        return self.reply_error(out, &client, reply);
+                    }
+                }
+                let count = batch.messages.len() as u64;
+                let matched = self.exchange.publish_batch(out, batch.messages, now);
+                if batch.confirm {
+                    let reply = BrokerToClient::PublishedBatch(PublishedBatch {
+                        id: batch.id,
+                        count,
+                        matched,
+                    });
+                    self.send_client(out, &client, &reply);
+                }
             }
             ClientToBroker::Publish(publish) => {
                 if let Err(e) =

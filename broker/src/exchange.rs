@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mpreg_protocol::{encode_body, Active, Lagging, Limits, TopicMessage, Value};
+use mpreg_protocol::{encode_body, Active, BatchItem, Lagging, Limits, TopicMessage, Value};
 
 use crate::engine::Delivery;
 use crate::matcher::{Key, Matcher};
@@ -106,7 +106,7 @@ pub struct Exchange {
     order: u64,
     scratch: Vec<Key>,
     counters: ExchangeCounters,
-    ids: ulid::Generator,
+    last_id: u128,
 }
 
 impl Exchange {
@@ -123,8 +123,20 @@ impl Exchange {
             order: 0,
             scratch: Vec::new(),
             counters: ExchangeCounters::default(),
-            ids: ulid::Generator::new(),
+            last_id: 0,
         }
+    }
+
+    /// A new message id: a ULID, strictly increasing (time-ordered, then counting within a
+    /// millisecond), so ids are unique and sortable without a random draw per message.
+    fn next_id(&mut self) -> MsgId {
+        let now = u128::from(ulid::Ulid::new());
+        self.last_id = if now > self.last_id {
+            now
+        } else {
+            self.last_id + 1
+        };
+        MsgId(self.last_id)
     }
 
     /// The event endpoint subscribers connect to.
@@ -170,10 +182,7 @@ impl Exchange {
         }
         let key = self.next_key;
         self.next_key += 1;
-        let token = format!(
-            "s{}",
-            self.ids.generate().unwrap_or_else(|_| ulid::Ulid::new())
-        );
+        let token = format!("s{}", self.next_id());
         for p in &patterns {
             self.matcher.insert(p, key);
         }
@@ -310,11 +319,7 @@ impl Exchange {
         now: Instant,
     ) -> (String, u64) {
         self.counters.published += 1;
-        let id = self
-            .ids
-            .generate()
-            .unwrap_or_else(|_| ulid::Ulid::new())
-            .to_string();
+        let id = self.next_id().to_string();
         let mut keys = std::mem::take(&mut self.scratch);
         keys.clear();
         self.matcher.matches(topic, &mut keys);
@@ -338,6 +343,63 @@ impl Exchange {
             self.retain(&id, topic, headers, payload, now);
         }
         (id, matched)
+    }
+
+    /// Routes a batch in order. Each subscription receives its share as one `messages` event
+    /// (consecutive sequence numbers); returns the total copies routed.
+    pub fn publish_batch(
+        &mut self,
+        out: &mut impl EventSink,
+        items: Vec<BatchItem>,
+        now: Instant,
+    ) -> u64 {
+        let mut keys = std::mem::take(&mut self.scratch);
+        let mut shares: Vec<(Key, Vec<usize>)> = Vec::new();
+        let mut slot: HashMap<Key, usize> = HashMap::new();
+        let mut ids = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            self.counters.published += 1;
+            let id = self.next_id();
+            keys.clear();
+            self.matcher.matches(&item.topic, &mut keys);
+            for key in &keys {
+                if !self.subs.get(key).is_some_and(|s| s.active) {
+                    continue;
+                }
+                let at = *slot.entry(*key).or_insert_with(|| {
+                    shares.push((*key, Vec::new()));
+                    shares.len() - 1
+                });
+                shares[at].1.push(i);
+            }
+            ids.push(id);
+        }
+        self.scratch = keys;
+        let mut matched = 0;
+        for (key, share) in shares {
+            let Some(sub) = self.subs.get_mut(&key) else {
+                continue;
+            };
+            let n = share.len() as u64;
+            matched += n;
+            if deliver_batch(out, sub, &share, &items, &ids) {
+                self.counters.delivered += n;
+            } else {
+                self.counters.dropped += n;
+            }
+        }
+        if self.config.retain_count > 0 {
+            for (item, id) in items.into_iter().zip(ids) {
+                self.retain(
+                    &id.to_string(),
+                    &item.topic,
+                    item.headers,
+                    item.payload,
+                    now,
+                );
+            }
+        }
+        matched
     }
 
     fn retain(
@@ -427,6 +489,70 @@ fn deliver(
     }
 }
 
+/// Sends a subscription's share of a batch as one `messages` event (see [`deliver`]).
+fn deliver_batch(
+    out: &mut impl EventSink,
+    sub: &mut Subscription,
+    share: &[usize],
+    items: &[BatchItem],
+    ids: &[MsgId],
+) -> bool {
+    #[derive(serde::Serialize)]
+    struct Item<'a> {
+        seq: u64,
+        id: MsgId,
+        topic: &'a str,
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        headers: &'a BTreeMap<String, String>,
+        payload: &'a Value,
+    }
+    #[derive(serde::Serialize)]
+    struct Batch<'a> {
+        sub: &'a str,
+        items: Vec<Item<'a>>,
+    }
+    let first = sub.seq + 1;
+    let n = share.len() as u64;
+    sub.seq += n;
+    if sub.dropped_pending > 0 {
+        let notice = Lagging {
+            sub: sub.token.clone(),
+            dropped: sub.dropped_pending,
+            dropped_total: sub.dropped_total,
+        };
+        if out.to_events(sub.token.as_bytes(), "lagging", &encode_body(&notice)) != Delivery::Sent {
+            sub.dropped_pending += n;
+            sub.dropped_total += n;
+            return false;
+        }
+        sub.dropped_pending = 0;
+    }
+    let batch = Batch {
+        sub: &sub.token,
+        items: share
+            .iter()
+            .enumerate()
+            .map(|(k, &i)| {
+                let m = &items[i];
+                Item {
+                    seq: first + k as u64,
+                    id: ids[i],
+                    topic: &m.topic,
+                    headers: &m.headers,
+                    payload: &m.payload,
+                }
+            })
+            .collect(),
+    };
+    if out.to_events(sub.token.as_bytes(), "messages", &encode_body(&batch)) == Delivery::Sent {
+        true
+    } else {
+        sub.dropped_pending += n;
+        sub.dropped_total += n;
+        false
+    }
+}
+
 fn encode_message(
     token: &str,
     seq: u64,
@@ -459,4 +585,22 @@ fn encode_message(
         payload,
         retained,
     })
+}
+
+/// A message id, serialized as its 26-character ULID text without allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MsgId(u128);
+
+impl std::fmt::Display for MsgId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut buf = [0u8; ulid::ULID_LEN];
+        f.write_str(ulid::Ulid(self.0).array_to_str(&mut buf))
+    }
+}
+
+impl serde::Serialize for MsgId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut buf = [0u8; ulid::ULID_LEN];
+        serializer.serialize_str(ulid::Ulid(self.0).array_to_str(&mut buf))
+    }
 }

@@ -65,6 +65,10 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8], limits: &Limits) -> Result<
         });
     }
     scan(body, limits.max_depth)?;
+    // Fast path without path tracking; only a failure is decoded again to name the field.
+    if let Ok(value) = rmp_serde::from_slice(body) {
+        return Ok(value);
+    }
     let mut de = rmp_serde::Deserializer::from_read_ref(body);
     serde_path_to_error::deserialize(&mut de).map_err(|e| DecodeError::Field {
         path: e.path().to_string(),

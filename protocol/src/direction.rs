@@ -8,8 +8,8 @@ use crate::envelope::VERSION;
 use crate::limits::Limits;
 use crate::plan::{PlanRequest, PlanResult, Progress};
 use crate::topic::{
-    Active, Lagging, Publish, Published, Subscribe, Subscribed, TopicMessage, Unsubscribe,
-    Unsubscribed,
+    Active, EventBatch, Lagging, Publish, PublishBatch, Published, PublishedBatch, Subscribe,
+    Subscribed, TopicMessage, Unsubscribe, Unsubscribed,
 };
 use crate::worker::{
     CancelTask, Disconnect, Heartbeat, Reconnect, Register, Registered, Task, TaskFailure,
@@ -73,6 +73,8 @@ direction! {
         Unsubscribe(Unsubscribe) = "unsubscribe",
         /// Publish a message to a topic.
         Publish(Publish) = "publish",
+        /// Publish several messages at once.
+        PublishBatch(PublishBatch) = "publish_batch",
     }
 }
 
@@ -95,6 +97,8 @@ direction! {
         Unsubscribed(Unsubscribed) = "unsubscribed",
         /// The message was routed.
         Published(Published) = "published",
+        /// The batch was routed.
+        PublishedBatch(PublishedBatch) = "published_batch",
     }
 }
 
@@ -141,6 +145,8 @@ direction! {
         Active(Active) = "active",
         /// A message for the subscription.
         Message(TopicMessage) = "message",
+        /// Several messages for the subscription.
+        Messages(EventBatch) = "messages",
         /// The subscriber fell behind; messages were dropped.
         Lagging(Lagging) = "lagging",
     }
@@ -157,6 +163,7 @@ impl ClientToBroker {
             ClientToBroker::Subscribe(m) => m.id,
             ClientToBroker::Unsubscribe(m) => m.id,
             ClientToBroker::Publish(m) => m.id,
+            ClientToBroker::PublishBatch(m) => m.id,
         }
     }
 }
@@ -173,6 +180,7 @@ impl BrokerToClient {
             BrokerToClient::Subscribed(m) => Some(m.id),
             BrokerToClient::Unsubscribed(m) => Some(m.id),
             BrokerToClient::Published(m) => Some(m.id),
+            BrokerToClient::PublishedBatch(m) => Some(m.id),
         }
     }
 }

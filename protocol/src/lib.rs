@@ -35,8 +35,8 @@ pub use limits::Limits;
 pub use plan::{PlanRequest, PlanResult, Progress, Step};
 pub use rmpv::Value;
 pub use topic::{
-    Active, Lagging, Publish, Published, Subscribe, Subscribed, TopicMessage, Unsubscribe,
-    Unsubscribed,
+    Active, BatchItem, EventBatch, EventItem, Lagging, Publish, PublishBatch, Published,
+    PublishedBatch, Subscribe, Subscribed, TopicMessage, Unsubscribe, Unsubscribed,
 };
 pub use worker::{
     failure_kind, CancelTask, Disconnect, Heartbeat, Reconnect, Register, Registered, Task,

@@ -154,6 +154,84 @@ pub struct Lagging {
     pub dropped_total: u64,
 }
 
+/// One message of a `publish_batch`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchItem {
+    /// The topic.
+    pub topic: String,
+    /// String headers.
+    #[serde(
+        default,
+        deserialize_with = "nil_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub headers: BTreeMap<String, String>,
+    /// The payload.
+    #[serde(default = "nil")]
+    pub payload: Value,
+}
+
+/// `publish_batch`: several messages in one request, routed in order. The batch is checked
+/// as a whole first: one invalid topic rejects it all (error naming `messages[i].topic`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PublishBatch {
+    /// Request id.
+    pub id: u64,
+    /// The messages, in publish order.
+    #[serde(deserialize_with = "nil_as_default")]
+    pub messages: Vec<BatchItem>,
+    /// Answer with `published_batch` once routed.
+    #[serde(
+        default,
+        deserialize_with = "nil_as_default",
+        skip_serializing_if = "is_false"
+    )]
+    pub confirm: bool,
+}
+
+/// `published_batch`: a batch was routed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedBatch {
+    /// The request id.
+    pub id: u64,
+    /// Messages routed.
+    pub count: u64,
+    /// Copies routed to subscriptions, summed over the messages.
+    pub matched: u64,
+}
+
+/// One message inside a `messages` event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventItem {
+    /// Per-subscription sequence number.
+    pub seq: u64,
+    /// The message id.
+    pub id: String,
+    /// The topic.
+    pub topic: String,
+    /// Headers.
+    #[serde(
+        default,
+        deserialize_with = "nil_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub headers: BTreeMap<String, String>,
+    /// Payload.
+    #[serde(default = "nil")]
+    pub payload: Value,
+}
+
+/// Event socket: several messages for one subscription at once (what a `publish_batch`
+/// produces), with consecutive sequence numbers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventBatch {
+    /// The subscription token.
+    pub sub: String,
+    /// The messages, in order.
+    #[serde(deserialize_with = "nil_as_default")]
+    pub items: Vec<EventItem>,
+}
+
 /// Checks a topic (or a pattern: the same rules) against the limits: not empty, at most
 /// `max_topic_bytes` bytes and `max_topic_words` words. Empty words are words (`a..b` has
 /// three).

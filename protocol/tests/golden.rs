@@ -348,6 +348,58 @@ fn samples() -> Vec<Sample> {
             dropped_total: 40
         })
     );
+    sample!(
+        "client_to_broker.publish_batch",
+        ClientToBroker,
+        ClientToBroker::PublishBatch(PublishBatch {
+            id: 14,
+            messages: vec![
+                BatchItem {
+                    topic: "orders.42.eu".into(),
+                    headers: BTreeMap::new(),
+                    payload: Value::from(1)
+                },
+                BatchItem {
+                    topic: "orders.43.us".into(),
+                    headers: BTreeMap::new(),
+                    payload: Value::from(2)
+                },
+            ],
+            confirm: true,
+        })
+    );
+    sample!(
+        "broker_to_client.published_batch",
+        BrokerToClient,
+        BrokerToClient::PublishedBatch(PublishedBatch {
+            id: 14,
+            count: 2,
+            matched: 3
+        })
+    );
+    sample!(
+        "event.messages",
+        Event,
+        Event::Messages(EventBatch {
+            sub: "s01JB8ZXK3Q9V6T2M4N7P5R8W0Y".into(),
+            items: vec![
+                EventItem {
+                    seq: 7,
+                    id: "01JB8ZXM0A1B2C3D4E5F6G7H8J".into(),
+                    topic: "orders.42.eu".into(),
+                    headers: BTreeMap::new(),
+                    payload: Value::from(1),
+                },
+                EventItem {
+                    seq: 8,
+                    id: "01JB8ZXM0A1B2C3D4E5F6G7H8K".into(),
+                    topic: "orders.43.us".into(),
+                    headers: BTreeMap::new(),
+                    payload: Value::from(2),
+                },
+            ],
+        })
+    );
     out
 }
 

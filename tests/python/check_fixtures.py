@@ -20,9 +20,10 @@ def check(directory=DEFAULT_DIR):
             fixture = json.load(f)
         with open(path[: -len(".json")] + ".msgpack", "rb") as f:
             golden = f.read()
-        kind = name.split(".")[1].split("_")[0]  # error_cycle is another sample of `error`
-        if fixture["frames"] != ["MPREG/1", kind]:
-            failures.append(f"{name}: frames {fixture['frames']} != ['MPREG/1', '{kind}']")
+        stem = name.split(".", 1)[1]  # <type> or <type>_<variant>: error_cycle samples `error`
+        frames = fixture["frames"]
+        if len(frames) != 2 or frames[0] != "MPREG/1" or not (stem == frames[1] or stem.startswith(frames[1] + "_")):
+            failures.append(f"{name}: frames {frames} do not match the file name")
         if msgpack.packb(fixture["body"]) != golden:
             failures.append(f"{name}: encoding differs: {msgpack.packb(fixture['body']).hex()} != {golden.hex()}")
         if msgpack.unpackb(golden, strict_map_key=False) != fixture["body"]:

@@ -370,7 +370,7 @@ fn a_slow_subscriber_does_not_slow_a_fast_one() {
                 last_seq = m.seq;
             }
             Event::Lagging(l) => lagging = Some(l),
-            Event::Active(_) => {}
+            Event::Active(_) | Event::Messages(_) => {}
         }
     }
     // Now that it has room again, the next message comes after a lagging notice.
@@ -382,7 +382,7 @@ fn a_slow_subscriber_does_not_slow_a_fast_one() {
                 last_seq = m.seq;
             }
             Event::Lagging(l) => lagging = Some(l),
-            Event::Active(_) => {}
+            Event::Active(_) | Event::Messages(_) => {}
         }
     }
     assert!(gap_seen, "the dropped messages show as a sequence gap");
@@ -433,4 +433,60 @@ fn plan_progress_is_published_to_a_topic() {
         })
         .collect();
     assert_eq!(steps, vec!["a", "b"]);
+}
+
+#[test]
+fn batches_are_checked_whole_and_delivered_as_one_event_per_subscription() {
+    let b = start_broker(&[], &[]);
+    let ctx = Context::new();
+    let mut c = Conn::new(&ctx, &b);
+    let sub = RawSub::connect(&ctx, &b.events, 1000).unwrap();
+    let eu = c.subscribe(&["orders.*.eu"], false).unwrap();
+    activate(&sub, &eu.sub);
+    let item = |topic: &str, n: i64| BatchItem {
+        topic: topic.into(),
+        headers: BTreeMap::new(),
+        payload: Value::from(n),
+    };
+    // One bad topic rejects the whole batch, naming it.
+    let bad = vec![item("orders.1.eu", 1), item("", 2)];
+    match c.request(|id| {
+        ClientToBroker::PublishBatch(PublishBatch {
+            id,
+            messages: bad,
+            confirm: true,
+        })
+    }) {
+        BrokerToClient::Error(e) => {
+            assert_eq!(e.error_code(), Some(ErrorCode::InvalidTopic));
+            assert_eq!(e.path.as_deref(), Some("messages[1].topic"));
+        }
+        other => panic!("{other:?}"),
+    }
+    quiet(&sub);
+    let batch = vec![
+        item("orders.1.eu", 1),
+        item("orders.2.us", 2),
+        item("orders.3.eu", 3),
+    ];
+    match c.request(|id| {
+        ClientToBroker::PublishBatch(PublishBatch {
+            id,
+            messages: batch,
+            confirm: true,
+        })
+    }) {
+        BrokerToClient::PublishedBatch(p) => assert_eq!((p.count, p.matched), (3, 2)),
+        other => panic!("{other:?}"),
+    }
+    match next_event(&sub) {
+        Event::Messages(m) => {
+            let got: Vec<(u64, Value)> = m.items.into_iter().map(|i| (i.seq, i.payload)).collect();
+            assert_eq!(got, vec![(1, Value::from(1)), (2, Value::from(3))]);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Single publishes continue the same sequence.
+    c.publish("orders.4.eu", Value::from(4)).unwrap();
+    assert_eq!(next_message(&sub).seq, 3);
 }

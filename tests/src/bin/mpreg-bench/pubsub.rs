@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use mpreg_broker::matcher::Matcher;
 use mpreg_protocol::{
-    encode_body, BrokerToClient, ClientToBroker, Limits, Publish, Subscribe, Unsubscribe, Value,
-    VERSION,
+    encode_body, BatchItem, BrokerToClient, ClientToBroker, Event, Limits, PublishBatch, Subscribe,
+    Unsubscribe, Value, VERSION,
 };
 use mpreg_tests::start_broker;
 use mpreg_transport::baseline::pub_sub_throughput;
@@ -21,6 +21,8 @@ use mpreg_transport::{Context, RawDealer, RawSub};
 use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
+/// Messages per `publish_batch` in the end-to-end runs.
+const BATCH: usize = 256;
 
 /// A deterministic pseudo-random sequence (xorshift), so runs are comparable.
 struct Rng(u64);
@@ -151,9 +153,17 @@ fn broker_sub_ops_per_s(client: &str, n: usize) -> f64 {
     (2 * n) as f64 / start.elapsed().as_secs_f64()
 }
 
-/// Messages/s through the broker: one publisher, `subscribers` SUB threads, all subscribed to
-/// `bench.#`; the time until every subscriber has every message.
-fn broker_throughput(client: &str, events: &str, count: usize, subscribers: usize) -> f64 {
+/// Messages/s through the broker: one publisher sending `publish_batch` requests of `batch`
+/// messages (what the SDK's publisher does when the application publishes faster than one
+/// round of the socket), `subscribers` SUB threads, all subscribed to `bench.#`, decoding every
+/// event; the time until every subscriber has every message.
+fn broker_throughput(
+    client: &str,
+    events: &str,
+    count: usize,
+    subscribers: usize,
+    batch: usize,
+) -> f64 {
     let ctx = Context::new();
     let d = RawDealer::connect(&ctx, client).expect("dealer");
     let limits = Limits::default();
@@ -183,27 +193,41 @@ fn broker_throughput(client: &str, events: &str, count: usize, subscribers: usiz
         .into_iter()
         .map(|sub| {
             std::thread::spawn(move || {
+                let limits = Limits::default();
                 let mut got = 0;
                 while got < count {
-                    if sub.recv(TIMEOUT).is_none() {
-                        break;
+                    let Some(f) = sub.recv(TIMEOUT) else { break };
+                    match Event::decode(&f[2], &f[3], &limits).expect("event") {
+                        Event::Messages(b) => got += b.items.len(),
+                        Event::Message(_) => got += 1,
+                        Event::Lagging(l) => panic!("lossless run dropped messages: {l:?}"),
+                        Event::Active(_) => {}
                     }
-                    got += 1;
                 }
                 got
             })
         })
         .collect();
-    for i in 0..count {
-        let p = Publish {
-            id: i as u64,
-            topic: "bench.x".into(),
-            headers: BTreeMap::new(),
-            payload: payload.clone(),
+    let mut sent = 0;
+    let mut id = 0;
+    while sent < count {
+        let n = batch.min(count - sent);
+        let messages = (0..n)
+            .map(|_| BatchItem {
+                topic: "bench.x".into(),
+                headers: BTreeMap::new(),
+                payload: payload.clone(),
+            })
+            .collect();
+        id += 1;
+        let b = PublishBatch {
+            id,
+            messages,
             confirm: false,
         };
-        d.send(&[VERSION, b"publish", &encode_body(&p)])
+        d.send(&[VERSION, b"publish_batch", &encode_body(&b)])
             .expect("publish");
+        sent += n;
     }
     let received: usize = threads
         .into_iter()
@@ -216,6 +240,11 @@ fn broker_throughput(client: &str, events: &str, count: usize, subscribers: usiz
         "lost messages in a lossless run"
     );
     (count * subscribers) as f64 / elapsed.as_secs_f64()
+}
+
+/// Single `publish` requests, one message each (no batching), for comparison.
+fn broker_throughput_unbatched(client: &str, events: &str, count: usize) -> f64 {
+    broker_throughput(client, events, count, 1, 1)
 }
 
 pub fn run(args: &[String]) {
@@ -243,6 +272,10 @@ pub fn run(args: &[String]) {
         &[
             ("MPREG_BROKER_SOCKET__EVENT_HWM", "0"),
             ("MPREG_BROKER_SOCKET__HWM", "100000"),
+            (
+                "MPREG_BROKER_TOPICS__MAX_SUBSCRIPTIONS_PER_CLIENT",
+                "1000000",
+            ),
         ],
     );
     let broker_ops_s = broker_sub_ops_per_s(&broker.client, broker_ops);
@@ -253,7 +286,13 @@ pub fn run(args: &[String]) {
             .expect("raw")
             .expect("raw run finished");
         raw1.push(count as f64 / raw.as_secs_f64());
-        mp1.push(broker_throughput(&broker.client, &broker.events, count, 1));
+        mp1.push(broker_throughput(
+            &broker.client,
+            &broker.events,
+            count,
+            1,
+            BATCH,
+        ));
         let raw = pub_sub_throughput(count / 10, 64, 10, TIMEOUT)
             .expect("raw")
             .expect("raw run finished");
@@ -263,9 +302,11 @@ pub fn run(args: &[String]) {
             &broker.events,
             count / 10,
             10,
+            BATCH,
         ));
     }
     let (raw1, raw10, mp1, mp10) = (median(raw1), median(raw10), median(mp1), median(mp10));
+    let unbatched = broker_throughput_unbatched(&broker.client, &broker.events, count / 5);
 
     println!(
         "{:<38} {:>12} {:>12} {:>8}   target",
@@ -303,6 +344,13 @@ pub fn run(args: &[String]) {
         raw10,
         mp10 / raw10
     );
+    println!(
+        "{:<38} {:>12.0} {:>12.0} {:>7.2}x",
+        "64 B messages/s, 1 -> 1, unbatched",
+        unbatched,
+        raw1,
+        unbatched / raw1
+    );
     let met = matching[&10_000] <= 250.0 && matcher_ops >= 100_000.0 && mp1 >= 0.5 * raw1;
     println!("targets {}", if met { "met" } else { "NOT met" });
     let report = json!({
@@ -310,7 +358,8 @@ pub fn run(args: &[String]) {
         "quick": quick,
         "match_p50_ns": matching.iter().map(|(n, ns)| (n.to_string(), json!(ns))).collect::<serde_json::Map<_, _>>(),
         "sub_unsub_ops_per_s": { "matcher": matcher_ops, "broker": broker_ops_s },
-        "messages_per_s": { "mpreg_1_to_1": mp1, "raw_1_to_1": raw1, "mpreg_1_to_10": mp10, "raw_1_to_10": raw10 },
+        "batch": BATCH,
+        "messages_per_s": { "mpreg_1_to_1_unbatched": unbatched, "mpreg_1_to_1": mp1, "raw_1_to_1": raw1, "mpreg_1_to_10": mp10, "raw_1_to_10": raw10 },
         "ratios": { "one_to_one": mp1 / raw1, "one_to_ten": mp10 / raw10 },
         "targets_met": met,
     });
