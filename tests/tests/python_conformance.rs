@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use mpreg::{args, Client, Error, ErrorCode, Value};
-use mpreg_tests::{Cluster, Proc, START_TIMEOUT};
+use mpreg_tests::{start_broker, Cluster, Proc, START_TIMEOUT};
 
 fn python_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python")
@@ -32,6 +32,25 @@ fn python_client_plans_run_on_rust_workers() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "python selftest failed:\n{text}");
+}
+
+#[test]
+fn python_topics_client_subscribes_with_wildcards_and_publishes() {
+    // Wildcards, overlap, literal `*`, batches, typed errors 600-602, unsubscribe, and the
+    // retained backlog followed by live messages (docs/PROTOCOL.md section 15).
+    let b = start_broker(&[], &[("MPREG_BROKER_TOPICS__RETAIN_COUNT", "3")]);
+    let out = Command::new(python())
+        .arg(python_dir().join("mpreg_topics.py"))
+        .args(["--broker", &b.client, "selftest", "--retained"])
+        .output()
+        .expect("python3 (scripts/test.sh installs pyzmq and msgpack)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "python topics selftest failed:\n{text}");
+    assert!(text.contains("all checks passed"), "{text}");
 }
 
 #[test]
