@@ -49,6 +49,21 @@ pub struct BrokerConfig {
     pub socket: SocketConfig,
     /// Topic exchange settings.
     pub topics: TopicsConfig,
+    /// CURVE, access rules, protected mode.
+    pub security: SecurityConfig,
+}
+
+/// `[security]`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SecurityConfig {
+    /// The broker's key-pair file; empty: no CURVE.
+    pub key_file: String,
+    /// The access file (client and worker keys, rules).
+    pub access_file: String,
+    /// Allow non-loopback endpoints without CURVE.
+    pub insecure: bool,
+    /// Largest capacity a worker may declare.
+    pub max_worker_capacity: u32,
 }
 
 /// `[topics]`.
@@ -90,6 +105,8 @@ pub struct Overrides {
     pub heartbeat_ms: Option<u64>,
     /// `--log-level`.
     pub log_level: Option<String>,
+    /// `--insecure`.
+    pub insecure: bool,
 }
 
 impl BrokerConfig {
@@ -133,6 +150,9 @@ impl BrokerConfig {
         if let Some(v) = &overrides.log_level {
             builder = builder.set_override("log_level", v.as_str())?;
         }
+        if overrides.insecure {
+            builder = builder.set_override("security.insecure", true)?;
+        }
         let mut config: BrokerConfig = builder.build()?.try_deserialize()?;
         if config.name.is_empty() {
             config.name = format!("broker-{}", std::process::id());
@@ -161,7 +181,55 @@ impl BrokerConfig {
         if self.default_deadline_ms > self.max_deadline_ms {
             return Err("configuration `default_deadline_ms` exceeds `max_deadline_ms`".into());
         }
+        if self.security.max_worker_capacity == 0 {
+            return Err(
+                "configuration `security.max_worker_capacity` must be greater than 0".into(),
+            );
+        }
+        match (self.curve(), self.security.access_file.is_empty()) {
+            (true, true) => {
+                return Err(
+                    "`security.key_file` is set but `security.access_file` is not: a CURVE broker needs the list of keys it lets in".into(),
+                )
+            }
+            (false, false) => {
+                return Err("`security.access_file` needs `security.key_file` (CURVE)".into())
+            }
+            _ => {}
+        }
+        if !self.curve() && !self.security.insecure {
+            for (key, endpoint) in self.endpoints() {
+                if !mpreg_transport::endpoint::is_local_only(endpoint) {
+                    return Err(format!(
+                        "protected mode: `{key}` = {endpoint} is reachable from other hosts, but the broker has no CURVE keys (`security.key_file`); bind loopback, configure CURVE, or pass --insecure"
+                    ));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// True when the broker runs CURVE.
+    pub fn curve(&self) -> bool {
+        !self.security.key_file.is_empty()
+    }
+
+    /// True when the broker binds non-loopback endpoints without CURVE (allowed by
+    /// `insecure`; the binary logs a warning).
+    pub fn exposed_without_curve(&self) -> bool {
+        !self.curve()
+            && self
+                .endpoints()
+                .iter()
+                .any(|(_, e)| !mpreg_transport::endpoint::is_local_only(e))
+    }
+
+    fn endpoints(&self) -> [(&'static str, &str); 3] {
+        [
+            ("client_endpoint", &self.client_endpoint),
+            ("worker_endpoint", &self.worker_endpoint),
+            ("event_endpoint", &self.event_endpoint),
+        ]
     }
 
     /// The protocol limits.
@@ -188,6 +256,7 @@ impl BrokerConfig {
                 max_subscriptions_per_client: self.topics.max_subscriptions_per_client,
                 activation_timeout: Duration::from_millis(self.topics.activation_timeout_ms),
             },
+            max_worker_capacity: self.security.max_worker_capacity,
         }
     }
 }
@@ -229,6 +298,31 @@ mod tests {
         );
         assert_eq!(c.worker_endpoint, "tcp://127.0.0.1:7401");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn protected_mode_needs_curve_or_insecure_beyond_loopback() {
+        let public = Overrides {
+            client_endpoint: Some("tcp://0.0.0.0:7400".into()),
+            ..Overrides::default()
+        };
+        let err = BrokerConfig::load(None, Vec::new(), &public).unwrap_err();
+        assert!(err.to_string().contains("protected mode"), "{err}");
+        let insecure = Overrides {
+            insecure: true,
+            ..public
+        };
+        let c = BrokerConfig::load(None, Vec::new(), &insecure).unwrap();
+        assert!(c.exposed_without_curve());
+        let local = BrokerConfig::load(None, Vec::new(), &Overrides::default()).unwrap();
+        assert!(!local.exposed_without_curve());
+        // CURVE needs both files.
+        let env = vec![(
+            "MPREG_BROKER_SECURITY__KEY_FILE".to_string(),
+            "/k".to_string(),
+        )];
+        let err = BrokerConfig::load(None, env, &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("access_file"), "{err}");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use mpreg_protocol::{
     StatusReply, Subscribed, Task, Unsubscribed, Value, WorkerStatus, WorkerToBroker,
 };
 
+use crate::access::AccessList;
 use crate::exchange::{EventSink, Exchange, ExchangeConfig, SubscribeError};
 use crate::plan_graph::{PlanError, PlanGraph};
 use crate::registry::{Registry, RoutingId, Selection, WorkerId};
@@ -47,6 +48,8 @@ pub struct EngineConfig {
     pub max_plans_per_client: usize,
     /// The topic exchange.
     pub exchange: ExchangeConfig,
+    /// Largest capacity a worker may declare (bigger declarations are capped).
+    pub max_worker_capacity: u32,
 }
 
 impl Default for EngineConfig {
@@ -62,6 +65,7 @@ impl Default for EngineConfig {
             max_plans_in_flight: 100_000,
             max_plans_per_client: 10_000,
             exchange: ExchangeConfig::default(),
+            max_worker_capacity: 1024,
         }
     }
 }
@@ -169,6 +173,8 @@ pub struct Engine {
     counters: BTreeMap<&'static str, u64>,
     log: slog::Logger,
     exchange: Exchange,
+    /// Keys and rules when the broker runs CURVE; `None`: everyone may do everything.
+    access: Option<AccessList>,
 }
 
 impl Engine {
@@ -192,6 +198,7 @@ impl Engine {
             shutdown_deadline: None,
             counters: BTreeMap::new(),
             log: slog::Logger::root(slog::Discard, slog::o!()),
+            access: None,
         }
     }
 
@@ -236,6 +243,113 @@ impl Engine {
 
     /// A message from the client socket, routing id first.
     pub fn on_client_message(&mut self, out: &mut impl Outbox, frames: &[Vec<u8>], now: Instant) {
+        self.on_client_message_as(out, frames, None, now);
+    }
+
+    /// Enforces access rules from now on (a CURVE broker), replacing earlier ones: requests
+    /// are checked against the new rules, and registered workers whose key is no longer
+    /// listed are dropped (told with `404 access_denied`, their tasks re-dispatched).
+    pub fn set_access(&mut self, out: &mut impl Outbox, access: AccessList, now: Instant) {
+        let revoked: Vec<(WorkerId, RoutingId)> = self
+            .registry
+            .iter()
+            .filter(|(_, w)| w.key.as_deref().is_some_and(|k| access.worker(k).is_none()))
+            .map(|(id, w)| (id, w.routing.clone()))
+            .collect();
+        self.access = Some(access);
+        for (id, routing) in revoked {
+            let reply = ErrorReply::new(
+                None,
+                ErrorCode::AccessDenied,
+                "this worker's key was revoked",
+            );
+            out.to_worker(&routing, "error", &encode_body(&reply));
+            self.count("workers_revoked");
+            self.expire_worker(out, id, now);
+        }
+    }
+
+    /// Checks a client request against the access rules; the refusal to send, if any.
+    fn denied(&self, user: Option<&str>, request: &ClientToBroker) -> Option<ErrorReply> {
+        let access = self.access.as_ref()?;
+        let id = Some(request.request_id());
+        let deny = |what: String| ErrorReply::new(id, ErrorCode::AccessDenied, what);
+        let Some(rules) = user.and_then(|u| access.client(u)) else {
+            return Some(deny(
+                "this key is not (or no longer) allowed as a client".into(),
+            ));
+        };
+        match request {
+            ClientToBroker::Plan(plan) => {
+                if let Some(step) = plan.steps.iter().find(|s| !rules.may_call(&s.fun)) {
+                    let reply = deny(format!(
+                        "{} may not call `{}`",
+                        rules.name,
+                        truncate(&step.fun)
+                    ));
+                    return Some(
+                        reply
+                            .with_step(step.name.clone())
+                            .with_fun(step.fun.clone()),
+                    );
+                }
+                match &plan.progress_topic {
+                    Some(t) if !rules.may_publish(t) => Some(deny(format!(
+                        "{} may not publish to {:?} (progress_topic)",
+                        rules.name,
+                        truncate(t)
+                    ))),
+                    _ => None,
+                }
+            }
+            ClientToBroker::Subscribe(sub) => sub
+                .patterns
+                .iter()
+                .find(|p| !rules.may_subscribe(p))
+                .map(|p| {
+                    deny(format!(
+                        "{} may not subscribe to {:?}",
+                        rules.name,
+                        truncate(p)
+                    ))
+                }),
+            ClientToBroker::Publish(publish) => (!rules.may_publish(&publish.topic)).then(|| {
+                deny(format!(
+                    "{} may not publish to {:?}",
+                    rules.name,
+                    truncate(&publish.topic)
+                ))
+            }),
+            ClientToBroker::PublishBatch(batch) => batch
+                .messages
+                .iter()
+                .enumerate()
+                .find(|(_, m)| !rules.may_publish(&m.topic))
+                .map(|(i, m)| {
+                    let mut reply = deny(format!(
+                        "{} may not publish to {:?}; nothing in the batch was published",
+                        rules.name,
+                        truncate(&m.topic)
+                    ));
+                    reply.path = Some(format!("messages[{i}].topic"));
+                    reply
+                }),
+            ClientToBroker::Cancel(_)
+            | ClientToBroker::Ping(_)
+            | ClientToBroker::Status(_)
+            | ClientToBroker::Unsubscribe(_) => None,
+        }
+    }
+
+    /// A message from the client socket, from a connection authenticated as `user` (the ZAP
+    /// `User-Id`; `None` without CURVE).
+    pub fn on_client_message_as(
+        &mut self,
+        out: &mut impl Outbox,
+        frames: &[Vec<u8>],
+        user: Option<&str>,
+        now: Instant,
+    ) {
         let prefix = router_prefix_len(frames);
         let Some(routing) = frames.first() else {
             return;
@@ -285,6 +399,10 @@ impl Engine {
                     return;
                 }
             };
+        if let Some(reply) = self.denied(user, &request) {
+            self.count("requests_denied");
+            return self.reply_error(out, &client, reply);
+        }
         match request {
             ClientToBroker::Plan(plan) => self.start_plan(out, client, plan, now),
             ClientToBroker::Cancel(cancel) => {
@@ -313,6 +431,7 @@ impl Engine {
                 let limits = self.config.limits;
                 let reply = match self.exchange.subscribe(
                     &client.routing,
+                    user,
                     sub.patterns,
                     sub.backlog,
                     &limits,
@@ -397,8 +516,19 @@ impl Engine {
 
     /// A message from the event (XPUB) socket: a SUB subscribing or leaving.
     pub fn on_event_message(&mut self, out: &mut impl Outbox, frames: &[Vec<u8>], now: Instant) {
+        self.on_event_message_as(out, frames, None, now);
+    }
+
+    /// A subscription frame from a SUB authenticated as `user` (`None` without CURVE).
+    pub fn on_event_message_as(
+        &mut self,
+        out: &mut impl Outbox,
+        frames: &[Vec<u8>],
+        user: Option<&str>,
+        now: Instant,
+    ) {
         if let Some(frame) = frames.first() {
-            self.exchange.on_subscription_frame(out, frame, now);
+            self.exchange.on_subscription_frame(out, frame, user, now);
         }
     }
 
@@ -844,6 +974,17 @@ impl Engine {
 
     /// A message from the worker socket, routing id first.
     pub fn on_worker_message(&mut self, out: &mut impl Outbox, frames: &[Vec<u8>], now: Instant) {
+        self.on_worker_message_as(out, frames, None, now);
+    }
+
+    /// A message from the worker socket, from a connection authenticated as `user`.
+    pub fn on_worker_message_as(
+        &mut self,
+        out: &mut impl Outbox,
+        frames: &[Vec<u8>],
+        user: Option<&str>,
+        now: Instant,
+    ) {
         let Some(routing) = frames.first() else {
             return;
         };
@@ -871,7 +1012,31 @@ impl Engine {
         };
         match (message, known) {
             (WorkerToBroker::Register(register), _) => {
-                self.register(out, routing.clone(), register, now)
+                let listed = match (&self.access, user) {
+                    (None, _) => true,
+                    (Some(access), Some(key)) => access.worker(key).is_some(),
+                    (Some(_), None) => false,
+                };
+                if !listed {
+                    self.count("requests_denied");
+                    let reply = ErrorReply::new(
+                        None,
+                        ErrorCode::AccessDenied,
+                        "this key is not (or no longer) allowed as a worker",
+                    );
+                    out.to_worker(routing, "error", &encode_body(&reply));
+                    return;
+                }
+                let key = user.map(str::to_owned);
+                let routing = routing.clone();
+                self.register(out, routing.clone(), register, now);
+                if let Some(w) = self
+                    .registry
+                    .find(&routing)
+                    .and_then(|id| self.registry.get_mut(id))
+                {
+                    w.key = key;
+                }
             }
             (WorkerToBroker::Heartbeat(_), Some(_)) => {}
             (WorkerToBroker::Result(result), Some(worker)) => {
@@ -944,7 +1109,9 @@ impl Engine {
             out.to_worker(&routing, "error", &encode_body(&reply));
             return;
         }
-        let capacity = register.capacity.max(1);
+        let capacity = register
+            .capacity
+            .clamp(1, self.config.max_worker_capacity.max(1));
         let id = self.registry.register(
             routing.clone(),
             register.node,

@@ -22,6 +22,14 @@ use crate::registry::RoutingId;
 pub trait EventSink {
     /// Sends `[token, VERSION, kind, body]`.
     fn to_events(&mut self, token: &[u8], kind: &str, body: &[u8]) -> Delivery;
+
+    /// Lets the SUB whose subscription frame was just read receive messages sent with this
+    /// token (the event socket applies no subscription by itself: XPUB_MANUAL). The default
+    /// does nothing (sinks without a real socket).
+    fn accept_subscription(&mut self, _token: &[u8]) {}
+
+    /// Withdraws a token from the SUB whose unsubscription frame was just read.
+    fn drop_subscription(&mut self, _token: &[u8]) {}
 }
 
 /// Settings of the exchange.
@@ -54,6 +62,9 @@ impl Default for ExchangeConfig {
 struct Subscription {
     token: String,
     client: RoutingId,
+    /// The authenticated key (ZAP User-Id) of the connection that subscribed: only a SUB with
+    /// the same identity may activate it. `None` without CURVE.
+    owner: Option<String>,
     patterns: Vec<String>,
     backlog: bool,
     active: bool,
@@ -158,6 +169,7 @@ impl Exchange {
     pub fn subscribe(
         &mut self,
         client: &RoutingId,
+        owner: Option<&str>,
         patterns: Vec<String>,
         backlog: bool,
         limits: &Limits,
@@ -182,7 +194,9 @@ impl Exchange {
         }
         let key = self.next_key;
         self.next_key += 1;
-        let token = format!("s{}", self.next_id());
+        // Random (80 bits), not the sequential message ids: a token is also the SUB filter,
+        // and must not be guessable by other subscribers.
+        let token = format!("s{}", ulid::Ulid::new());
         for p in &patterns {
             self.matcher.insert(p, key);
         }
@@ -193,6 +207,7 @@ impl Exchange {
             Subscription {
                 token: token.clone(),
                 client: client.clone(),
+                owner: owner.map(str::to_owned),
                 patterns,
                 backlog,
                 active: false,
@@ -236,17 +251,39 @@ impl Exchange {
     }
 
     /// A frame from the XPUB: `0x01 token` (a SUB subscribed) or `0x00 token` (it left).
-    pub fn on_subscription_frame(&mut self, out: &mut impl EventSink, frame: &[u8], now: Instant) {
+    /// `user` is the SUB connection's authenticated key (`None` without CURVE). A SUB filter
+    /// that is not the token of a pending subscription of the same identity (a guess, an empty
+    /// prefix, someone else's token) is ignored: that SUB receives nothing for it.
+    pub fn on_subscription_frame(
+        &mut self,
+        out: &mut impl EventSink,
+        frame: &[u8],
+        user: Option<&str>,
+        now: Instant,
+    ) {
         let Some((&flag, token)) = frame.split_first() else {
             return;
         };
         let Ok(token) = std::str::from_utf8(token) else {
             return;
         };
+        let owned = self
+            .by_token
+            .get(token)
+            .and_then(|k| self.subs.get(k))
+            .is_some_and(|sub| sub.owner.as_deref() == user);
         match flag {
-            1 => self.activate(out, token, now),
+            1 if owned => {
+                out.accept_subscription(token.as_bytes());
+                self.activate(out, token, now);
+            }
             0 => {
-                self.remove(token);
+                out.drop_subscription(token.as_bytes());
+                // `user` is None on the unsubscriptions libzmq generates itself when a SUB
+                // disconnects (and on every frame without CURVE).
+                if owned || user.is_none() {
+                    self.remove(token);
+                }
             }
             _ => {}
         }

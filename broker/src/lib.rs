@@ -7,8 +7,10 @@
 //! - [`matcher`], [`exchange`]: the topic exchange (patterns, subscriptions, delivery).
 //! - [`engine`]: the synchronous state machine (plans, tasks, heartbeats, deadlines).
 //! - [`server`]: the reactor thread with the client and worker sockets.
+//! - [`access`]: the access file of a CURVE broker (keys allowed in, what each may do).
 //! - [`config`]: layered configuration.
 
+pub mod access;
 pub mod config;
 pub mod engine;
 pub mod exchange;
@@ -20,7 +22,7 @@ pub mod server;
 
 pub use config::{BrokerConfig, Overrides};
 pub use engine::{Engine, EngineConfig};
-pub use server::Broker;
+pub use server::{Broker, StartError};
 
 /// A logger writing to stderr at `level` (`info` if unknown).
 pub fn stderr_logger(level: &str) -> slog::Logger {

@@ -32,6 +32,8 @@ pub struct Worker {
     pub last_seen: Instant,
     /// It said it is shutting down: no new tasks.
     pub draining: bool,
+    /// Its authenticated CURVE key (Z85), when the broker runs CURVE.
+    pub key: Option<String>,
 }
 
 impl Worker {
@@ -93,6 +95,7 @@ impl Registry {
             tasks,
             last_seen: now,
             draining: false,
+            key: None,
         };
         let id = match self.slots.iter().position(Option::is_none) {
             Some(free) => free,

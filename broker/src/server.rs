@@ -5,11 +5,12 @@ use std::time::{Duration, Instant};
 
 use mpreg_protocol::VERSION;
 use mpreg_transport::{
-    spawn, Context, Handler, Io, ReactorHandle, ReactorThread, SendError, SocketId, SocketKind,
-    SocketOptions, SocketSpec, TransportError,
+    spawn, Context, Curve, Handler, Io, Key, KeyPair, ReactorHandle, ReactorThread, SendError,
+    SocketId, SocketKind, SocketOptions, SocketSpec, TransportError,
 };
 use slog::{info, warn, Logger};
 
+use crate::access::{AccessList, Role, CLIENT_DOMAIN, EVENT_DOMAIN, WORKER_DOMAIN};
 use crate::config::BrokerConfig;
 use crate::engine::{ClientAddr, Delivery, Engine, Outbox};
 use crate::exchange::EventSink;
@@ -22,7 +23,24 @@ pub enum Command {
         /// How long plans in flight may take.
         grace: Duration,
     },
+    /// Replace the access rules (SIGHUP): new connections are checked against them, requests
+    /// too, and workers whose key was removed are dropped.
+    Reload(Box<AccessList>),
 }
+
+/// Why a broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A socket could not be set up.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The key file or the access file is unusable.
+    #[error("security: {0}")]
+    Security(String),
+}
+
+/// Where libzmq sends ZAP requests (RFC 27); bound before any CURVE socket.
+const ZAP_ENDPOINT: &str = "inproc://zeromq.zap.01";
 
 struct Sockets<'a> {
     io: &'a mut Io,
@@ -37,6 +55,14 @@ impl EventSink for Sockets<'_> {
             self.io
                 .send(self.events, &[token, VERSION, kind.as_bytes(), body]),
         )
+    }
+
+    fn accept_subscription(&mut self, token: &[u8]) {
+        let _ = self.io.subscribe(self.events, token);
+    }
+
+    fn drop_subscription(&mut self, token: &[u8]) {
+        let _ = self.io.unsubscribe(self.events, token);
     }
 }
 
@@ -77,11 +103,53 @@ struct BrokerHandler {
     client: SocketId,
     worker: SocketId,
     events: SocketId,
+    /// The ZAP handler's socket (CURVE brokers only).
+    zap: Option<SocketId>,
+    /// The keys allowed in, as the ZAP handler sees them (the engine has its own copy).
+    access: Option<AccessList>,
     finished: bool,
     log: Logger,
 }
 
 impl BrokerHandler {
+    /// Answers one ZAP request: `[version, request id, domain, address, identity, mechanism,
+    /// credentials...]` -> `[version, request id, status, text, user id, metadata]`.
+    fn on_zap(&mut self, io: &mut Io, zap: SocketId, frames: &[Vec<u8>]) {
+        let field = |i: usize| frames.get(i).map(Vec::as_slice).unwrap_or_default();
+        let version = field(0);
+        let request_id = field(1);
+        let verdict = (|| {
+            if version != b"1.0" {
+                return Err("unsupported ZAP version");
+            }
+            if field(5) != b"CURVE" {
+                return Err("CURVE required");
+            }
+            let role = Role::of_domain(field(2)).ok_or("unknown domain")?;
+            let key = Key::from_bytes(field(6)).ok_or("malformed CURVE credentials")?;
+            self.access
+                .as_ref()
+                .and_then(|a| a.admit(role, &key))
+                .ok_or("key not allowed")
+        })();
+        let (status, text, user): (&[u8], &str, String) = match verdict {
+            Ok(user) => (b"200", "OK", user),
+            Err(why) => {
+                warn!(self.log, "connection refused"; "reason" => why, "domain" => String::from_utf8_lossy(field(2)).into_owned(), "address" => String::from_utf8_lossy(field(3)).into_owned(), "key" => Key::from_bytes(field(6)).map(|k| k.to_z85()).unwrap_or_default());
+                (b"400", why, String::new())
+            }
+        };
+        let reply: [&[u8]; 6] = [
+            b"1.0",
+            request_id,
+            status,
+            text.as_bytes(),
+            user.as_bytes(),
+            b"",
+        ];
+        let _ = io.send(zap, &reply);
+    }
+
     fn sockets<'a>(&self, io: &'a mut Io) -> Sockets<'a> {
         Sockets {
             io,
@@ -105,14 +173,22 @@ impl Handler for BrokerHandler {
     type Command = Command;
 
     fn on_message(&mut self, io: &mut Io, socket: SocketId, frames: Vec<Vec<u8>>) {
+        if let Some(zap) = self.zap.filter(|&z| z == socket) {
+            return self.on_zap(io, zap, &frames);
+        }
         let now = io.now();
+        let user = io.peer_user().map(str::to_owned);
+        let user = user.as_deref();
         let mut out = self.sockets(io);
         if socket == self.client {
-            self.engine.on_client_message(&mut out, &frames, now);
+            self.engine
+                .on_client_message_as(&mut out, &frames, user, now);
         } else if socket == self.worker {
-            self.engine.on_worker_message(&mut out, &frames, now);
+            self.engine
+                .on_worker_message_as(&mut out, &frames, user, now);
         } else {
-            self.engine.on_event_message(&mut out, &frames, now);
+            self.engine
+                .on_event_message_as(&mut out, &frames, user, now);
         }
         if self.engine.is_drained() {
             self.check_drained(io);
@@ -125,6 +201,18 @@ impl Handler for BrokerHandler {
                 info!(self.log, "shutting down"; "plans_in_flight" => self.engine.plans_in_flight(), "grace_ms" => grace.as_millis() as u64);
                 self.engine.begin_shutdown(io.now() + grace);
                 self.check_drained(io);
+            }
+            Command::Reload(access) => {
+                if self.access.is_none() {
+                    warn!(self.log, "reload ignored: this broker runs without CURVE");
+                    return;
+                }
+                let (clients, workers) = access.len();
+                info!(self.log, "access rules reloaded"; "clients" => clients, "workers" => workers);
+                self.access = Some((*access).clone());
+                let now = io.now();
+                let mut out = self.sockets(io);
+                self.engine.set_access(&mut out, *access, now);
             }
         }
     }
@@ -174,12 +262,30 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Binds the sockets and starts serving.
-    pub fn start(
-        config: &BrokerConfig,
-        ctx: &Context,
-        log: Logger,
-    ) -> Result<Broker, TransportError> {
+    /// Binds the sockets and starts serving. With `security.key_file` set, every socket runs
+    /// CURVE and a ZAP handler admits only the keys of `security.access_file`.
+    pub fn start(config: &BrokerConfig, ctx: &Context, log: Logger) -> Result<Broker, StartError> {
+        let (keys, access) = if config.curve() {
+            let keys = KeyPair::load(&config.security.key_file)
+                .map_err(|e| StartError::Security(e.to_string()))?;
+            let access = AccessList::load(std::path::Path::new(&config.security.access_file))
+                .map_err(StartError::Security)?;
+            (Some(keys), Some(access))
+        } else {
+            (None, None)
+        };
+        let curve = keys.map(Curve::Server);
+        let secured = |options: SocketOptions, domain: &str| SocketOptions {
+            zap_domain: curve.as_ref().map(|_| domain.to_string()),
+            ..options.with_curve(curve.clone())
+        };
+        let with_users = |spec: SocketSpec| {
+            if curve.is_some() {
+                spec.with_user_ids()
+            } else {
+                spec
+            }
+        };
         let limits = config.limits();
         let options = SocketOptions {
             sndhwm: config.socket.hwm,
@@ -190,22 +296,35 @@ impl Broker {
         // libzmq drops a connection sending a frame over this; a body just over the
         // application limit still arrives and gets a typed `message_too_large` reply.
         .with_max_frame_bytes(limits.max_message_bytes.saturating_add(1 << 20));
-        let client_spec = SocketSpec::new(SocketKind::Router, options.clone())
-            .bind(config.client_endpoint.clone());
-        let worker_spec =
-            SocketSpec::new(SocketKind::Router, options).bind(config.worker_endpoint.clone());
+        let client_spec = with_users(
+            SocketSpec::new(SocketKind::Router, secured(options.clone(), CLIENT_DOMAIN))
+                .bind(config.client_endpoint.clone()),
+        );
+        let worker_spec = with_users(
+            SocketSpec::new(SocketKind::Router, secured(options, WORKER_DOMAIN))
+                .bind(config.worker_endpoint.clone()),
+        );
         let event_options = SocketOptions {
             sndhwm: config.socket.event_hwm,
             rcvhwm: config.socket.event_hwm,
             handshake_ms: config.socket.handshake_timeout_ms,
             ..SocketOptions::xpub_events()
         };
-        let event_spec =
-            SocketSpec::new(SocketKind::XPub, event_options).bind(config.event_endpoint.clone());
+        let event_spec = with_users(
+            SocketSpec::new(SocketKind::XPub, secured(event_options, EVENT_DOMAIN))
+                .bind(config.event_endpoint.clone()),
+        );
+        let zap_spec = curve
+            .as_ref()
+            .map(|_| SocketSpec::new(SocketKind::Rep, SocketOptions::default()).bind(ZAP_ENDPOINT));
+        let handler_access = access.clone();
         let mut engine_config = config.engine();
         let (endpoints_tx, endpoints_rx) = std::sync::mpsc::channel();
         let engine_log = log.clone();
         let (handle, thread) = spawn("mpreg-broker", ctx, 1024, move |io| {
+            // The ZAP handler first: a CURVE socket accepting before it exists would let
+            // every key in.
+            let zap = zap_spec.as_ref().map(|spec| io.open(spec)).transpose()?;
             let client = io.open(&client_spec)?;
             let worker = io.open(&worker_spec)?;
             let events = io.open(&event_spec)?;
@@ -218,11 +337,24 @@ impl Broker {
                 engine_config.exchange.events_endpoint = endpoints.2.clone();
             }
             let _ = endpoints_tx.send(endpoints);
+            let mut engine =
+                Engine::new(engine_config, Instant::now()).with_logger(engine_log.clone());
+            if let Some(access) = handler_access.clone() {
+                let mut out = Sockets {
+                    io,
+                    client,
+                    worker,
+                    events,
+                };
+                engine.set_access(&mut out, access, Instant::now());
+            }
             Ok(BrokerHandler {
-                engine: Engine::new(engine_config, Instant::now()).with_logger(engine_log.clone()),
+                engine,
                 client,
                 worker,
                 events,
+                zap,
+                access: handler_access,
                 finished: false,
                 log: engine_log,
             })
@@ -242,6 +374,11 @@ impl Broker {
     /// Asks the broker to shut down gracefully (see [`Command::Shutdown`]).
     pub fn shutdown(&self, grace: Duration) {
         let _ = self.handle.try_send(Command::Shutdown { grace });
+    }
+
+    /// Replaces the access rules (see [`Command::Reload`]).
+    pub fn reload(&self, access: AccessList) {
+        let _ = self.handle.try_send(Command::Reload(Box::new(access)));
     }
 
     /// Waits for the broker thread to end.

@@ -22,6 +22,10 @@ pub struct NodeConfig {
     pub drain_timeout_ms: u64,
     /// Log level.
     pub log_level: String,
+    /// The brokers' CURVE public key (Z85 or a file); empty: no CURVE.
+    pub server_key: String,
+    /// This node's CURVE key-pair file.
+    pub key_file: String,
 }
 
 /// Flag values (highest precedence).
@@ -39,6 +43,10 @@ pub struct Overrides {
     pub drain_timeout_ms: Option<u64>,
     /// `--log-level`.
     pub log_level: Option<String>,
+    /// `--server-key`.
+    pub server_key: Option<String>,
+    /// `--key-file`.
+    pub key_file: Option<String>,
 }
 
 impl NodeConfig {
@@ -82,6 +90,12 @@ impl NodeConfig {
         }
         if let Some(v) = &flags.log_level {
             b = b.set_override("log_level", v.as_str())?;
+        }
+        if let Some(v) = &flags.server_key {
+            b = b.set_override("server_key", v.as_str())?;
+        }
+        if let Some(v) = &flags.key_file {
+            b = b.set_override("key_file", v.as_str())?;
         }
         let mut c: NodeConfig = b.build()?.try_deserialize()?;
         if c.name.is_empty() {
@@ -219,6 +233,7 @@ mod tests {
             brokers: vec!["tcp://c:3".into()],
             drain_timeout_ms: Some(1),
             log_level: Some("debug".into()),
+            ..Overrides::default()
         };
         let c = NodeConfig::load(Some(file.path()), vars, &flags).unwrap();
         assert_eq!((c.name.as_str(), c.capacity), ("flag", 9));

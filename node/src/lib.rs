@@ -86,6 +86,7 @@ pub struct NodeBuilder {
     functions: HashMap<String, Function>,
     on_registered: Option<OnRegistered>,
     log: slog::Logger,
+    curve: Option<mpreg_transport::Curve>,
 }
 
 impl NodeBuilder {
@@ -99,7 +100,15 @@ impl NodeBuilder {
             functions: HashMap::new(),
             on_registered: None,
             log: slog::Logger::root(slog::Discard, slog::o!()),
+            curve: None,
         }
+    }
+
+    /// Connects with CURVE: `server` is the brokers' public key, `own` this node's key pair
+    /// (its public key must be in the brokers' access file as a worker).
+    pub fn curve(mut self, server: mpreg_transport::Key, own: mpreg_transport::KeyPair) -> Self {
+        self.curve = Some(mpreg_transport::Curve::Client { server, own });
+        self
     }
 
     /// Adds a broker's worker endpoint (call again for more brokers).
@@ -222,6 +231,7 @@ impl NodeBuilder {
             resources: self.resources,
             capacity: self.capacity,
             brokers: self.brokers,
+            curve: self.curve,
             runtime,
             handle: Arc::clone(&handle_cell),
             on_registered: self.on_registered,

@@ -155,6 +155,8 @@ pub(crate) struct NodeSetup {
     pub(crate) resources: Vec<String>,
     pub(crate) capacity: u32,
     pub(crate) brokers: Vec<String>,
+    /// CURVE: the brokers' public key and this node's key pair.
+    pub(crate) curve: Option<mpreg_transport::Curve>,
     pub(crate) runtime: tokio::runtime::Handle,
     pub(crate) handle: HandleCell,
     pub(crate) on_registered: Option<OnRegistered>,
@@ -224,6 +226,7 @@ impl NodeHandler {
             immediate: true,
             ..SocketOptions::dealer_client()
         }
+        .with_curve(self.setup.curve.clone())
         .with_max_frame_bytes(self.limits.max_message_bytes.saturating_add(1 << 20));
         let socket = io.open(
             &SocketSpec::new(SocketKind::Dealer, options).connect(self.links[i].endpoint.clone()),

@@ -61,7 +61,10 @@ pub struct Proc {
 impl Proc {
     /// Starts `program` with `args`; stdout lines are collected, stderr goes to a log file.
     pub fn spawn(name: &str, program: &Path, args: &[String], env: &[(&str, &str)]) -> Proc {
-        let log = log_dir().join(format!("{name}-{}.log", std::process::id()));
+        // Unique per process started: tests of one binary run in parallel threads.
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = log_dir().join(format!("{name}-{}-{n}.log", std::process::id()));
         let stderr = std::fs::File::create(&log).expect("log file");
         let mut cmd = Command::new(program);
         cmd.args(args)

@@ -49,7 +49,10 @@ fn python_topics_client_subscribes_with_wildcards_and_publishes() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "python topics selftest failed:\n{text}");
+    assert!(
+        out.status.success(),
+        "python topics selftest failed:\n{text}"
+    );
     assert!(text.contains("all checks passed"), "{text}");
 }
 

@@ -6,6 +6,7 @@
 //!   wake-ups are batched.
 //! - [`socket_options`]: options and per-role presets (HWMs, max frame size, handshake and
 //!   heartbeat timeouts, ROUTER_MANDATORY, LINGER).
+//! - [`curve`]: CURVE keys (Z85, key files with private permissions).
 //! - [`endpoint`]: endpoint validation and the loopback test used by protected mode.
 //! - [`baseline`]: raw libzmq programs (relay, echo worker, clients) that benchmarks measure
 //!   MPREG against in the same run.
@@ -14,19 +15,21 @@
 //! The one rule: a libzmq socket never leaves the thread that opened it.
 
 pub mod baseline;
+pub mod curve;
 pub mod endpoint;
 pub mod error;
 pub mod raw;
 pub mod reactor;
 pub mod socket_options;
 
+pub use curve::{Key, KeyError, KeyPair};
 pub use error::{SendError, TransportError};
 pub use raw::{RawDealer, RawSub};
 pub use reactor::{
     spawn, Closed, Context, Handler, Io, ReactorHandle, ReactorThread, SocketId, SocketKind,
     SocketSpec, TrySendError,
 };
-pub use socket_options::SocketOptions;
+pub use socket_options::{Curve, SocketOptions};
 
 /// True when the linked libzmq supports CURVE (it must: the build links the system library).
 pub fn curve_available() -> bool {

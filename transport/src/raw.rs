@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::error::TransportError;
 use crate::reactor::Context;
-use crate::socket_options::SocketOptions;
+use crate::socket_options::{Curve, SocketOptions};
 
 /// A DEALER connected to one endpoint, used from a single thread.
 pub struct RawDealer {
@@ -69,8 +69,25 @@ pub struct RawSub {
 impl RawSub {
     /// Connects a SUB with the given receive high-water mark (0: unlimited).
     pub fn connect(ctx: &Context, endpoint: &str, rcvhwm: i32) -> Result<RawSub, TransportError> {
+        RawSub::connect_with(ctx, endpoint, rcvhwm, None)
+    }
+
+    /// Connects a SUB, as a CURVE client when `curve` is given.
+    pub fn connect_with(
+        ctx: &Context,
+        endpoint: &str,
+        rcvhwm: i32,
+        curve: Option<Curve>,
+    ) -> Result<RawSub, TransportError> {
         crate::endpoint::validate(endpoint)?;
-        let socket = ctx.raw().socket(zmq::SUB).map_err(TransportError::Create)?;
+        let mut socket = ctx.raw().socket(zmq::SUB).map_err(TransportError::Create)?;
+        if curve.is_some() {
+            let options = SocketOptions {
+                curve,
+                ..SocketOptions::default()
+            };
+            options.apply(&mut socket, zmq::SUB)?;
+        }
         let opt = |option, r: zmq::Result<()>| {
             r.map_err(|source| TransportError::Option { option, source })
         };

@@ -108,6 +108,8 @@ pub struct SocketSpec {
     pub connect: Vec<String>,
     /// SUB: prefixes to subscribe to.
     pub subscribe: Vec<Vec<u8>>,
+    /// Read the ZAP `User-Id` of every message received (see [`Io::peer_user`]).
+    pub user_ids: bool,
 }
 
 impl SocketSpec {
@@ -119,7 +121,15 @@ impl SocketSpec {
             bind: Vec::new(),
             connect: Vec::new(),
             subscribe: Vec::new(),
+            user_ids: false,
         }
+    }
+
+    /// Reads the ZAP `User-Id` of every message received (CURVE server sockets whose owner
+    /// checks what each peer may do).
+    pub fn with_user_ids(mut self) -> Self {
+        self.user_ids = true;
+        self
     }
 
     /// Adds an endpoint to bind.
@@ -139,6 +149,7 @@ struct Slot {
     socket: zmq::Socket,
     kind: SocketKind,
     bound: Vec<String>,
+    user_ids: bool,
 }
 
 /// The reactor's sockets, as a handler sees them during a callback.
@@ -146,6 +157,7 @@ pub struct Io {
     ctx: zmq::Context,
     slots: Vec<Option<Slot>>,
     now: Instant,
+    peer_user: Option<String>,
 }
 
 impl Io {
@@ -196,6 +208,7 @@ impl Io {
             socket,
             kind: spec.kind,
             bound,
+            user_ids: spec.user_ids,
         };
         let index = match self.slots.iter().position(Option::is_none) {
             Some(free) => {
@@ -246,7 +259,8 @@ impl Io {
         Ok(())
     }
 
-    /// SUB: adds a prefix filter.
+    /// SUB: adds a prefix filter. XPUB in manual mode: applies the prefix to the peer whose
+    /// subscription message was received last.
     pub fn subscribe(&mut self, id: SocketId, prefix: &[u8]) -> Result<(), SendError> {
         let slot = self
             .slots
@@ -258,7 +272,7 @@ impl Io {
             .map_err(|e| SendError::Other(e.to_string()))
     }
 
-    /// SUB: removes a prefix filter.
+    /// SUB: removes a prefix filter (XPUB in manual mode: from the peer received last).
     pub fn unsubscribe(&mut self, id: SocketId, prefix: &[u8]) -> Result<(), SendError> {
         let slot = self
             .slots
@@ -268,6 +282,12 @@ impl Io {
         slot.socket
             .set_unsubscribe(prefix)
             .map_err(|e| SendError::Other(e.to_string()))
+    }
+
+    /// The ZAP `User-Id` of the message being handled, when its socket was opened
+    /// [`SocketSpec::with_user_ids`] and the peer authenticated through ZAP.
+    pub fn peer_user(&self) -> Option<&str> {
+        self.peer_user.as_deref()
     }
 
     /// The time the current loop iteration started.
@@ -446,6 +466,7 @@ where
                 ctx: zctx,
                 slots: Vec::new(),
                 now: Instant::now(),
+                peer_user: None,
             };
             match init(&mut io) {
                 Ok(handler) => {
@@ -555,10 +576,19 @@ fn run<H: Handler>(
                 let Some(slot) = io.slots.get(index).and_then(Option::as_ref) else {
                     break;
                 };
-                match slot.socket.recv_multipart(zmq::DONTWAIT) {
+                let received = if slot.user_ids {
+                    recv_with_user(&slot.socket).map(|(frames, user)| {
+                        io.peer_user = user;
+                        frames
+                    })
+                } else {
+                    slot.socket.recv_multipart(zmq::DONTWAIT)
+                };
+                match received {
                     Ok(frames) => handler.on_message(&mut io, SocketId(index), frames),
                     Err(_) => break,
                 }
+                io.peer_user = None;
             }
         }
         if handler.next_deadline().is_some_and(|d| d <= Instant::now()) {
@@ -572,4 +602,22 @@ fn run<H: Handler>(
         }
     }
     handler
+}
+
+/// Receives a multipart message frame by frame, keeping the `User-Id` property libzmq
+/// attached from the ZAP reply (the same on every frame of a message).
+fn recv_with_user(socket: &zmq::Socket) -> zmq::Result<(Vec<Vec<u8>>, Option<String>)> {
+    let mut frames = Vec::new();
+    let mut user = None;
+    loop {
+        let flags = if frames.is_empty() { zmq::DONTWAIT } else { 0 };
+        let mut msg = socket.recv_msg(flags)?;
+        if user.is_none() {
+            user = msg.gets("User-Id").map(str::to_owned);
+        }
+        frames.push(msg.to_vec());
+        if !msg.get_more() {
+            return Ok((frames, user));
+        }
+    }
 }

@@ -1,6 +1,22 @@
 //! Socket options, with presets for each role (see `shared/reference/zeromq.md` for why).
 
+use crate::curve::{Key, KeyPair};
 use crate::error::TransportError;
+
+/// The CURVE role of a socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Curve {
+    /// Accepts CURVE clients with this key pair; which client keys are let in is decided by
+    /// the ZAP handler (bound at `inproc://zeromq.zap.01` in the same context).
+    Server(KeyPair),
+    /// Connects to a CURVE server whose public key is `server`, as `own`.
+    Client {
+        /// The server's public key.
+        server: Key,
+        /// This peer's key pair.
+        own: KeyPair,
+    },
+}
 
 /// Default high-water mark, in messages per peer: enough to ride out a burst, small enough to
 /// bound memory per slow peer.
@@ -47,6 +63,13 @@ pub struct SocketOptions {
     /// XPUB: a full subscriber pipe makes sends fail with EAGAIN instead of dropping silently
     /// (`XPUB_NODROP`), so the owner can count drops per subscriber.
     pub xpub_nodrop: bool,
+    /// XPUB: subscriptions take effect only when the owner confirms them by subscribing the
+    /// XPUB itself to the prefix (`XPUB_MANUAL`), so it decides which peer gets what.
+    pub xpub_manual: bool,
+    /// CURVE encryption and authentication; `None`: plain (NULL mechanism).
+    pub curve: Option<Curve>,
+    /// The ZAP domain of a server socket, so the ZAP handler can tell sockets apart.
+    pub zap_domain: Option<String>,
 }
 
 impl Default for SocketOptions {
@@ -67,6 +90,9 @@ impl Default for SocketOptions {
             routing_id: None,
             xpub_verboser: false,
             xpub_nodrop: false,
+            xpub_manual: false,
+            curve: None,
+            zap_domain: None,
         }
     }
 }
@@ -84,6 +110,12 @@ impl SocketOptions {
     /// A DEALER that talks to one or more servers and reconnects by itself.
     pub fn dealer_client() -> Self {
         SocketOptions::default()
+    }
+
+    /// Sets the CURVE role.
+    pub fn with_curve(mut self, curve: Option<Curve>) -> Self {
+        self.curve = curve;
+        self
     }
 
     /// Sets the largest accepted frame.
@@ -141,6 +173,33 @@ impl SocketOptions {
         if let Some(id) = &self.routing_id {
             set("ROUTING_ID", socket.set_identity(id))?;
         }
+        if let Some(domain) = &self.zap_domain {
+            set("ZAP_DOMAIN", socket.set_zap_domain(domain))?;
+        }
+        match &self.curve {
+            None => {}
+            Some(Curve::Server(own)) => {
+                set("CURVE_SERVER", socket.set_curve_server(true))?;
+                set(
+                    "CURVE_SECRETKEY",
+                    socket.set_curve_secretkey(own.secret.as_bytes()),
+                )?;
+            }
+            Some(Curve::Client { server, own }) => {
+                set(
+                    "CURVE_SERVERKEY",
+                    socket.set_curve_serverkey(server.as_bytes()),
+                )?;
+                set(
+                    "CURVE_PUBLICKEY",
+                    socket.set_curve_publickey(own.public.as_bytes()),
+                )?;
+                set(
+                    "CURVE_SECRETKEY",
+                    socket.set_curve_secretkey(own.secret.as_bytes()),
+                )?;
+            }
+        }
         if kind == zmq::XPUB {
             set(
                 "XPUB_VERBOSER",
@@ -154,15 +213,21 @@ impl SocketOptions {
                 "XPUB_NODROP",
                 set_int(socket, zmq_sys::ZMQ_XPUB_NODROP, self.xpub_nodrop.into()),
             )?;
+            set(
+                "XPUB_MANUAL",
+                set_int(socket, zmq_sys::ZMQ_XPUB_MANUAL, self.xpub_manual.into()),
+            )?;
         }
         Ok(())
     }
 
-    /// An XPUB for topic delivery: sees every subscription, reports full subscribers.
+    /// An XPUB for topic delivery: sees every subscription and applies only those its owner
+    /// confirms, reports full subscribers.
     pub fn xpub_events() -> Self {
         SocketOptions {
             xpub_verboser: true,
             xpub_nodrop: true,
+            xpub_manual: true,
             ..SocketOptions::default()
         }
     }

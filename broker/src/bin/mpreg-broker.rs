@@ -3,16 +3,21 @@
 //! On start it prints one JSON line on stdout with the endpoints it bound:
 //! `{"event":"listening","name":...,"client":"tcp://...","worker":"tcp://...","events":"tcp://..."}`.
 //! SIGTERM or SIGINT: stop accepting plans, let those in flight finish (up to
-//! `shutdown_timeout_ms`), tell the workers, exit 0.
+//! `shutdown_timeout_ms`), tell the workers, exit 0. SIGHUP: reload the access file of a CURVE
+//! broker (an unreadable or invalid file is logged and the current rules stay).
+//!
+//! Protected mode: without CURVE keys (`security.key_file`) every endpoint must be loopback,
+//! ipc or inproc, unless `--insecure` is given (then a warning is logged).
 
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use mpreg_broker::access::AccessList;
 use mpreg_broker::{stderr_logger, Broker, BrokerConfig, Overrides};
 use mpreg_transport::Context;
-use slog::{error, info};
+use slog::{error, info, warn};
 
 /// MPREG broker: resolves plans and routes their steps to workers.
 #[derive(Parser, Debug)]
@@ -39,6 +44,10 @@ struct Args {
     /// Log level (critical, error, warning, info, debug, trace).
     #[arg(long)]
     log_level: Option<String>,
+    /// Allow binding non-loopback endpoints without CURVE keys (anyone who can reach them may
+    /// run anything; a warning is logged).
+    #[arg(long)]
+    insecure: bool,
 }
 
 fn main() -> ExitCode {
@@ -50,6 +59,7 @@ fn main() -> ExitCode {
         event_endpoint: args.event_endpoint,
         heartbeat_ms: args.heartbeat_ms,
         log_level: args.log_level,
+        insecure: args.insecure,
     };
     let env = std::env::vars().filter(|(k, _)| k != "MPREG_BROKER_CONFIG");
     let config = match BrokerConfig::load(args.config.as_deref(), env, &overrides) {
@@ -60,6 +70,10 @@ fn main() -> ExitCode {
         }
     };
     let log = stderr_logger(&config.log_level);
+    if config.exposed_without_curve() {
+        warn!(log, "INSECURE: listening beyond loopback without CURVE; anyone who can reach these endpoints can run functions and read topics";
+            "client" => &config.client_endpoint, "worker" => &config.worker_endpoint, "events" => &config.event_endpoint);
+    }
     let ctx = Context::new();
     let broker = match Broker::start(&config, &ctx, log.clone()) {
         Ok(broker) => broker,
@@ -94,15 +108,29 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
         ) else {
             return;
         };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => {
+                    if !config.curve() {
+                        warn!(log, "SIGHUP ignored: no access file without CURVE");
+                        continue;
+                    }
+                    let path = std::path::Path::new(&config.security.access_file);
+                    match AccessList::load(path) {
+                        Ok(access) => broker.reload(access),
+                        Err(e) => error!(log, "access file not reloaded; the current rules stay"; "error" => e),
+                    }
+                }
+            }
         }
     });
     broker.shutdown(Duration::from_millis(config.shutdown_timeout_ms));

@@ -37,6 +37,12 @@ struct Args {
     /// Log level (critical, error, warning, info, debug, trace).
     #[arg(long)]
     log_level: Option<String>,
+    /// CURVE: the brokers' public key (40 Z85 characters or a key file).
+    #[arg(long)]
+    server_key: Option<String>,
+    /// CURVE: this node's key-pair file (`mpreg keygen`).
+    #[arg(long)]
+    key_file: Option<String>,
 }
 
 /// A logger to stderr; the guard flushes pending records when dropped.
@@ -60,6 +66,8 @@ async fn main() -> ExitCode {
         capacity: args.capacity,
         drain_timeout_ms: args.drain_timeout_ms,
         log_level: args.log_level,
+        server_key: args.server_key,
+        key_file: args.key_file,
     };
     let env = std::env::vars().filter(|(k, _)| k != "MPREG_NODE_CONFIG");
     let config = match NodeConfig::load(args.config.as_deref(), env, &flags) {
@@ -93,6 +101,27 @@ async fn main() -> ExitCode {
         });
     for broker in &config.brokers {
         builder = builder.broker(broker);
+    }
+    match (config.server_key.is_empty(), config.key_file.is_empty()) {
+        (true, true) => {}
+        (false, false) => {
+            let keys = mpreg_transport::curve::load_public(&config.server_key).and_then(|server| {
+                mpreg_transport::KeyPair::load(&config.key_file).map(|own| (server, own))
+            });
+            match keys {
+                Ok((server, own)) => builder = builder.curve(server, own),
+                Err(e) => {
+                    eprintln!("mpreg-node: invalid configuration: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        _ => {
+            eprintln!(
+                "mpreg-node: invalid configuration: CURVE needs both server_key and key_file"
+            );
+            return ExitCode::from(2);
+        }
     }
     let node = match builder.start() {
         Ok(node) => node,
