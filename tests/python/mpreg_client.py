@@ -14,15 +14,17 @@ class MpregError(Exception):
 
 class Client:
     """One DEALER connection; many requests in flight, replies matched by id."""
-    def __init__(self, endpoint, context=None):
-        self.sock = (context or zmq.Context.instance()).socket(zmq.DEALER)
+    def __init__(self, endpoint, context=None, curve=None):
+        """curve: (broker public key, own public key, own secret key), Z85 (docs/SECURITY.md)."""
+        self.sock, self.curve = (context or zmq.Context.instance()).socket(zmq.DEALER), curve
+        self.secure(self.sock)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(endpoint)
-        self.ids = itertools.count(1)
-        self.pending = {}  # id -> message type, for requests not answered yet
-        self.replies = {}  # id -> (type, body): final replies not collected yet
-        self.progress = {}  # id -> [progress bodies]
-        self.last_progress = []  # progress bodies of the last plan collected
+        self.ids, self.pending, self.replies = itertools.count(1), {}, {}  # pending: id -> type
+        self.progress, self.last_progress = {}, []  # id -> [progress bodies]; the last plan's
+    def secure(self, sock):  # CURVE client options, set before connecting
+        if self.curve:
+            sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = (k.encode() for k in self.curve)
     def close(self): self.sock.close()
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
@@ -111,8 +113,7 @@ def main(argv=None):
     c.add_argument("fun")
     c.add_argument("args", nargs="*")
     c.add_argument("--locs", default="", help="comma-separated resources")
-    sub.add_parser("status")
-    sub.add_parser("ping")
+    for name in ("status", "ping"): sub.add_parser(name)
     args = parser.parse_args(argv)
     try:
         with Client(args.broker) as client:

@@ -4,15 +4,16 @@
 Usage: mpreg_topics.py --broker EP sub PATTERN... [--count N] [--backlog] [--timeout S]
        mpreg_topics.py --broker EP pub TOPIC PAYLOAD_JSON [--header k=v]... [--confirm]
        mpreg_topics.py --broker EP selftest [--retained]   (exit 0 only if every check passes)
+       --curve BROKER_KEY KEY_FILE before the command: connect with CURVE
 """
-import argparse, json, sys, time
+import argparse, json, sys, time, tomllib
 import msgpack, zmq
 from mpreg_client import Client, MpregError, VERSION, _arg, _json
 
 class Topics(Client):
     """A client connection plus one SUB socket carrying all its subscriptions."""
-    def __init__(self, endpoint, context=None):
-        super().__init__(endpoint, context)
+    def __init__(self, endpoint, context=None, curve=None):
+        super().__init__(endpoint, context, curve)
         self.sub, self.events, self.queues = None, None, {}  # token -> [event (kind, body)]
     def close(self):
         if self.sub is not None:
@@ -37,6 +38,7 @@ class Topics(Client):
             if self.sub is not None:
                 self.sub.close()
             self.sub = self.sock.context.socket(zmq.SUB)
+            self.secure(self.sub)  # the event socket runs CURVE too when the broker does
             self.sub.setsockopt(zmq.LINGER, 0)
             self.sub.setsockopt(zmq.RCVHWM, 100000)
             self.sub.connect(reply["events"])
@@ -125,6 +127,8 @@ def selftest(t, retained):
 def main(argv=None):
     parser = argparse.ArgumentParser(description="MPREG topics (Python, pyzmq + msgpack)")
     parser.add_argument("--broker", default="tcp://127.0.0.1:7400", help="client endpoint")
+    parser.add_argument("--curve", nargs=2, metavar=("BROKER_KEY", "KEY_FILE"),
+                        help="CURVE: the broker's public key (Z85) and this client's key-pair file")
     sub = parser.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("sub")
     s.add_argument("patterns", nargs="+")
@@ -138,8 +142,13 @@ def main(argv=None):
     p.add_argument("--confirm", action="store_true")
     sub.add_parser("selftest").add_argument("--retained", action="store_true")
     args = parser.parse_args(argv)
+    curve = None
+    if args.curve:  # a key-pair file written by `mpreg keygen` is TOML: public = "...", secret = "..."
+        with open(args.curve[1], "rb") as f:
+            pair = tomllib.load(f)
+        curve = (args.curve[0], pair["public"], pair["secret"])
     try:
-        with Topics(args.broker) as t:
+        with Topics(args.broker, curve=curve) as t:
             if args.cmd == "selftest":
                 selftest(t, args.retained)
             elif args.cmd == "pub":

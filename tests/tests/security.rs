@@ -417,3 +417,50 @@ fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
+
+#[test]
+fn the_python_client_speaks_curve() {
+    let keys = Keys::new("python");
+    let py = KeyPair::generate().unwrap();
+    py.write(keys.dir.join("py")).unwrap();
+    std::fs::write(
+        keys.dir.join("access.toml"),
+        "[[client]]\nname = \"py\"\nkey_file = \"py.pub\"\nfunctions = [\"*\"]\npublish = [\"#\"]\nsubscribe = [\"#\"]\n",
+    )
+    .unwrap();
+    let key = keys.dir.join("broker.key");
+    let access = keys.dir.join("access.toml");
+    let b = start_broker(
+        &[],
+        &[
+            ("MPREG_BROKER_SECURITY__KEY_FILE", key.to_str().unwrap()),
+            (
+                "MPREG_BROKER_SECURITY__ACCESS_FILE",
+                access.to_str().unwrap(),
+            ),
+            ("MPREG_BROKER_TOPICS__RETAIN_COUNT", "3"),
+        ],
+    );
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/mpreg_topics.py");
+    let out = std::process::Command::new(std::env::var("PYTHON").unwrap_or("python3".into()))
+        .arg(script)
+        .args([
+            "--broker",
+            &b.client,
+            "--curve",
+            &keys.broker.public.to_z85(),
+        ])
+        .arg(keys.dir.join("py.key"))
+        .args(["selftest", "--retained"])
+        .output()
+        .expect("python3 (scripts/test.sh installs pyzmq and msgpack)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("all checks passed"),
+        "{text}"
+    );
+}
