@@ -37,8 +37,10 @@ pub struct BrokerConfig {
     pub max_retries: u32,
     /// Plans in flight in total.
     pub max_plans_in_flight: usize,
-    /// Plans in flight per client connection.
+    /// Plans in flight per client connection (per key with CURVE).
     pub max_plans_per_client: usize,
+    /// Bytes held for plans in flight, in total.
+    pub max_plan_bytes_in_flight: usize,
     /// Grace period for plans in flight at shutdown, milliseconds.
     pub shutdown_timeout_ms: u64,
     /// Log level.
@@ -168,6 +170,7 @@ impl BrokerConfig {
             ("default_deadline_ms", self.default_deadline_ms as usize),
             ("max_plans_in_flight", self.max_plans_in_flight),
             ("max_plans_per_client", self.max_plans_per_client),
+            ("max_plan_bytes_in_flight", self.max_plan_bytes_in_flight),
             ("limits.max_message_bytes", self.limits.max_message_bytes),
             ("limits.max_depth", self.limits.max_depth),
             ("limits.max_name_bytes", self.limits.max_name_bytes),
@@ -249,6 +252,7 @@ impl BrokerConfig {
             max_retries: self.max_retries,
             max_plans_in_flight: self.max_plans_in_flight,
             max_plans_per_client: self.max_plans_per_client,
+            max_plan_bytes_in_flight: self.max_plan_bytes_in_flight,
             exchange: crate::exchange::ExchangeConfig {
                 events_endpoint: self.advertise_event_endpoint.clone(),
                 retain_count: self.topics.retain_count,

@@ -44,8 +44,12 @@ pub struct EngineConfig {
     pub max_retries: u32,
     /// Plans in flight across all clients.
     pub max_plans_in_flight: usize,
-    /// Plans in flight per client connection.
+    /// Plans in flight per client: per connection, or per key on a CURVE broker (so opening
+    /// more connections does not buy more).
     pub max_plans_per_client: usize,
+    /// Bytes held for plans in flight (their bodies and the results received so far), in
+    /// total; a plan that would go over it is refused with `402 overloaded`.
+    pub max_plan_bytes_in_flight: usize,
     /// The topic exchange.
     pub exchange: ExchangeConfig,
     /// Largest capacity a worker may declare (bigger declarations are capped).
@@ -64,6 +68,7 @@ impl Default for EngineConfig {
             max_retries: 2,
             max_plans_in_flight: 100_000,
             max_plans_per_client: 10_000,
+            max_plan_bytes_in_flight: 1 << 30,
             exchange: ExchangeConfig::default(),
             max_worker_capacity: 1024,
         }
@@ -104,6 +109,10 @@ type StepIx = u32;
 
 struct PlanState {
     client: ClientAddr,
+    /// Whose quota it counts against: the client's key (CURVE) or its connection.
+    quota: RoutingId,
+    /// Bytes held for it: its body and the results received.
+    bytes: usize,
     id: u64,
     request: PlanRequest,
     graph: PlanGraph,
@@ -162,6 +171,7 @@ pub struct Engine {
     plans: HashMap<PlanKey, PlanState>,
     by_request: HashMap<(RoutingId, u64), PlanKey>,
     per_client: HashMap<RoutingId, usize>,
+    bytes_in_flight: usize,
     tasks: HashMap<u64, TaskState>,
     waiting: HashMap<String, VecDeque<(PlanKey, StepIx)>>,
     waiting_len: usize,
@@ -189,6 +199,7 @@ impl Engine {
             plans: HashMap::new(),
             by_request: HashMap::new(),
             per_client: HashMap::new(),
+            bytes_in_flight: 0,
             tasks: HashMap::new(),
             waiting: HashMap::new(),
             waiting_len: 0,
@@ -404,7 +415,14 @@ impl Engine {
             return self.reply_error(out, &client, reply);
         }
         match request {
-            ClientToBroker::Plan(plan) => self.start_plan(out, client, plan, now),
+            ClientToBroker::Plan(plan) => {
+                let quota = match user {
+                    Some(key) => key.as_bytes().to_vec(),
+                    None => client.routing.clone(),
+                };
+                let bytes = frames.last().map_or(0, Vec::len);
+                self.start_plan(out, client, quota, bytes, plan, now)
+            }
             ClientToBroker::Cancel(cancel) => {
                 if let Some(&key) = self.by_request.get(&(client.routing.clone(), cancel.id)) {
                     self.count("plans_cancelled");
@@ -536,6 +554,8 @@ impl Engine {
         &mut self,
         out: &mut impl Outbox,
         client: ClientAddr,
+        quota: RoutingId,
+        bytes: usize,
         request: PlanRequest,
         now: Instant,
     ) {
@@ -556,15 +576,27 @@ impl Engine {
             );
             return self.reply_error(out, &client, reply);
         }
-        let client_plans = self.per_client.get(&client.routing).copied().unwrap_or(0);
+        let client_plans = self.per_client.get(&quota).copied().unwrap_or(0);
         if client_plans >= self.config.max_plans_per_client
             || self.plans.len() >= self.config.max_plans_in_flight
         {
+            self.count("plans_refused_quota");
             let reply = refuse(
                 ErrorCode::TooManyPlans,
                 format!(
-                    "too many plans in flight (this connection: {client_plans}, limit {}; broker limit {})",
+                    "too many plans in flight (this client: {client_plans}, limit {}; broker limit {})",
                     self.config.max_plans_per_client, self.config.max_plans_in_flight
+                ),
+            );
+            return self.reply_error(out, &client, reply);
+        }
+        if self.bytes_in_flight.saturating_add(bytes) > self.config.max_plan_bytes_in_flight {
+            self.count("plans_refused_bytes");
+            let reply = refuse(
+                ErrorCode::Overloaded,
+                format!(
+                    "the broker holds {} bytes for plans in flight and this plan would take it over its limit of {}; retry later",
+                    self.bytes_in_flight, self.config.max_plan_bytes_in_flight
                 ),
             );
             return self.reply_error(out, &client, reply);
@@ -612,13 +644,16 @@ impl Engine {
         let ready: Vec<StepIx> = (0..n as u32)
             .filter(|&i| pending[i as usize] == 0)
             .collect();
-        *self.per_client.entry(client.routing.clone()).or_default() += 1;
+        *self.per_client.entry(quota.clone()).or_default() += 1;
+        self.bytes_in_flight += bytes;
         self.by_request.insert((client.routing.clone(), id), key);
         self.timers.push(Reverse((deadline, Timer::Plan(key))));
         self.plans.insert(
             key,
             PlanState {
                 client,
+                quota,
+                bytes,
                 id,
                 request,
                 graph,
@@ -924,12 +959,13 @@ impl Engine {
         let plan = self.plans.remove(&key)?;
         self.by_request
             .remove(&(plan.client.routing.clone(), plan.id));
-        if let Some(n) = self.per_client.get_mut(&plan.client.routing) {
+        if let Some(n) = self.per_client.get_mut(&plan.quota) {
             *n -= 1;
             if *n == 0 {
-                self.per_client.remove(&plan.client.routing);
+                self.per_client.remove(&plan.quota);
             }
         }
+        self.bytes_in_flight = self.bytes_in_flight.saturating_sub(plan.bytes);
         Some(plan)
     }
 
@@ -1041,6 +1077,11 @@ impl Engine {
             (WorkerToBroker::Heartbeat(_), Some(_)) => {}
             (WorkerToBroker::Result(result), Some(worker)) => {
                 if let Some(task) = self.take_task(worker, result.task) {
+                    let bytes = frames.last().map_or(0, Vec::len);
+                    if let Some(plan) = self.plans.get_mut(&task.plan) {
+                        plan.bytes += bytes;
+                        self.bytes_in_flight += bytes;
+                    }
                     self.complete_step(out, task, result.value, now);
                     self.after_task_freed(out, worker, now);
                 }
@@ -1347,6 +1388,7 @@ impl Engine {
                 counters.insert("topic_published".into(), topics.published);
                 counters.insert("topic_delivered".into(), topics.delivered);
                 counters.insert("topic_dropped_hwm".into(), topics.dropped);
+                counters.insert("plan_bytes_in_flight".into(), self.bytes_in_flight as u64);
                 counters.insert(
                     "subscriptions".into(),
                     self.exchange.subscription_count() as u64,
@@ -1376,6 +1418,14 @@ impl Engine {
                 (
                     "max_plans_in_flight".to_string(),
                     self.config.max_plans_in_flight as u64,
+                ),
+                (
+                    "max_plan_bytes_in_flight".to_string(),
+                    self.config.max_plan_bytes_in_flight as u64,
+                ),
+                (
+                    "max_worker_capacity".to_string(),
+                    u64::from(self.config.max_worker_capacity),
                 ),
             ]),
         }

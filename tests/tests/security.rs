@@ -464,3 +464,105 @@ fn the_python_client_speaks_curve() {
         "{text}"
     );
 }
+
+fn sleep_plan(id: u64, ms: u64, payload: Value) -> ClientToBroker {
+    ClientToBroker::Plan(PlanRequest {
+        id,
+        steps: vec![Step::new("s", "sleep", vec![Value::from(ms), payload])],
+        deadline_ms: None,
+        all_results: false,
+        progress: false,
+        progress_topic: None,
+    })
+}
+
+/// Sends `n` plans and collects one reply each: (results, refusals by code).
+fn flood(c: &mut Conn, n: usize, payload: &Value) -> (usize, Vec<u16>) {
+    for _ in 0..n {
+        c.send(|id| sleep_plan(id, 1500, payload.clone()));
+    }
+    let (mut ok, mut refused) = (0, Vec::new());
+    for _ in 0..n {
+        let f = c.dealer.recv(WAIT).expect("a reply to every plan");
+        match BrokerToClient::decode(&f[1], &f[2], &Limits::default()).unwrap() {
+            BrokerToClient::Result(_) => ok += 1,
+            BrokerToClient::Error(e) => refused.push(e.code),
+            other => panic!("{other:?}"),
+        }
+    }
+    (ok, refused)
+}
+
+fn vm_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn bytes_held_for_plans_in_flight_are_bounded() {
+    // 4 MiB budget; plans of ~512 KiB each that sleep 1.5 s: at most 8 are held at once.
+    let b = start_broker(&[], &[("MPREG_BROKER_MAX_PLAN_BYTES_IN_FLIGHT", "4194304")]);
+    let _node = mpreg_tests::start_node(&b.worker, "n", &[], &["--capacity", "64"]);
+    let ctx = Context::new();
+    let mut c = Conn::new(&ctx, &b.client, None);
+    let rss_before = vm_kib(b.proc.pid(), "VmRSS:");
+    let payload = Value::from("x".repeat(512 * 1024));
+    let (ok, refused) = flood(&mut c, 40, &payload);
+    assert!((1..=8).contains(&ok), "{ok} admitted");
+    assert_eq!(refused.len(), 40 - ok);
+    assert!(refused
+        .iter()
+        .all(|&code| code == ErrorCode::Overloaded.code()));
+    let growth = vm_kib(b.proc.pid(), "VmHWM:").saturating_sub(rss_before);
+    println!("admitted {ok}/40, broker peak growth {growth} KiB");
+    assert!(growth < 64 * 1024, "broker grew by {growth} KiB");
+    // Once they are done, the budget is free again.
+    let (ok, refused) = flood(&mut c, 4, &payload);
+    assert_eq!((ok, refused.len()), (4, 0));
+}
+
+#[test]
+fn the_plan_quota_is_per_key_not_per_connection_under_curve() {
+    let keys = Keys::new("quota");
+    keys.access(true, false);
+    let key = keys.dir.join("broker.key");
+    let access = keys.dir.join("access.toml");
+    let b = start_broker(
+        &[],
+        &[
+            ("MPREG_BROKER_SECURITY__KEY_FILE", key.to_str().unwrap()),
+            (
+                "MPREG_BROKER_SECURITY__ACCESS_FILE",
+                access.to_str().unwrap(),
+            ),
+            ("MPREG_BROKER_MAX_PLANS_PER_CLIENT", "5"),
+        ],
+    );
+    let mut node = keys.node(&b, "w1", "worker");
+    wait_registered(&mut node);
+    let ctx = Context::new();
+    let mut first = Conn::new(&ctx, &b.client, Some(keys.client_curve(&keys.alice)));
+    let mut second = Conn::new(&ctx, &b.client, Some(keys.client_curve(&keys.alice)));
+    for _ in 0..5 {
+        first.send(|id| sleep_plan(id, 1500, Value::Nil));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // A second connection with the same key gets no more room.
+    match second.request(|id| sleep_plan(id, 10, Value::Nil)) {
+        BrokerToClient::Error(e) => assert_eq!(e.code, ErrorCode::TooManyPlans.code()),
+        other => panic!("{other:?}"),
+    }
+    // Another key is not affected.
+    let mut bob = Conn::new(&ctx, &b.client, Some(keys.client_curve(&keys.bob)));
+    expect_result(bob.call("echo", Value::from(1)));
+    for _ in 0..5 {
+        let f = first.dealer.recv(WAIT).expect("result");
+        assert_eq!(&f[1][..], b"result");
+    }
+    expect_result(second.call("echo", Value::from(2)));
+}
