@@ -88,6 +88,8 @@ pub struct SocketConfig {
     pub hwm: i32,
     /// ZMTP handshake timeout, milliseconds.
     pub handshake_timeout_ms: i32,
+    /// Listen backlog of the bound sockets.
+    pub backlog: i32,
     /// High-water mark per subscriber on the event socket.
     pub event_hwm: i32,
 }

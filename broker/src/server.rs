@@ -291,6 +291,7 @@ impl Broker {
             sndhwm: config.socket.hwm,
             rcvhwm: config.socket.hwm,
             handshake_ms: config.socket.handshake_timeout_ms,
+            backlog: config.socket.backlog,
             ..SocketOptions::router_server()
         }
         // libzmq drops a connection sending a frame over this; a body just over the
@@ -308,6 +309,7 @@ impl Broker {
             sndhwm: config.socket.event_hwm,
             rcvhwm: config.socket.event_hwm,
             handshake_ms: config.socket.handshake_timeout_ms,
+            backlog: config.socket.backlog,
             ..SocketOptions::xpub_events()
         };
         let event_spec = with_users(
