@@ -29,6 +29,9 @@ pub const DEFAULT_DEADLINE_MARGIN: Duration = Duration::from_secs(1);
 /// Default capacity of the command channel to the connection's reactor thread. Callers wait for
 /// room when it is full, so it bounds memory, not the number of requests in flight.
 pub const DEFAULT_COMMAND_CAPACITY: usize = 1024;
+/// Default time [`Client::subscribe`] waits for the broker to activate a subscription once it
+/// exists: the broker's own default for discarding a subscription never activated.
+pub const DEFAULT_ACTIVATION_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait the client tracks: anything longer (`Duration::MAX`) is capped here, which is
 /// as good as no limit and cannot overflow the clock.
 const MAX_WAIT: Duration = Duration::from_secs(365 * 86_400);
@@ -59,6 +62,9 @@ pub struct ClientOptions {
     pub limits: Limits,
     /// Capacity of the command channel to the connection's reactor thread.
     pub command_capacity: usize,
+    /// How long [`Client::subscribe`] waits for the broker's `active` event after the
+    /// subscription was created (the time for the SUB socket to reach the event endpoint).
+    pub activation_timeout: Duration,
 }
 
 impl Default for ClientOptions {
@@ -69,6 +75,7 @@ impl Default for ClientOptions {
             deadline_margin: DEFAULT_DEADLINE_MARGIN,
             limits: Limits::default(),
             command_capacity: DEFAULT_COMMAND_CAPACITY,
+            activation_timeout: DEFAULT_ACTIVATION_TIMEOUT,
         }
     }
 }
@@ -89,6 +96,12 @@ impl ClientOptions {
     /// Sets [`ClientOptions::deadline_margin`].
     pub fn with_deadline_margin(mut self, margin: Duration) -> Self {
         self.deadline_margin = margin;
+        self
+    }
+
+    /// Sets [`ClientOptions::activation_timeout`].
+    pub fn with_activation_timeout(mut self, timeout: Duration) -> Self {
+        self.activation_timeout = timeout;
         self
     }
 
@@ -113,6 +126,16 @@ pub struct ClientCounters {
     /// Progress events dropped because the plan's progress buffer was full (more events than
     /// steps: a broker bug).
     pub progress_dropped: u64,
+    /// Unconfirmed publishes the broker rejected (or that could not be sent); the latest is
+    /// [`Client::last_publish_error`].
+    pub publish_errors: u64,
+    /// Topic deliveries dropped because a subscription's buffer was full (the application did
+    /// not read; each shows as a sequence gap and a client-side lagging notice).
+    pub events_dropped: u64,
+    /// Event frames for no subscription of this client (in flight when it ended).
+    pub unrouted_events: u64,
+    /// Event frames that could not be read.
+    pub malformed_events: u64,
 }
 
 /// A connection to one broker. Cheap to clone: clones share the connection, and many requests
@@ -362,6 +385,10 @@ impl Client {
             unmatched_replies: c.unmatched_replies.load(Ordering::Relaxed),
             malformed_replies: c.malformed_replies.load(Ordering::Relaxed),
             progress_dropped: c.progress_dropped.load(Ordering::Relaxed),
+            publish_errors: c.publish_errors.load(Ordering::Relaxed),
+            events_dropped: c.events_dropped.load(Ordering::Relaxed),
+            unrouted_events: c.unrouted_events.load(Ordering::Relaxed),
+            malformed_events: c.malformed_events.load(Ordering::Relaxed),
         }
     }
 
@@ -373,6 +400,43 @@ impl Client {
     #[cfg(test)]
     pub(crate) fn link_counters(&self) -> Arc<LinkCounters> {
         Arc::clone(&self.inner.counters)
+    }
+
+    pub(crate) fn link_counters_ref(&self) -> &LinkCounters {
+        &self.inner.counters
+    }
+
+    /// Sends a command to the connection's reactor, waiting for room.
+    pub(crate) async fn command(&self, command: Command) -> Result<(), Error> {
+        self.inner
+            .handle
+            .send(command)
+            .await
+            .map_err(|_| Error::Closed)
+    }
+
+    /// Sends a command if there is room now (from `Drop`, which cannot wait).
+    pub(crate) fn try_command(&self, command: Command) -> Result<(), Error> {
+        self.inner
+            .handle
+            .try_send(command)
+            .map_err(|_| Error::Closed)
+    }
+
+    /// A request whose answer nobody waits for: the reactor matches and discards it (so it is
+    /// not counted as unmatched), or forgets it after the request timeout.
+    pub(crate) fn unanswered_request(&self, message: ClientToBroker) -> Request {
+        let (reply, _) = oneshot::channel();
+        let wait = self.inner.options.request_timeout;
+        Request {
+            id: message.request_id(),
+            frames: message.to_frames(),
+            deadline: Instant::now() + wait.min(MAX_WAIT),
+            wait,
+            is_plan: false,
+            reply,
+            progress: None,
+        }
     }
 
     pub(crate) fn next_id(&self) -> u64 {

@@ -1,5 +1,5 @@
 //! The MPREG Rust SDK: run functions and multi-step plans on an MPREG cluster without knowing
-//! which worker holds which function or resource.
+//! which worker holds which function or resource, and publish and subscribe to topics.
 //!
 //! ```no_run
 //! use mpreg::{args, Client};
@@ -19,36 +19,56 @@
 //!     .run()
 //!     .await?;
 //! assert_eq!(results.keys().collect::<Vec<_>>(), ["third"]);
+//!
+//! // Topics: subscribe (returns once the broker delivers), publish, read in order.
+//! let mut orders = client.subscribe(["orders.*.eu"]).await?;
+//! client.publish("orders.42.eu", "paid").await?;
+//! let message = orders.next_message().await.expect("connection open")?;
+//! assert_eq!((message.topic.as_str(), message.seq), ("orders.42.eu", 1));
 //! # Ok(()) }
 //! ```
 //!
 //! Layout:
 //! - [`client`]: [`Client`] (connect, call, plan, status, ping) and [`ClientOptions`].
 //! - [`plan_builder`]: [`PlanBuilder`] and the progress stream of a running plan.
+//! - [`publish`]: [`Client::publish`], [`PublishOptions`] (headers, confirm), [`Client::flush`].
+//! - [`subscription`]: [`Client::subscribe`] and the [`Subscription`] stream of [`Delivery`]
+//!   items ([`Message`] or [`Lagging`]); what happens when the application does not read.
 //! - [`error`]: [`Error`], with a stable code and kind for every failure, and [`RemoteError`].
 //! - [`json`]: JSON <-> msgpack value conversion (what the CLI reads and prints).
 //! - [`cli`]: the `mpreg` command-line client (`src/bin/mpreg.rs` only calls [`cli::main`]).
 //! - `link` (private): the reactor handler that owns the socket and matches replies to requests.
+//! - `event_routes` (private): the SUB socket on the same reactor, routing topic deliveries
+//!   to subscriptions by token.
 //!
-//! The one rule: one [`Client`] is one connection owned by one reactor thread; every clone and
-//! every request goes through it, and the reactor answers callers directly.
+//! The one rule: one [`Client`] is one connection owned by one reactor thread; every clone,
+//! every request and every subscription goes through it, and the reactor answers callers
+//! directly.
 
 pub mod cli;
 pub mod client;
 pub mod error;
+mod event_routes;
 pub mod json;
 mod link;
 pub mod plan_builder;
+pub mod publish;
+pub mod subscription;
 
 pub use client::{
-    Client, ClientCounters, ClientOptions, CALL_STEP, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_DEADLINE_MARGIN, DEFAULT_ENDPOINT, DEFAULT_REQUEST_TIMEOUT,
+    Client, ClientCounters, ClientOptions, CALL_STEP, DEFAULT_ACTIVATION_TIMEOUT,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEADLINE_MARGIN, DEFAULT_ENDPOINT, DEFAULT_REQUEST_TIMEOUT,
 };
 pub use error::{Error, RemoteError};
 pub use mpreg_protocol::{
     ErrorCode, Limits, Pong, Progress, StatusReply, Step, Value, WorkerStatus,
 };
 pub use plan_builder::{PlanBuilder, PlanEvent, PlanStream};
+pub use publish::{PublishOptions, Published};
+pub use subscription::{
+    Delivery, LagSource, Lagging, Message, SubscribeOptions, Subscription,
+    DEFAULT_SUBSCRIPTION_BUFFER,
+};
 
 /// Builds the `Vec<Value>` of a step's arguments from anything `Into<Value>`.
 ///

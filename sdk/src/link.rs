@@ -1,5 +1,6 @@
 //! The connection to one broker: a reactor [`Handler`] that owns the DEALER socket, matches
-//! replies to requests by id, and enforces the client-side timeouts.
+//! replies to requests by id, and enforces the client-side timeouts. Topic deliveries on the
+//! same thread are [`EventRoutes`]' job.
 //!
 //! Everything here runs on the reactor thread and never blocks: replies complete the caller's
 //! `oneshot` directly, progress events go into a per-plan channel sized to the plan (the broker
@@ -7,11 +8,17 @@
 //! event is dropped and counted), and timeouts are a sorted set the reactor's timer walks.
 //! [`PendingReply`] is the caller's side of one request: dropping it before the reply arrives
 //! makes the reactor forget the request and cancel it at the broker if it is a plan.
+//!
+//! Unconfirmed publishes get no reply unless the broker rejects them. The broker handles one
+//! connection's requests in order and answers on a FIFO pipe, so once any request is answered,
+//! every error about a publish sent before it has arrived: the reactor remembers unconfirmed
+//! publishes (in send order, at most [`MAX_UNCONFIRMED`]) only until then, and an error
+//! matching one is counted as a publish error instead of an unmatched reply.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mpreg_protocol::{
@@ -22,6 +29,12 @@ use mpreg_transport::{Handler, Io, ReactorHandle, SendError, SocketId};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::Error;
+use crate::event_routes::{Attach, EventRoutes};
+
+/// Unconfirmed publishes remembered for a possible error: enough for a burst between two
+/// answered requests (16 bytes each). An error about an older one counts as an unmatched
+/// reply.
+pub(crate) const MAX_UNCONFIRMED: usize = 65_536;
 
 /// What a caller gets back for one request: the reply, or why there is none.
 pub(crate) type ReplySender = oneshot::Sender<Result<BrokerToClient, Error>>;
@@ -34,6 +47,20 @@ pub(crate) enum Command {
     Abandon {
         /// The request id.
         id: u64,
+    },
+    /// Send an unconfirmed publish (encoded by the caller); only an error comes back.
+    Publish {
+        /// The request id.
+        id: u64,
+        frames: [Vec<u8>; 3],
+    },
+    /// Route a subscription's events.
+    Attach(Attach),
+    /// Stop routing a subscription's events, and send `unsubscribe` if given (its answer is
+    /// not awaited).
+    Detach {
+        token: String,
+        unsubscribe: Option<Request>,
     },
     /// Fail everything in flight with [`Error::Closed`] and close the socket.
     Close,
@@ -55,6 +82,8 @@ pub(crate) struct Request {
 }
 
 struct Waiter {
+    /// Position of the request among everything sent (for [`Link::forget_unconfirmed`]).
+    sent: u64,
     deadline: Instant,
     wait: Duration,
     is_plan: bool,
@@ -69,6 +98,11 @@ pub(crate) struct LinkCounters {
     pub unmatched_replies: AtomicU64,
     pub malformed_replies: AtomicU64,
     pub progress_dropped: AtomicU64,
+    pub publish_errors: AtomicU64,
+    pub last_publish_error: Mutex<Option<Error>>,
+    pub events_dropped: AtomicU64,
+    pub unrouted_events: AtomicU64,
+    pub malformed_events: AtomicU64,
     pub closed: AtomicBool,
 }
 
@@ -79,6 +113,12 @@ pub(crate) struct Link {
     limits: Limits,
     waiters: HashMap<u64, Waiter>,
     timers: BTreeSet<(Instant, u64)>,
+    /// Messages sent on the DEALER so far.
+    sent: u64,
+    /// Unconfirmed publishes that may still be answered with an error: `(sent, id)`, oldest
+    /// first.
+    unconfirmed: VecDeque<(u64, u64)>,
+    events: EventRoutes,
     counters: Arc<LinkCounters>,
 }
 
@@ -95,6 +135,9 @@ impl Link {
             limits,
             waiters: HashMap::new(),
             timers: BTreeSet::new(),
+            sent: 0,
+            unconfirmed: VecDeque::new(),
+            events: EventRoutes::new(limits, Arc::clone(&counters)),
             counters,
         }
     }
@@ -127,24 +170,18 @@ impl Link {
             let _ = request.reply.send(Err(Error::Closed));
             return;
         };
-        if let Err(e) = io.send(socket, &request.frames) {
-            let reason = match e {
-                SendError::WouldBlock => {
-                    "the queue to the broker is full: it is not reading (is it running?)"
-                        .to_string()
-                }
-                other => other.to_string(),
-            };
-            let _ = request.reply.send(Err(Error::Connect {
-                endpoint: self.endpoint.clone(),
-                reason,
-            }));
-            return;
-        }
+        let sent = match self.send_frames(io, socket, &request.frames) {
+            Ok(sent) => sent,
+            Err(e) => {
+                let _ = request.reply.send(Err(e));
+                return;
+            }
+        };
         self.timers.insert((request.deadline, request.id));
         let previous = self.waiters.insert(
             request.id,
             Waiter {
+                sent,
                 deadline: request.deadline,
                 wait: request.wait,
                 is_plan: request.is_plan,
@@ -164,12 +201,69 @@ impl Link {
         self.publish_in_flight();
     }
 
+    /// Sends on the DEALER; returns the message's position among everything sent.
+    fn send_frames(
+        &mut self,
+        io: &mut Io,
+        socket: SocketId,
+        frames: &[Vec<u8>; 3],
+    ) -> Result<u64, Error> {
+        io.send(socket, frames).map_err(|e| {
+            let reason = match e {
+                SendError::WouldBlock => {
+                    "the queue to the broker is full: it is not reading (is it running?)"
+                        .to_string()
+                }
+                other => other.to_string(),
+            };
+            Error::Connect {
+                endpoint: self.endpoint.clone(),
+                reason,
+            }
+        })?;
+        self.sent += 1;
+        Ok(self.sent)
+    }
+
+    fn publish(&mut self, io: &mut Io, id: u64, frames: &[Vec<u8>; 3]) {
+        let sent = match self.socket {
+            Some(socket) => self.send_frames(io, socket, frames),
+            None => Err(Error::Closed),
+        };
+        match sent {
+            Ok(sent) => {
+                if self.unconfirmed.len() == MAX_UNCONFIRMED {
+                    self.unconfirmed.pop_front();
+                }
+                self.unconfirmed.push_back((sent, id));
+            }
+            Err(e) => self.publish_failed(e),
+        }
+    }
+
+    fn publish_failed(&self, error: Error) {
+        self.counters.publish_errors.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut last) = self.counters.last_publish_error.lock() {
+            *last = Some(error);
+        }
+    }
+
+    /// A request sent as message `sent` was answered: the broker has handled everything sent
+    /// before it, so no error can follow for those publishes.
+    fn forget_unconfirmed(&mut self, sent: u64) {
+        while self.unconfirmed.front().is_some_and(|&(s, _)| s < sent) {
+            self.unconfirmed.pop_front();
+        }
+    }
+
     fn close_all(&mut self, io: &mut Io) {
         for (_, waiter) in self.waiters.drain() {
             let _ = waiter.reply.send(Err(Error::Closed));
         }
         self.timers.clear();
         self.publish_in_flight();
+        self.unconfirmed.clear();
+        self.events.close_all(io);
         if let Some(socket) = self.socket.take() {
             io.close(socket);
         }
@@ -202,14 +296,30 @@ impl Link {
         }
         match self.take_waiter(id) {
             Some(waiter) => {
+                self.forget_unconfirmed(waiter.sent);
                 let _ = waiter.reply.send(Ok(message));
             }
-            // Late answers to requests that timed out or were abandoned land here.
-            None => {
-                self.counters
-                    .unmatched_replies
-                    .fetch_add(1, Ordering::Relaxed);
+            None => match message {
+                BrokerToClient::Error(e) if self.take_unconfirmed(id) => {
+                    self.publish_failed(Error::from(e));
+                }
+                // Late answers to requests that timed out or were abandoned land here.
+                _ => {
+                    self.counters
+                        .unmatched_replies
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            },
+        }
+    }
+
+    fn take_unconfirmed(&mut self, id: u64) -> bool {
+        match self.unconfirmed.iter().position(|&(_, i)| i == id) {
+            Some(at) => {
+                self.unconfirmed.remove(at);
+                true
             }
+            None => false,
         }
     }
 }
@@ -217,7 +327,11 @@ impl Link {
 impl Handler for Link {
     type Command = Command;
 
-    fn on_message(&mut self, _io: &mut Io, _socket: SocketId, frames: Vec<Vec<u8>>) {
+    fn on_message(&mut self, io: &mut Io, socket: SocketId, frames: Vec<Vec<u8>>) {
+        if self.events.owns(socket) {
+            self.events.on_event(io, frames);
+            return;
+        }
         let envelope = match parse_envelope(&frames) {
             Ok(envelope) => envelope,
             Err(_) => {
@@ -254,6 +368,17 @@ impl Handler for Link {
                         self.send_cancel(io, id);
                     }
                 }
+            }
+            Command::Publish { id, frames } => self.publish(io, id, &frames),
+            Command::Attach(attach) if self.socket.is_none() => {
+                let _ = attach.active.send(Err(Error::Closed));
+            }
+            Command::Attach(attach) => self.events.attach(io, attach),
+            Command::Detach { token, unsubscribe } => {
+                if let Some(request) = unsubscribe {
+                    self.start(io, request);
+                }
+                self.events.detach(io, &token);
             }
             Command::Close => self.close_all(io),
         }
