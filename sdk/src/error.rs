@@ -26,6 +26,17 @@ pub enum Error {
         /// How long the client waited.
         after: Duration,
     },
+    /// Fewer messages than expected arrived on a subscription in time (the CLI's
+    /// `sub --count N --timeout SECONDS`). Code 901 `request_timeout`, like [`Error::Timeout`].
+    #[error("{received} of {expected} messages arrived within {}", seconds(*after))]
+    MessagesTimeout {
+        /// Messages expected.
+        expected: u64,
+        /// Messages that arrived.
+        received: u64,
+        /// How long the client waited.
+        after: Duration,
+    },
     /// The broker could not be reached (or could not be asked: its queue is full). Code 900
     /// `connection_failed`.
     #[error("cannot reach the broker at {endpoint}: {reason}")]
@@ -118,7 +129,7 @@ impl Error {
             Error::Remote(remote) => {
                 ErrorCode::from_code(remote.code).unwrap_or(ErrorCode::Internal)
             }
-            Error::Timeout { .. } => ErrorCode::RequestTimeout,
+            Error::Timeout { .. } | Error::MessagesTimeout { .. } => ErrorCode::RequestTimeout,
             Error::Connect { .. } => ErrorCode::ConnectionFailed,
             Error::Closed => ErrorCode::ConnectionClosed,
             Error::Invalid(_) => ErrorCode::InvalidInput,
@@ -243,6 +254,15 @@ mod tests {
                 900,
                 "connection_failed",
             ),
+            (
+                Error::MessagesTimeout {
+                    expected: 2,
+                    received: 1,
+                    after: Duration::from_secs(1),
+                },
+                901,
+                "request_timeout",
+            ),
             (Error::Closed, 903, "connection_closed"),
             (Error::Invalid("bad".into()), 902, "invalid_input"),
             (
@@ -295,5 +315,11 @@ mod tests {
             after: Duration::from_millis(1500),
         };
         assert_eq!(err.message(), "no reply from the broker within 1.500s");
+        let err = Error::MessagesTimeout {
+            expected: 3,
+            received: 0,
+            after: Duration::from_millis(250),
+        };
+        assert_eq!(err.message(), "0 of 3 messages arrived within 0.250s");
     }
 }

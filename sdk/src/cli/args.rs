@@ -10,9 +10,9 @@ use crate::error::Error;
 use crate::json::from_json;
 use crate::Value;
 
-/// Call functions and run plans on an MPREG cluster.
+/// Call functions, run plans, publish and subscribe on an MPREG cluster.
 ///
-/// Prints results as one line of JSON on stdout. On any error, prints one line
+/// Prints results as lines of JSON on stdout. On any error, prints one line
 /// `{"error": {"code", "kind", "message", "step"}}` on stderr and exits with status 1.
 #[derive(Debug, Clone, PartialEq, Parser)]
 #[command(name = "mpreg", version, color = ColorChoice::Never, max_term_width = 100)]
@@ -28,7 +28,8 @@ pub struct Cli {
     pub broker: String,
 
     /// Seconds to wait (fractions allowed). For `call` and `plan` it is also the plan's
-    /// deadline at the broker. Default: the broker's deadline, and 30 s for the client.
+    /// deadline at the broker; for `sub`, how long to listen (from the start). Default: the
+    /// broker's deadline, and 30 s for the client; `sub` listens forever.
     #[arg(long, global = true, value_name = "SECONDS", value_parser = parse_seconds)]
     pub timeout: Option<Duration>,
 
@@ -66,6 +67,35 @@ pub enum Command {
     },
     /// Print the broker's status.
     Status,
+    /// Publish one message to a topic. Prints nothing, or `{"matched":N}` with --confirm; it
+    /// always waits for the broker to route the message before exiting.
+    Pub {
+        /// The topic: words separated by `.`.
+        topic: String,
+        /// The payload: JSON, or taken as a string when it is not JSON (`{"$bin": "<hex>"}` is
+        /// binary).
+        #[arg(allow_negative_numbers = true)]
+        payload: String,
+        /// A header (repeatable).
+        #[arg(long = "header", value_name = "KEY=VALUE", value_parser = parse_header)]
+        headers: Vec<(String, String)>,
+        /// Print `{"matched": N}`: how many subscriptions the message matched.
+        #[arg(long)]
+        confirm: bool,
+    },
+    /// Subscribe and print one JSON line per message: {"topic", "payload", "headers", "seq",
+    /// "id"}. Lagging notices go to stderr as {"lagging": {...}}.
+    Sub {
+        /// Topic patterns: `*` matches one word, `#` zero or more.
+        #[arg(required = true, value_name = "PATTERN")]
+        patterns: Vec<String>,
+        /// Exit after this many messages (with --timeout: fail if they do not all arrive).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        count: Option<u64>,
+        /// Deliver the broker's retained messages matching the patterns first.
+        #[arg(long)]
+        backlog: bool,
+    },
 }
 
 /// Why the command line was not run.
@@ -92,7 +122,8 @@ where
             ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => Usage::Print(e.to_string()),
             ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
                 Usage::Invalid(Error::Invalid(
-                    "a command is required: call, plan or status (see --help)".to_string(),
+                    "a command is required: call, plan, status, pub or sub (see --help)"
+                        .to_string(),
                 ))
             }
             _ => Usage::Invalid(Error::Invalid(usage_message(&e))),
@@ -127,6 +158,14 @@ pub fn parse_seconds(text: &str) -> Result<Duration, String> {
         return Err(format!("`{text}`: the timeout must be more than 0 seconds"));
     }
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("`{text}` seconds is too long"))
+}
+
+/// Parses `KEY=VALUE` (the value may contain `=`; the key may not be empty).
+pub fn parse_header(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("`{text}`: a header is KEY=VALUE")),
+    }
 }
 
 /// A command-line argument as a value: JSON when it parses as JSON, else the string itself.
@@ -207,6 +246,61 @@ mod tests {
     }
 
     #[test]
+    fn pub_and_sub() {
+        let cli = parsed(&[
+            "pub",
+            "orders.1.eu",
+            "-3",
+            "--header",
+            "a=b=c",
+            "--header",
+            "k=",
+            "--confirm",
+        ]);
+        assert_eq!(
+            cli.command,
+            Command::Pub {
+                topic: "orders.1.eu".into(),
+                payload: "-3".into(),
+                headers: vec![("a".into(), "b=c".into()), ("k".into(), String::new())],
+                confirm: true,
+            }
+        );
+        let cli = parsed(&["pub", "t", "{\"x\":1}"]);
+        assert!(
+            matches!(cli.command, Command::Pub { confirm: false, ref headers, .. } if headers.is_empty())
+        );
+        let cli = parsed(&[
+            "sub",
+            "a.*",
+            "b.#",
+            "--count",
+            "2",
+            "--backlog",
+            "--timeout",
+            "1",
+        ]);
+        assert_eq!(
+            cli.command,
+            Command::Sub {
+                patterns: vec!["a.*".into(), "b.#".into()],
+                count: Some(2),
+                backlog: true,
+            }
+        );
+        assert_eq!(cli.timeout, Some(Duration::from_secs(1)));
+        let cli = parsed(&["sub", "#"]);
+        assert_eq!(
+            cli.command,
+            Command::Sub {
+                patterns: vec!["#".into()],
+                count: None,
+                backlog: false,
+            }
+        );
+    }
+
+    #[test]
     fn broker_defaults_to_the_local_port() {
         // MPREG_BROKER may be set in the environment running the tests.
         if std::env::var_os("MPREG_BROKER").is_none() {
@@ -225,6 +319,12 @@ mod tests {
             &["status", "--timeout", "0"],
             &["status", "--timeout", "-1"],
             &["status", "--timeout", "NaN"],
+            &["pub", "t"],
+            &["pub", "t", "1", "--header", "novalue"],
+            &["pub", "t", "1", "--header", "=v"],
+            &["sub"],
+            &["sub", "t", "--count", "0"],
+            &["sub", "t", "--count", "-1"],
         ] {
             let err = usage_error(args);
             assert_eq!((err.code(), err.kind()), (902, "invalid_input"), "{args:?}");

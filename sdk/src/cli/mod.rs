@@ -5,30 +5,44 @@
 //!   `--progress`, first one line `{"step", "fun", "worker", "result", "elapsed_us"}` per finished
 //!   step, in the order they finished (printed once the plan succeeded).
 //! - `mpreg status`: prints the broker's status reply as one JSON line.
+//! - `mpreg pub TOPIC PAYLOAD [--header K=V]... [--confirm]`: publishes (PAYLOAD is JSON, or a
+//!   string when it is not JSON) and always waits for the broker to route it, so the message
+//!   is out before the process exits and a bad topic is an error; prints `{"matched":N}` with
+//!   `--confirm`, nothing without.
+//! - `mpreg sub PATTERN... [--count N] [--backlog]`: prints one line per message (see
+//!   [`message_line`]), flushed at once; exits 0 after N messages, or when `--timeout` runs
+//!   out without `--count`, and runs until killed without either. With `--count` and
+//!   `--timeout`, running out first is an error (901 `request_timeout`). Lagging notices go to
+//!   stderr as one line each ([`lagging_line`]) and the command goes on.
 //! - Every command takes `--broker ENDPOINT` (env `MPREG_BROKER`, default
 //!   `tcp://127.0.0.1:7400`) and `--timeout SECONDS`.
 //!
 //! On any error the exit status is 1 and stderr gets exactly one line (see [`error_line`]);
-//! nothing is printed on stdout.
+//! nothing is printed on stdout (except, for `sub`, the messages that arrived before it).
 //!
-//! Layout: [`args`] (the command line), [`plan_file`] (the plan file format), and here the
-//! commands themselves and the output lines.
+//! Layout: [`args`] (the command line), [`plan_file`] (the plan file format),
+//! `topic_commands` (`pub` and `sub`), and here the other commands and the output lines.
 
 pub mod args;
 pub mod plan_file;
+mod topic_commands;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::process::ExitCode;
+use std::time::Instant;
 
 use serde_json::{json, Map, Value as Json};
 
-use crate::client::{run_one, Client, ClientOptions, CALL_STEP, DEFAULT_CONNECT_TIMEOUT};
+use crate::client::{
+    run_one, Client, ClientOptions, CALL_STEP, DEFAULT_ACTIVATION_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
+};
 use crate::error::Error;
 use crate::json::to_json;
 use crate::{Progress, Step, Value};
 
 pub use args::{parse, Cli, Command, Usage};
+pub use topic_commands::{lagging_line, message_line};
 
 /// The whole program: parses `std::env::args_os()`, runs the command, prints, and returns the
 /// exit status.
@@ -119,6 +133,7 @@ pub fn results_line(results: &BTreeMap<String, Value>) -> String {
 /// # Errors
 /// Whatever the command failed with; nothing has been written to stdout then.
 pub async fn execute(cli: Cli, out: &mut impl Write) -> Result<(), Error> {
+    let started = Instant::now();
     // Read and check the input before connecting, so bad input never waits on the network.
     let work = match cli.command {
         Command::Call { fun, args, locs } => {
@@ -142,13 +157,34 @@ pub async fn execute(cli: Cli, out: &mut impl Write) -> Result<(), Error> {
             progress,
         },
         Command::Status => Work::Status,
+        Command::Pub {
+            topic,
+            payload,
+            headers,
+            confirm,
+        } => Work::Publish {
+            topic,
+            payload: args::parse_arg(&payload)?,
+            headers,
+            confirm,
+        },
+        Command::Sub {
+            patterns,
+            count,
+            backlog,
+        } => Work::Subscribe {
+            patterns,
+            count,
+            backlog,
+        },
     };
 
     let mut options = ClientOptions::default();
     if let Some(timeout) = cli.timeout {
         options = options
             .with_connect_timeout(timeout.min(DEFAULT_CONNECT_TIMEOUT))
-            .with_request_timeout(timeout);
+            .with_request_timeout(timeout)
+            .with_activation_timeout(timeout.min(DEFAULT_ACTIVATION_TIMEOUT));
     }
     let client = Client::connect_with(&cli.broker, options).await?;
 
@@ -196,6 +232,20 @@ pub async fn execute(cli: Cli, out: &mut impl Write) -> Result<(), Error> {
                 .map_err(|e| Error::Invalid(format!("cannot print the status: {e}")))?;
             emit(out, &line)
         }
+        Work::Publish {
+            topic,
+            payload,
+            headers,
+            confirm,
+        } => topic_commands::publish(&client, topic, payload, headers, confirm, out).await,
+        Work::Subscribe {
+            patterns,
+            count,
+            backlog,
+        } => {
+            let deadline = cli.timeout.map(|t| (started + t, t));
+            topic_commands::subscribe(&client, patterns, count, backlog, deadline, out).await
+        }
     }
 }
 
@@ -207,6 +257,17 @@ enum Work {
         progress: bool,
     },
     Status,
+    Publish {
+        topic: String,
+        payload: Value,
+        headers: Vec<(String, String)>,
+        confirm: bool,
+    },
+    Subscribe {
+        patterns: Vec<String>,
+        count: Option<u64>,
+        backlog: bool,
+    },
 }
 
 fn read_plan(file: &str) -> Result<String, Error> {
@@ -224,7 +285,7 @@ fn read_plan(file: &str) -> Result<String, Error> {
 }
 
 /// Writes one line and flushes it.
-fn emit(out: &mut impl Write, line: &str) -> Result<(), Error> {
+pub(crate) fn emit(out: &mut impl Write, line: &str) -> Result<(), Error> {
     writeln!(out, "{line}")
         .and_then(|()| out.flush())
         .map_err(|e| Error::Invalid(format!("cannot write the output: {e}")))

@@ -1,0 +1,164 @@
+//! `mpreg pub` and `mpreg sub`, and the lines they print.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value as Json};
+
+use crate::client::Client;
+use crate::error::Error;
+use crate::json::to_json;
+use crate::subscription::{Delivery, Lagging, Message, SubscribeOptions};
+use crate::{PublishOptions, Value};
+
+use super::emit;
+
+/// `mpreg pub`: always waits for the broker's confirmation (so the message is routed before
+/// the process exits, and a rejected topic is reported); prints `{"matched":N}` only when
+/// `print_matched`.
+pub(crate) async fn publish(
+    client: &Client,
+    topic: String,
+    payload: Value,
+    headers: Vec<(String, String)>,
+    print_matched: bool,
+    out: &mut impl Write,
+) -> Result<(), Error> {
+    let mut options = PublishOptions::default().with_confirm(true);
+    options.headers.extend(headers);
+    let published = client
+        .publish_with(topic, payload, options)
+        .await?
+        .ok_or_else(|| Error::Invalid("a confirmed publish came back unconfirmed".into()))?;
+    if print_matched {
+        emit(out, &json!({ "matched": published.matched }).to_string())?;
+    }
+    Ok(())
+}
+
+/// `mpreg sub`: prints one line per message until `count` messages arrived (success), or
+/// until `deadline` (success without `count`, [`Error::MessagesTimeout`] with it), or forever.
+pub(crate) async fn subscribe(
+    client: &Client,
+    patterns: Vec<String>,
+    count: Option<u64>,
+    backlog: bool,
+    deadline: Option<(Instant, Duration)>,
+    out: &mut impl Write,
+) -> Result<(), Error> {
+    let options = SubscribeOptions::default().with_backlog(backlog);
+    let mut subscription = client.subscribe_with(patterns, options).await?;
+    let mut received = 0;
+    while count != Some(received) {
+        let next = match deadline {
+            Some((at, after)) => {
+                match tokio::time::timeout_at(at.into(), subscription.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        return match count {
+                            Some(expected) => Err(Error::MessagesTimeout {
+                                expected,
+                                received,
+                                after,
+                            }),
+                            None => Ok(()),
+                        }
+                    }
+                }
+            }
+            None => subscription.next().await,
+        };
+        match next.ok_or(Error::Closed)?? {
+            Delivery::Message(message) => {
+                emit(out, &message_line(&message))?;
+                received += 1;
+            }
+            Delivery::Lagging(lagging) => {
+                // Diagnostics only: if stderr is gone there is no one to tell.
+                let _ = writeln!(std::io::stderr().lock(), "{}", lagging_line(&lagging));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The line `mpreg sub` prints for a message: `{"topic", "payload", "headers", "seq", "id"}`,
+/// in that order.
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// let message = mpreg::Message {
+///     topic: "orders.1.eu".into(),
+///     headers: BTreeMap::from([("k".to_string(), "v".to_string())]),
+///     payload: mpreg::Value::from(3),
+///     seq: 1,
+///     id: "01J".into(),
+///     retained: false,
+/// };
+/// assert_eq!(
+///     mpreg::cli::message_line(&message),
+///     r#"{"topic":"orders.1.eu","payload":3,"headers":{"k":"v"},"seq":1,"id":"01J"}"#
+/// );
+/// ```
+pub fn message_line(message: &Message) -> String {
+    let headers: Map<String, Json> = message
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), Json::String(v.clone())))
+        .collect();
+    json!({
+        "topic": message.topic,
+        "payload": to_json(&message.payload),
+        "headers": headers,
+        "seq": message.seq,
+        "id": message.id,
+    })
+    .to_string()
+}
+
+/// The line `mpreg sub` prints on stderr for a lagging notice:
+/// `{"lagging": {"dropped", "dropped_total", "source"}}`.
+pub fn lagging_line(lagging: &Lagging) -> String {
+    json!({
+        "lagging": {
+            "dropped": lagging.dropped,
+            "dropped_total": lagging.dropped_total,
+            "source": lagging.source.as_str(),
+        }
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::LagSource;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn lines() {
+        let message = Message {
+            topic: "a.b".into(),
+            headers: BTreeMap::new(),
+            payload: Value::Binary(vec![1, 2]),
+            seq: 7,
+            id: "X".into(),
+            retained: true,
+        };
+        assert_eq!(
+            message_line(&message),
+            r#"{"topic":"a.b","payload":{"$bin":"0102"},"headers":{},"seq":7,"id":"X"}"#
+        );
+        let lagging = Lagging {
+            dropped: 2,
+            dropped_total: 5,
+            source: LagSource::Broker,
+        };
+        assert_eq!(
+            lagging_line(&lagging),
+            r#"{"lagging":{"dropped":2,"dropped_total":5,"source":"broker"}}"#
+        );
+    }
+}
