@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use mpreg_protocol::{
     BrokerToClient, ClientToBroker, Limits, Ping, Pong, Progress, StatusReply, StatusRequest, Step,
 };
-use mpreg_transport::{Context, ReactorHandle, SocketKind, SocketOptions, SocketSpec};
+use mpreg_transport::{
+    Context, Curve, Key, KeyPair, ReactorHandle, SocketKind, SocketOptions, SocketSpec,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::Error;
@@ -65,6 +67,9 @@ pub struct ClientOptions {
     /// How long [`Client::subscribe`] waits for the broker's `active` event after the
     /// subscription was created (the time for the SUB socket to reach the event endpoint).
     pub activation_timeout: Duration,
+    /// CURVE: the broker's public key and this client's key pair, used on the connection and
+    /// on the event (SUB) socket. `None`: plain connection (a broker on loopback without keys).
+    pub curve: Option<Curve>,
 }
 
 impl Default for ClientOptions {
@@ -76,6 +81,7 @@ impl Default for ClientOptions {
             limits: Limits::default(),
             command_capacity: DEFAULT_COMMAND_CAPACITY,
             activation_timeout: DEFAULT_ACTIVATION_TIMEOUT,
+            curve: None,
         }
     }
 }
@@ -102,6 +108,22 @@ impl ClientOptions {
     /// Sets [`ClientOptions::activation_timeout`].
     pub fn with_activation_timeout(mut self, timeout: Duration) -> Self {
         self.activation_timeout = timeout;
+        self
+    }
+
+    /// Connects with CURVE to a broker whose public key is `server`, as `own` (whose public
+    /// key must be listed as a client in the broker's access file; docs/SECURITY.md).
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), mpreg::Error> {
+    /// use mpreg::{Client, ClientOptions, Key, KeyPair};
+    /// let server = mpreg::load_public_key("/etc/mpreg/broker.pub")?;
+    /// let own = KeyPair::load("alice.key").map_err(|e| mpreg::Error::Invalid(e.to_string()))?;
+    /// let client = Client::connect_with("tcp://broker:7400", ClientOptions::default().with_curve(server, own)).await?;
+    /// # let _: Key = server; Ok(()) }
+    /// ```
+    pub fn with_curve(mut self, server: Key, own: KeyPair) -> Self {
+        self.curve = Some(Curve::Client { server, own });
         self
     }
 
@@ -228,8 +250,10 @@ impl Client {
         mpreg_transport::endpoint::validate(endpoint)
             .map_err(|e| Error::Invalid(format!("broker endpoint: {e}")))?;
         let counters = Arc::new(LinkCounters::default());
-        let socket_options =
-            SocketOptions::dealer_client().with_max_frame_bytes(options.limits.max_message_bytes);
+        let socket_options = SocketOptions::dealer_client()
+            .with_curve(options.curve.clone())
+            .with_max_frame_bytes(options.limits.max_message_bytes);
+        let curve = options.curve.clone();
         let spec = SocketSpec::new(SocketKind::Dealer, socket_options).connect(endpoint);
         let link_endpoint = endpoint.to_string();
         let link_counters = Arc::clone(&counters);
@@ -241,7 +265,13 @@ impl Client {
             options.command_capacity,
             move |io| {
                 let socket = io.open(&spec)?;
-                Ok(Link::new(socket, link_endpoint, limits, link_counters))
+                Ok(Link::new(
+                    socket,
+                    link_endpoint,
+                    limits,
+                    curve,
+                    link_counters,
+                ))
             },
         )
         .map_err(|e| Error::Connect {

@@ -97,15 +97,23 @@ pub(crate) struct EventRoutes {
     sockets: Vec<(String, SocketId)>,
     routes: HashMap<String, Route>,
     limits: Limits,
+    /// The connection's CURVE keys: the broker delivers a subscription's events only to a SUB
+    /// with the same identity as the connection that subscribed.
+    curve: Option<mpreg_transport::Curve>,
     counters: Arc<LinkCounters>,
 }
 
 impl EventRoutes {
-    pub(crate) fn new(limits: Limits, counters: Arc<LinkCounters>) -> Self {
+    pub(crate) fn new(
+        limits: Limits,
+        curve: Option<mpreg_transport::Curve>,
+        counters: Arc<LinkCounters>,
+    ) -> Self {
         EventRoutes {
             sockets: Vec::new(),
             routes: HashMap::new(),
             limits,
+            curve,
             counters,
         }
     }
@@ -119,7 +127,9 @@ impl EventRoutes {
         if let Some(&(_, socket)) = self.sockets.iter().find(|(e, _)| e == endpoint) {
             return Ok(socket);
         }
-        let options = SocketOptions::default().with_max_frame_bytes(self.limits.max_message_bytes);
+        let options = SocketOptions::default()
+            .with_curve(self.curve.clone())
+            .with_max_frame_bytes(self.limits.max_message_bytes);
         let spec = SocketSpec::new(SocketKind::Sub, options).connect(endpoint);
         let socket = io.open(&spec).map_err(|e| Error::Connect {
             endpoint: endpoint.to_string(),

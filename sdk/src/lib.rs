@@ -63,7 +63,14 @@ pub use error::{Error, RemoteError};
 pub use mpreg_protocol::{
     ErrorCode, Limits, Pong, Progress, StatusReply, Step, Value, WorkerStatus,
 };
+pub use mpreg_transport::{Key, KeyError, KeyPair};
 pub use plan_builder::{PlanBuilder, PlanEvent, PlanStream};
+
+/// Reads a CURVE public key given as 40 Z85 characters or as a key file (`.pub` or `.key`).
+pub fn load_public_key(key_or_path: &str) -> Result<Key, Error> {
+    mpreg_transport::curve::load_public(key_or_path)
+        .map_err(|e| Error::Invalid(format!("server key: {e}")))
+}
 pub use publish::{PublishOptions, Published};
 pub use subscription::{
     Delivery, LagSource, Lagging, Message, SubscribeOptions, Subscription,

@@ -127,6 +127,7 @@ impl Link {
         socket: SocketId,
         endpoint: String,
         limits: Limits,
+        curve: Option<mpreg_transport::Curve>,
         counters: Arc<LinkCounters>,
     ) -> Self {
         Link {
@@ -137,7 +138,7 @@ impl Link {
             timers: BTreeSet::new(),
             sent: 0,
             unconfirmed: VecDeque::new(),
-            events: EventRoutes::new(limits, Arc::clone(&counters)),
+            events: EventRoutes::new(limits, curve, Arc::clone(&counters)),
             counters,
         }
     }

@@ -566,3 +566,87 @@ fn the_plan_quota_is_per_key_not_per_connection_under_curve() {
     }
     expect_result(second.call("echo", Value::from(2)));
 }
+
+#[test]
+fn keygen_cli_and_sdk_work_end_to_end_over_curve() {
+    let keys = Keys::new("e2e");
+    // `mpreg keygen` writes a private pair and a public file, and never overwrites.
+    let base = keys.dir.join("carol");
+    let base = base.to_str().unwrap();
+    let (code, out, err) = mpreg_tests::cli("tcp://127.0.0.1:1", &["keygen", base], None);
+    assert_eq!(code, 0, "{err}");
+    let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let carol = KeyPair::load(format!("{base}.key")).unwrap();
+    assert_eq!(line["public"], carol.public.to_z85());
+    for file in [format!("{base}.key"), format!("{base}.pub")] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{file}");
+    }
+    let (code, _, err) = mpreg_tests::cli("tcp://127.0.0.1:1", &["keygen", base], None);
+    assert_eq!(code, 1);
+    assert!(err.contains("\"code\":902"), "{err}");
+
+    std::fs::write(
+        keys.dir.join("access.toml"),
+        "[[client]]\nname = \"carol\"\nkey_file = \"carol.pub\"\nfunctions = [\"echo\"]\npublish = [\"news.#\"]\nsubscribe = [\"news.#\"]\n[[worker]]\nkey_file = \"worker.pub\"\n",
+    )
+    .unwrap();
+    let b = keys.broker();
+    let mut node = keys.node(&b, "w1", "worker");
+    wait_registered(&mut node);
+    let broker_pub = keys.dir.join("broker.pub");
+    let curve_args = [
+        "--server-key",
+        broker_pub.to_str().unwrap(),
+        "--key-file",
+        &format!("{base}.key"),
+    ];
+    // The CLI with keys is served; without keys it cannot get in (901 after its timeout).
+    let mut args = vec!["call", "echo", "\"over curve\""];
+    args.extend_from_slice(&curve_args);
+    let (code, out, err) = mpreg_tests::cli(&b.client, &args, None);
+    assert_eq!((code, out.trim()), (0, "\"over curve\""), "{err}");
+    let mut args = vec!["call", "echos", "1"];
+    args.extend_from_slice(&curve_args);
+    let (code, _, err) = mpreg_tests::cli(&b.client, &args, None);
+    assert_eq!(code, 1);
+    assert!(err.contains("\"code\":404"), "{err}");
+    let (code, _, err) =
+        mpreg_tests::cli(&b.client, &["call", "echo", "1", "--timeout", "1"], None);
+    assert_eq!(code, 1);
+    assert!(err.contains("\"code\":90"), "{err}");
+
+    // The SDK: calls and a subscription whose SUB is CURVE too.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let options = mpreg::ClientOptions::default().with_curve(keys.broker.public, carol.clone());
+        let client = mpreg::Client::connect_with(&b.client, options)
+            .await
+            .unwrap();
+        let v = client.call("echo", mpreg::args!["sdk"]).await.unwrap();
+        assert_eq!(v, Value::from("sdk"));
+        let mut sub = client.subscribe(["news.*"]).await.unwrap();
+        let published = client
+            .publish_with(
+                "news.today",
+                Value::from(7),
+                mpreg::PublishOptions::default().with_confirm(true),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(published.matched, 1);
+        let m = tokio::time::timeout(WAIT, sub.next_message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!((m.topic.as_str(), m.seq), ("news.today", 1));
+        let denied = client.subscribe(["#"]).await.unwrap_err();
+        assert_eq!(denied.code(), ErrorCode::AccessDenied.code());
+    });
+}

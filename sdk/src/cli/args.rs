@@ -33,6 +33,15 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "SECONDS", value_parser = parse_seconds)]
     pub timeout: Option<Duration>,
 
+    /// CURVE: the broker's public key (40 Z85 characters, or a `.pub`/`.key` file). Needs
+    /// --key-file.
+    #[arg(long, global = true, env = "MPREG_SERVER_KEY", value_name = "KEY|FILE")]
+    pub server_key: Option<String>,
+
+    /// CURVE: this client's key-pair file (`mpreg keygen`, mode 0600). Needs --server-key.
+    #[arg(long, global = true, env = "MPREG_KEY_FILE", value_name = "FILE")]
+    pub key_file: Option<String>,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -96,6 +105,12 @@ pub enum Command {
         #[arg(long)]
         backlog: bool,
     },
+    /// Write a new CURVE key pair: BASE.key (public and secret) and BASE.pub (public), both
+    /// mode 0600, never overwriting. Prints {"public": "<Z85>", "key_file", "public_file"}.
+    Keygen {
+        /// Path and name of the files, without extension.
+        base: String,
+    },
 }
 
 /// Why the command line was not run.
@@ -122,7 +137,7 @@ where
             ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => Usage::Print(e.to_string()),
             ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
                 Usage::Invalid(Error::Invalid(
-                    "a command is required: call, plan, status, pub or sub (see --help)"
+                    "a command is required: call, plan, status, pub, sub or keygen (see --help)"
                         .to_string(),
                 ))
             }

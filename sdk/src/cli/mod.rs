@@ -177,9 +177,25 @@ pub async fn execute(cli: Cli, out: &mut impl Write) -> Result<(), Error> {
             count,
             backlog,
         },
+        // Local only: no broker involved.
+        Command::Keygen { base } => return keygen(&base, out),
     };
 
     let mut options = ClientOptions::default();
+    match (&cli.server_key, &cli.key_file) {
+        (None, None) => {}
+        (Some(server), Some(file)) => {
+            let server = crate::load_public_key(server)?;
+            let own =
+                crate::KeyPair::load(file).map_err(|e| Error::Invalid(format!("key file: {e}")))?;
+            options = options.with_curve(server, own);
+        }
+        _ => {
+            return Err(Error::Invalid(
+                "CURVE needs both --server-key and --key-file".to_string(),
+            ))
+        }
+    }
     if let Some(timeout) = cli.timeout {
         options = options
             .with_connect_timeout(timeout.min(DEFAULT_CONNECT_TIMEOUT))
@@ -268,6 +284,20 @@ enum Work {
         count: Option<u64>,
         backlog: bool,
     },
+}
+
+/// `mpreg keygen BASE`: writes the pair and prints where.
+fn keygen(base: &str, out: &mut impl Write) -> Result<(), Error> {
+    let pair = crate::KeyPair::generate().map_err(|e| Error::Invalid(e.to_string()))?;
+    let (key_file, public_file) = pair
+        .write(base)
+        .map_err(|e| Error::Invalid(format!("keygen: {e}")))?;
+    let line = serde_json::json!({
+        "public": pair.public.to_z85(),
+        "key_file": key_file.display().to_string(),
+        "public_file": public_file.display().to_string(),
+    });
+    emit(out, &line.to_string())
 }
 
 fn read_plan(file: &str) -> Result<String, Error> {

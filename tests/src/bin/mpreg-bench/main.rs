@@ -8,10 +8,15 @@
 //! `mpreg-bench pubsub`: topic matching cost, subscribe/unsubscribe rate and end-to-end
 //! message rates through the broker, next to raw libzmq PUB -> SUB in the same run.
 //!
+//! `rpc` also measures the CURVE column: single-step plans p50 and pipelined plans/s through a
+//! CURVE broker and node next to a plain one, in alternating rounds (target: CURVE costs at
+//! most 25 % of throughput).
+//!
 //! Usage: `mpreg-bench rpc|pubsub [--quick] [--json FILE]`.
 
 #![allow(clippy::expect_used)]
 
+mod curve;
 mod pubsub;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -291,44 +296,55 @@ fn rpc(args: &[String]) {
     let _ = relay.join();
     let _ = echo.join();
 
+    // 5. The CURVE column.
+    let (curve_rows, curve_block) = curve::column(
+        &mut client,
+        sizes.sequential / 2,
+        sizes.pipelined / 2,
+        sizes.window,
+        sizes.rounds,
+    );
+    let curve_met = curve_block["target_met"].as_bool().unwrap_or(false);
+
     let p50_ratio = us(p50) / us(floor_p50);
-    let rows = [
+    let mut rows = vec![
         (
-            "single-step p50 (us)",
+            "single-step p50 (us)".to_string(),
             format!("{:.1}", us(p50)),
             format!("{:.1}", us(floor_p50)),
             format!("{p50_ratio:.2}x"),
             "<= 1.5x floor",
         ),
         (
-            "single-step p99 (us)",
+            "single-step p99 (us)".to_string(),
             format!("{:.1}", us(p99)),
             format!("{:.1}", us(floor_p99)),
             format!("{:.2}x", us(p99) / us(floor_p99)),
             "",
         ),
         (
-            "pipelined plans/s",
+            "pipelined plans/s".to_string(),
             format!("{rate:.0}"),
             format!("{floor_rate:.0}"),
             format!("{:.2}x", rate / floor_rate),
             ">= 50000/s",
         ),
         (
-            "10,000-step plan (ms)",
+            "10,000-step plan (ms)".to_string(),
             format!("{wide_ms:.1}"),
             format!("{:.1}", sizes.wide as f64 / floor_rate * 1e3),
             format!("{:.2}x", wide_ms / (sizes.wide as f64 / floor_rate * 1e3)),
             "< 300 ms",
         ),
         (
-            "1,000-step chain (ms)",
+            "1,000-step chain (ms)".to_string(),
             format!("{chain_ms:.1}"),
             format!("{chain_floor_ms:.1}"),
             format!("{:.2}x", chain_ms / chain_floor_ms),
             "< 150 ms",
         ),
     ];
+    rows.extend(curve_rows);
     println!(
         "{:<24} {:>12} {:>12} {:>8}   target",
         "rpc", "mpreg", "floor", "ratio"
@@ -336,7 +352,8 @@ fn rpc(args: &[String]) {
     for (name, m, f, r, t) in &rows {
         println!("{name:<24} {m:>12} {f:>12} {r:>8}   {t}");
     }
-    let pass = p50_ratio <= 1.5 && rate >= 50_000.0 && wide_ms < 300.0 && chain_ms < 150.0;
+    let pass =
+        p50_ratio <= 1.5 && rate >= 50_000.0 && wide_ms < 300.0 && chain_ms < 150.0 && curve_met;
     println!("targets {}", if pass { "met" } else { "NOT met" });
     let report = json!({
         "benchmark": "rpc",
@@ -345,6 +362,7 @@ fn rpc(args: &[String]) {
         "mpreg": { "p50_us": us(p50), "p99_us": us(p99), "pipelined_per_s": rate, "wide_10000_ms": wide_ms, "chain_1000_ms": chain_ms },
         "ratios": { "p50": p50_ratio, "p99": us(p99) / us(floor_p99), "pipelined": rate / floor_rate, "chain": chain_ms / chain_floor_ms },
         "sizes": { "sequential": sizes.sequential, "pipelined": sizes.pipelined, "window": sizes.window, "wide": sizes.wide, "chain": sizes.chain },
+        "curve": curve_block,
         "targets_met": pass,
     });
     write_json(json_path, &report);
