@@ -2,13 +2,13 @@
 # A local MPREG cluster: one broker on the default ports and three nodes with different
 # resources, built in release mode.
 #
-#   scripts/local_cluster.sh          up, run a short demo of plans, stay until Ctrl-C, clean up
+#   scripts/local_cluster.sh          up, run a short demo (plans, topics), stay until Ctrl-C, clean up
 #   scripts/local_cluster.sh up       start in the background (logs and pids under run/cluster/)
 #   scripts/local_cluster.sh status   show what runs and ask the broker for its status
 #   scripts/local_cluster.sh down     stop exactly the processes `up` started
 #
 # Environment: MPREG_CLUSTER_DIR (default run/cluster), MPREG_CLIENT_PORT (7400),
-# MPREG_WORKER_PORT (7401).
+# MPREG_WORKER_PORT (7401), MPREG_EVENT_PORT (7402).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -16,6 +16,7 @@ RUN="${MPREG_CLUSTER_DIR:-$ROOT/run/cluster}"
 BIN="$ROOT/target/release"
 CLIENT="tcp://127.0.0.1:${MPREG_CLIENT_PORT:-7400}"
 WORKER="tcp://127.0.0.1:${MPREG_WORKER_PORT:-7401}"
+EVENTS="tcp://127.0.0.1:${MPREG_EVENT_PORT:-7402}"
 NODES=("node-eu:dataset-a,region-eu" "node-us:dataset-b,gpu,region-us" "node-gpu:dataset-a,gpu,model-x")
 
 build() {
@@ -42,7 +43,8 @@ up() {
     build
     mkdir -p "$RUN"
     rm -f "$RUN"/*.pid "$RUN"/*.out
-    "$BIN/mpreg-broker" --client-endpoint "$CLIENT" --worker-endpoint "$WORKER" --name local-broker \
+    "$BIN/mpreg-broker" --client-endpoint "$CLIENT" --worker-endpoint "$WORKER" --event-endpoint "$EVENTS" \
+        --name local-broker \
         >"$RUN/broker.out" 2>"$RUN/broker.log" &
     echo $! >"$RUN/broker.pid"
     if ! wait_line "$RUN/broker.out" '"listening"' 20; then
@@ -62,7 +64,7 @@ up() {
         wait_line "$RUN/$name.out" '"registered"' 20 || { echo "$name did not register; see $RUN/$name.log" >&2; down; exit 1; }
     done
     echo "MPREG cluster up"
-    echo "  broker  local-broker  clients: $CLIENT  workers: $WORKER"
+    echo "  broker  local-broker  clients: $CLIENT  workers: $WORKER  topic events: $EVENTS"
     for spec in "${NODES[@]}"; do echo "  node    ${spec%%:*}  resources: ${spec#*:}"; done
     echo "  logs and pids: $RUN"
     echo "  try:    export PATH=\"$BIN:\$PATH\"; mpreg call echo '\"hi\"'"
@@ -109,6 +111,7 @@ show() { # title, then the command
 
 demo() {
     local M="$BIN/mpreg"
+    export MPREG_BROKER="$CLIENT" # the CLI's default is 7400; follow MPREG_CLIENT_PORT
     show "one call" "$M" call echo '"hello from MPREG"'
     show "a call routed by resource (only a node with a gpu and model-x)" "$M" call echos '"routed"' --locs gpu,model-x
     local seed='[{"name":"|first","fun":"echo","args":["hi there!"]},
@@ -130,6 +133,24 @@ demo() {
     echo
     echo "== a plan that cannot run: no node has a tpu (typed error on stderr, exit 1)"
     echo '[{"name":"x","fun":"echo","args":[1],"locs":["tpu"]}]' | "$M" plan - || true
+    echo
+    echo "== topics: a subscriber with wildcards (orders.*.eu, alerts.#), then three publishes"
+    echo "\$ mpreg sub 'orders.*.eu' 'alerts.#' --count 2 --timeout 10 &"
+    "$M" sub 'orders.*.eu' 'alerts.#' --count 2 --timeout 10 &
+    local sub=$!
+    # Publishes before the subscription is live are not kept: wait until the broker has it.
+    for _ in $(seq 50); do
+        "$M" status 2>/dev/null | grep -q '"subscriptions":[1-9]' && break
+        sleep 0.1
+    done
+    sleep 0.2
+    echo "\$ mpreg pub orders.42.eu '{\"qty\": 3}' --header source=shop --confirm"
+    "$M" pub orders.42.eu '{"qty": 3}' --header source=shop --confirm || true
+    echo "\$ mpreg pub orders.42.us '{\"qty\": 1}' --confirm    # matches no pattern"
+    "$M" pub orders.42.us '{"qty": 1}' --confirm || true
+    echo "\$ mpreg pub alerts.disk.full '\"95%\"'"
+    "$M" pub alerts.disk.full '"95%"' || true
+    wait "$sub" || true
 }
 
 case "${1:-}" in
