@@ -95,3 +95,8 @@ macro_rules! args {
         ::std::vec![$(<$crate::Value as ::std::convert::From<_>>::from($arg)),+]
     };
 }
+
+/// The README's Rust examples, compiled by `cargo test --doc`.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
