@@ -23,7 +23,7 @@ use crate::access::AccessList;
 use crate::exchange::{EventSink, Exchange, ExchangeConfig, SubscribeError};
 use crate::plan_graph::{PlanError, PlanGraph};
 use crate::registry::{Registry, RoutingId, Selection, WorkerId};
-use crate::resolve::{resolve_args, Results, Unresolved};
+use crate::resolve::{check_footprint, resolve_args, Oversize, Results, Unresolved};
 
 /// Settings of the engine (a part of the broker's configuration).
 #[derive(Debug, Clone)]
@@ -746,6 +746,41 @@ impl Engine {
                 index: &plan.graph.index,
                 results: &plan.results,
             };
+            // A few bytes of references can name a large result many times over: measure
+            // first, copy only what fits in a task (its body map and `args` are 2 levels).
+            let limits = &self.config.limits;
+            let footprint = check_footprint(
+                &def.args,
+                &def.kwargs,
+                &results,
+                limits.max_message_bytes,
+                limits.max_depth.saturating_sub(2),
+            );
+            if let Err(over) = footprint {
+                let (code, what) = match over {
+                    Oversize::Bytes(n) => (
+                        ErrorCode::MessageTooLarge,
+                        format!("would exceed {n} bytes (max_message_bytes)"),
+                    ),
+                    Oversize::Depth(n) => (
+                        ErrorCode::NestingTooDeep,
+                        format!("would nest deeper than max_depth (arguments: {n} levels)"),
+                    ),
+                };
+                let reply = ErrorReply::new(
+                    Some(plan.id),
+                    code,
+                    format!(
+                        "step `{}`: its arguments with references resolved {what}",
+                        def.name
+                    ),
+                )
+                .with_step(def.name.clone())
+                .with_fun(def.fun.clone());
+                self.count("tasks_too_large");
+                self.fail_plan(out, key, reply);
+                return;
+            }
             match resolve_args(&def.args, &def.kwargs, &results) {
                 Ok((args, kwargs)) => encode_body(&Task {
                     task: task_id,
@@ -1030,7 +1065,12 @@ impl Engine {
                 w.last_seen = now;
             }
         }
-        let limits = self.config.limits;
+        // A result is sent on to the client inside two more maps (`result` -> `results` -> value):
+        // one level less than clients accept for the worker's body keeps every reply readable.
+        let limits = Limits {
+            max_depth: self.config.limits.max_depth.saturating_sub(1),
+            ..self.config.limits
+        };
         let message = match parse_envelope(&frames[1..]) {
             Ok(env) => WorkerToBroker::decode(env.kind, env.body, &limits).map_err(|e| {
                 let id = peek_request_id(env.body, &limits);

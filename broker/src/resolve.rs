@@ -71,6 +71,121 @@ pub fn resolve_value<R: Results>(value: &Value, results: &R) -> Result<Value, Un
     })
 }
 
+/// Why resolving a step's arguments was refused before any copy was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Oversize {
+    /// The resolved arguments would encode to more than this many bytes.
+    Bytes(usize),
+    /// The resolved arguments would nest deeper than this.
+    Depth(usize),
+}
+
+/// Measures what [`resolve_args`] would produce without copying anything: every reference
+/// counts the encoded size and nesting of the value it names. A few bytes of arguments can
+/// name a large result many times over; the engine checks this first so that a task never
+/// exceeds the message limits (`max_bytes`) or nests deeper than `max_depth` (counted like
+/// the scan does, from the arguments' own containers). Stops as soon as a limit is passed, so
+/// it costs at most `max_bytes` of walking. Unresolved references count as literals here
+/// ([`resolve_args`] reports them).
+pub fn check_footprint<R: Results>(
+    args: &[Value],
+    kwargs: &BTreeMap<String, Value>,
+    results: &R,
+    max_bytes: usize,
+    max_depth: usize,
+) -> Result<(), Oversize> {
+    let mut walk = Footprint {
+        bytes: 0,
+        max_bytes,
+        max_depth,
+    };
+    for v in args {
+        walk.value(v, results, 1)?;
+    }
+    for (k, v) in kwargs {
+        walk.bytes += k.len() + 5;
+        walk.value(v, results, 1)?;
+    }
+    Ok(())
+}
+
+struct Footprint {
+    bytes: usize,
+    max_bytes: usize,
+    max_depth: usize,
+}
+
+impl Footprint {
+    /// `depth`: the container depth at which `value` sits (1 = directly in `args`).
+    fn value<R: Results>(
+        &mut self,
+        value: &Value,
+        results: &R,
+        depth: usize,
+    ) -> Result<(), Oversize> {
+        if let Value::String(s) = value {
+            if let Some(found) = s.as_str().and_then(|t| lookup(t, results).ok().flatten()) {
+                return self.plain(found, depth);
+            }
+        }
+        match value {
+            Value::Array(items) => {
+                self.container(depth)?;
+                for v in items {
+                    self.value(v, results, depth + 1)?;
+                }
+                Ok(())
+            }
+            Value::Map(entries) => {
+                self.container(depth)?;
+                for (k, v) in entries {
+                    self.plain(k, depth + 1)?;
+                    self.value(v, results, depth + 1)?;
+                }
+                Ok(())
+            }
+            other => self.plain(other, depth),
+        }
+    }
+
+    /// A value copied as is.
+    fn plain(&mut self, value: &Value, depth: usize) -> Result<(), Oversize> {
+        match value {
+            Value::Array(items) => {
+                self.container(depth)?;
+                items.iter().try_for_each(|v| self.plain(v, depth + 1))
+            }
+            Value::Map(entries) => {
+                self.container(depth)?;
+                entries.iter().try_for_each(|(k, v)| {
+                    self.plain(k, depth + 1)?;
+                    self.plain(v, depth + 1)
+                })
+            }
+            Value::String(s) => self.add(5 + s.as_bytes().len()),
+            Value::Binary(b) => self.add(5 + b.len()),
+            Value::Ext(_, b) => self.add(6 + b.len()),
+            _ => self.add(9),
+        }
+    }
+
+    fn container(&mut self, depth: usize) -> Result<(), Oversize> {
+        if depth > self.max_depth {
+            return Err(Oversize::Depth(self.max_depth));
+        }
+        self.add(5)
+    }
+
+    fn add(&mut self, bytes: usize) -> Result<(), Oversize> {
+        self.bytes = self.bytes.saturating_add(bytes);
+        if self.bytes > self.max_bytes {
+            Err(Oversize::Bytes(self.max_bytes))
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// `Ok(None)` when `text` is a literal; the referenced value when it is a reference.
 fn lookup<'r, R: Results>(text: &str, results: &'r R) -> Result<Option<&'r Value>, Unresolved> {
     let (head, path) = match text.split_once('.') {
@@ -127,6 +242,29 @@ fn describe(value: &Value) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn footprint_counts_references_without_copying() {
+        let big = Value::from("x".repeat(1000));
+        let results = HashMap::from([("big".to_string(), big)]);
+        let refs: Vec<Value> = (0..100).map(|_| Value::from("big")).collect();
+        let none = BTreeMap::new();
+        // 100 references to 1000 bytes: about 100 KB once resolved.
+        assert_eq!(
+            check_footprint(&refs, &none, &results, 50_000, 64),
+            Err(Oversize::Bytes(50_000))
+        );
+        assert!(check_footprint(&refs, &none, &results, 200_000, 64).is_ok());
+        // Depth: a reference nested 3 deep to a value nested 3 deep.
+        let deep = Value::Array(vec![Value::Array(vec![Value::Array(vec![])])]);
+        let results = HashMap::from([("deep".to_string(), deep)]);
+        let arg = vec![Value::Array(vec![Value::Array(vec![Value::from("deep")])])];
+        assert!(check_footprint(&arg, &none, &results, 1 << 20, 5).is_ok());
+        assert_eq!(
+            check_footprint(&arg, &none, &results, 1 << 20, 4),
+            Err(Oversize::Depth(4))
+        );
+    }
 
     fn s(x: &str) -> Value {
         Value::from(x)
