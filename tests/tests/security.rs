@@ -64,18 +64,22 @@ impl Keys {
     }
 
     fn broker(&self) -> BrokerProc {
+        self.broker_with(&[])
+    }
+
+    /// A CURVE broker with this directory's key and access file, and more settings.
+    fn broker_with(&self, env: &[(&str, &str)]) -> BrokerProc {
         let key = self.dir.join("broker.key");
         let access = self.dir.join("access.toml");
-        start_broker(
-            &[],
-            &[
-                ("MPREG_BROKER_SECURITY__KEY_FILE", key.to_str().unwrap()),
-                (
-                    "MPREG_BROKER_SECURITY__ACCESS_FILE",
-                    access.to_str().unwrap(),
-                ),
-            ],
-        )
+        let mut all = vec![
+            ("MPREG_BROKER_SECURITY__KEY_FILE", key.to_str().unwrap()),
+            (
+                "MPREG_BROKER_SECURITY__ACCESS_FILE",
+                access.to_str().unwrap(),
+            ),
+        ];
+        all.extend_from_slice(env);
+        start_broker(&[], &all)
     }
 
     fn client_curve(&self, own: &KeyPair) -> Curve {
@@ -428,19 +432,7 @@ fn the_python_client_speaks_curve() {
         "[[client]]\nname = \"py\"\nkey_file = \"py.pub\"\nfunctions = [\"*\"]\npublish = [\"#\"]\nsubscribe = [\"#\"]\n",
     )
     .unwrap();
-    let key = keys.dir.join("broker.key");
-    let access = keys.dir.join("access.toml");
-    let b = start_broker(
-        &[],
-        &[
-            ("MPREG_BROKER_SECURITY__KEY_FILE", key.to_str().unwrap()),
-            (
-                "MPREG_BROKER_SECURITY__ACCESS_FILE",
-                access.to_str().unwrap(),
-            ),
-            ("MPREG_BROKER_TOPICS__RETAIN_COUNT", "3"),
-        ],
-    );
+    let b = keys.broker_with(&[("MPREG_BROKER_TOPICS__RETAIN_COUNT", "3")]);
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/mpreg_topics.py");
     let out = std::process::Command::new(std::env::var("PYTHON").unwrap_or("python3".into()))
         .arg(script)
@@ -530,19 +522,7 @@ fn bytes_held_for_plans_in_flight_are_bounded() {
 fn the_plan_quota_is_per_key_not_per_connection_under_curve() {
     let keys = Keys::new("quota");
     keys.access(true, false);
-    let key = keys.dir.join("broker.key");
-    let access = keys.dir.join("access.toml");
-    let b = start_broker(
-        &[],
-        &[
-            ("MPREG_BROKER_SECURITY__KEY_FILE", key.to_str().unwrap()),
-            (
-                "MPREG_BROKER_SECURITY__ACCESS_FILE",
-                access.to_str().unwrap(),
-            ),
-            ("MPREG_BROKER_MAX_PLANS_PER_CLIENT", "5"),
-        ],
-    );
+    let b = keys.broker_with(&[("MPREG_BROKER_MAX_PLANS_PER_CLIENT", "5")]);
     let mut node = keys.node(&b, "w1", "worker");
     wait_registered(&mut node);
     let ctx = Context::new();

@@ -2,14 +2,13 @@
 //! broker and node all encrypting) next to the same through a plain broker, in the same run,
 //! in alternating rounds.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use mpreg_protocol::{encode_body, PlanRequest};
 use mpreg_tests::{start_broker, start_node, BrokerProc, Proc};
 use mpreg_transport::{Context, Curve, KeyPair, RawDealer, SocketOptions};
 use serde_json::json;
 
-use crate::{echo_step, median, percentile, us, PlanClient};
+use crate::{echo_step, median, percentile, pipelined, us, PlanClient};
 
 /// A CURVE broker and node with throwaway keys (removed on drop).
 pub struct CurveCluster {
@@ -94,31 +93,6 @@ impl CurveCluster {
             next_id: 0,
         }
     }
-}
-
-fn pipelined(client: &mut PlanClient, count: usize, window: usize) -> f64 {
-    let steps = echo_step();
-    let body = |id: u64| {
-        encode_body(&PlanRequest {
-            id,
-            steps: steps.clone(),
-            deadline_ms: Some(120_000),
-            all_results: false,
-            progress: false,
-            progress_topic: None,
-        })
-    };
-    let start = Instant::now();
-    let (mut sent, mut received) = (0usize, 0usize);
-    while received < count {
-        while sent < count && sent - received < window {
-            client.send_raw(&body);
-            sent += 1;
-        }
-        client.recv();
-        received += 1;
-    }
-    count as f64 / start.elapsed().as_secs_f64()
 }
 
 /// One table row: name, MPREG figure, baseline figure, ratio, target.

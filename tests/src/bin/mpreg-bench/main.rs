@@ -104,6 +104,32 @@ impl PlanClient {
     }
 }
 
+/// Single-step plans with `window` in flight: plans per second.
+fn pipelined(client: &mut PlanClient, count: usize, window: usize) -> f64 {
+    let steps = echo_step();
+    let body = |id: u64| {
+        encode_body(&PlanRequest {
+            id,
+            steps: steps.clone(),
+            deadline_ms: Some(120_000),
+            all_results: false,
+            progress: false,
+            progress_topic: None,
+        })
+    };
+    let start = Instant::now();
+    let (mut sent, mut received) = (0usize, 0usize);
+    while received < count {
+        while sent < count && sent - received < window {
+            client.send_raw(&body);
+            sent += 1;
+        }
+        client.recv();
+        received += 1;
+    }
+    count as f64 / start.elapsed().as_secs_f64()
+}
+
 fn echo_step() -> Vec<Step> {
     vec![Step::new("a", "echo", vec![Value::from("x")])]
 }
@@ -234,30 +260,8 @@ fn rpc(args: &[String]) {
     let floor_pipe = floor
         .pipelined(&payload, sizes.pipelined, sizes.window, TIMEOUT)
         .expect("floor pipelined");
-    let encoded_step = echo_step();
-    let body = |id: u64| {
-        encode_body(&PlanRequest {
-            id,
-            steps: encoded_step.clone(),
-            deadline_ms: Some(120_000),
-            all_results: false,
-            progress: false,
-            progress_topic: None,
-        })
-    };
-    let start = Instant::now();
-    let (mut sent, mut received) = (0usize, 0usize);
-    while received < sizes.pipelined {
-        while sent < sizes.pipelined && sent - received < sizes.window {
-            client.send_raw(&body);
-            sent += 1;
-        }
-        client.recv();
-        received += 1;
-    }
-    let mpreg_pipe = start.elapsed();
     let floor_rate = sizes.pipelined as f64 / floor_pipe.as_secs_f64();
-    let rate = sizes.pipelined as f64 / mpreg_pipe.as_secs_f64();
+    let rate = pipelined(&mut client, sizes.pipelined, sizes.window);
 
     // 3. One plan of 10,000 independent echo steps; 4. a 1,000-step chain.
     let wide: Vec<Step> = (0..sizes.wide)
