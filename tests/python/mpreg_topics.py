@@ -128,7 +128,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="MPREG topics (Python, pyzmq + msgpack)")
     parser.add_argument("--broker", default="tcp://127.0.0.1:7400", help="client endpoint")
     parser.add_argument("--curve", nargs=2, metavar=("BROKER_KEY", "KEY_FILE"),
-                        help="CURVE: the broker's public key (Z85) and this client's key-pair file")
+                        help="CURVE: the broker's public key (its .pub file, or Z85) and this client's key-pair file")
     sub = parser.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("sub")
     s.add_argument("patterns", nargs="+")
@@ -146,7 +146,11 @@ def main(argv=None):
     if args.curve:  # a key-pair file written by `mpreg keygen` is TOML: public = "...", secret = "..."
         with open(args.curve[1], "rb") as f:
             pair = tomllib.load(f)
-        curve = (args.curve[0], pair["public"], pair["secret"])
+        broker_key = args.curve[0]  # Z85 keys may start with "-": pass the .pub file then
+        if len(broker_key) != 40:
+            with open(broker_key, "rb") as f:
+                broker_key = tomllib.load(f)["public"]
+        curve = (broker_key, pair["public"], pair["secret"])
     try:
         with Topics(args.broker, curve=curve) as t:
             if args.cmd == "selftest":

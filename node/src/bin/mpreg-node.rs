@@ -37,8 +37,9 @@ struct Args {
     /// Log level (critical, error, warning, info, debug, trace).
     #[arg(long)]
     log_level: Option<String>,
-    /// CURVE: the brokers' public key (40 Z85 characters or a key file).
-    #[arg(long)]
+    /// CURVE: the brokers' public key (40 Z85 characters or a key file). Z85 keys may start
+    /// with `-`.
+    #[arg(long, allow_hyphen_values = true)]
     server_key: Option<String>,
     /// CURVE: this node's key-pair file (`mpreg keygen`).
     #[arg(long)]

@@ -35,7 +35,13 @@ pub struct Cli {
 
     /// CURVE: the broker's public key (40 Z85 characters, or a `.pub`/`.key` file). Needs
     /// --key-file.
-    #[arg(long, global = true, env = "MPREG_SERVER_KEY", value_name = "KEY|FILE")]
+    #[arg(
+        long,
+        global = true,
+        env = "MPREG_SERVER_KEY",
+        value_name = "KEY|FILE",
+        allow_hyphen_values = true
+    )]
     pub server_key: Option<String>,
 
     /// CURVE: this client's key-pair file (`mpreg keygen`, mode 0600). Needs --server-key.
@@ -199,6 +205,13 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+
+    #[test]
+    fn z85_keys_may_start_with_a_hyphen() {
+        let key = "-f3Ys&Pw6(x0=fvs^{w9t7-/OCSYqG%wXNWLLiKp";
+        let cli = parsed(&["--server-key", key, "--key-file", "k.key", "status"]);
+        assert_eq!(cli.server_key.as_deref(), Some(key));
+    }
 
     fn parsed(args: &[&str]) -> Cli {
         match parse(std::iter::once("mpreg").chain(args.iter().copied())) {
