@@ -39,8 +39,10 @@ pub enum StartError {
     Security(String),
 }
 
-/// Where libzmq sends ZAP requests (RFC 27); bound before any CURVE socket.
+/// Where libzmq sends ZAP requests (RFC 27); bound in each context before any CURVE socket.
 const ZAP_ENDPOINT: &str = "inproc://zeromq.zap.01";
+/// The worker socket's libzmq context (see [`SocketSpec::in_context`]).
+const WORKER_CONTEXT: u8 = 1;
 
 struct Sockets<'a> {
     io: &'a mut Io,
@@ -103,8 +105,8 @@ struct BrokerHandler {
     client: SocketId,
     worker: SocketId,
     events: SocketId,
-    /// The ZAP handler's socket (CURVE brokers only).
-    zap: Option<SocketId>,
+    /// The ZAP handler's sockets, one per libzmq context (CURVE brokers only).
+    zap: Vec<SocketId>,
     /// The keys allowed in, as the ZAP handler sees them (the engine has its own copy).
     access: Option<AccessList>,
     finished: bool,
@@ -173,8 +175,8 @@ impl Handler for BrokerHandler {
     type Command = Command;
 
     fn on_message(&mut self, io: &mut Io, socket: SocketId, frames: Vec<Vec<u8>>) {
-        if let Some(zap) = self.zap.filter(|&z| z == socket) {
-            return self.on_zap(io, zap, &frames);
+        if self.zap.contains(&socket) {
+            return self.on_zap(io, socket, &frames);
         }
         let now = io.now();
         let user = io.peer_user().map(str::to_owned);
@@ -301,9 +303,12 @@ impl Broker {
             SocketSpec::new(SocketKind::Router, secured(options.clone(), CLIENT_DOMAIN))
                 .bind(config.client_endpoint.clone()),
         );
+        // The worker socket has its own libzmq context, hence its own I/O thread: with CURVE,
+        // encryption for clients and for workers runs in parallel.
         let worker_spec = with_users(
             SocketSpec::new(SocketKind::Router, secured(options, WORKER_DOMAIN))
-                .bind(config.worker_endpoint.clone()),
+                .bind(config.worker_endpoint.clone())
+                .in_context(WORKER_CONTEXT),
         );
         let event_options = SocketOptions {
             sndhwm: config.socket.event_hwm,
@@ -316,9 +321,17 @@ impl Broker {
             SocketSpec::new(SocketKind::XPub, secured(event_options, EVENT_DOMAIN))
                 .bind(config.event_endpoint.clone()),
         );
-        let zap_spec = curve
-            .as_ref()
-            .map(|_| SocketSpec::new(SocketKind::Rep, SocketOptions::default()).bind(ZAP_ENDPOINT));
+        let zap_specs: Vec<SocketSpec> = match curve {
+            Some(_) => [0, WORKER_CONTEXT]
+                .into_iter()
+                .map(|n| {
+                    SocketSpec::new(SocketKind::Rep, SocketOptions::default())
+                        .bind(ZAP_ENDPOINT)
+                        .in_context(n)
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         let handler_access = access.clone();
         let mut engine_config = config.engine();
         let (endpoints_tx, endpoints_rx) = std::sync::mpsc::channel();
@@ -326,7 +339,10 @@ impl Broker {
         let (handle, thread) = spawn("mpreg-broker", ctx, 1024, move |io| {
             // The ZAP handler first: a CURVE socket accepting before it exists would let
             // every key in.
-            let zap = zap_spec.as_ref().map(|spec| io.open(spec)).transpose()?;
+            let zap = zap_specs
+                .iter()
+                .map(|spec| io.open(spec))
+                .collect::<Result<Vec<_>, _>>()?;
             let client = io.open(&client_spec)?;
             let worker = io.open(&worker_spec)?;
             let events = io.open(&event_spec)?;

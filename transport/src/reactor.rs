@@ -110,6 +110,10 @@ pub struct SocketSpec {
     pub subscribe: Vec<Vec<u8>>,
     /// Read the ZAP `User-Id` of every message received (see [`Io::peer_user`]).
     pub user_ids: bool,
+    /// The libzmq context: 0 is the reactor's; another number is a context of this reactor
+    /// with its own I/O thread (where CURVE encryption runs), shared by the sockets that name
+    /// it. `inproc://` endpoints (such as the ZAP handler) are per context.
+    pub context: u8,
 }
 
 impl SocketSpec {
@@ -122,7 +126,14 @@ impl SocketSpec {
             connect: Vec::new(),
             subscribe: Vec::new(),
             user_ids: false,
+            context: 0,
         }
+    }
+
+    /// Puts the socket in context `n` (see [`SocketSpec::context`]).
+    pub fn in_context(mut self, n: u8) -> Self {
+        self.context = n;
+        self
     }
 
     /// Reads the ZAP `User-Id` of every message received (CURVE server sockets whose owner
@@ -155,6 +166,8 @@ struct Slot {
 /// The reactor's sockets, as a handler sees them during a callback.
 pub struct Io {
     ctx: zmq::Context,
+    /// More contexts (own I/O threads), by number.
+    extra: Vec<(u8, zmq::Context)>,
     slots: Vec<Option<Slot>>,
     now: Instant,
     peer_user: Option<String>,
@@ -164,8 +177,20 @@ impl Io {
     /// Creates a socket, applies its options, binds and connects it, and adds it to the poll
     /// set. Bound endpoints with a `*` port are resolved (see [`Io::bound_endpoints`]).
     pub fn open(&mut self, spec: &SocketSpec) -> Result<SocketId, TransportError> {
-        let mut socket = self
-            .ctx
+        let ctx = match spec.context {
+            0 => &self.ctx,
+            n => {
+                if !self.extra.iter().any(|(k, _)| *k == n) {
+                    self.extra.push((n, zmq::Context::new()));
+                }
+                self.extra
+                    .iter()
+                    .find(|(k, _)| *k == n)
+                    .map(|(_, c)| c)
+                    .unwrap_or(&self.ctx)
+            }
+        };
+        let mut socket = ctx
             .socket(spec.kind.raw())
             .map_err(TransportError::Create)?;
         spec.options.apply(&mut socket, spec.kind.raw())?;
@@ -464,6 +489,7 @@ where
         .spawn(move || {
             let mut io = Io {
                 ctx: zctx,
+                extra: Vec::new(),
                 slots: Vec::new(),
                 now: Instant::now(),
                 peer_user: None,
