@@ -92,6 +92,13 @@ pub trait Outbox: EventSink {
     fn to_client(&mut self, client: &ClientAddr, kind: &str, body: &[u8]) -> Delivery;
     /// Sends `[routing, VERSION, kind, body]` on the worker socket.
     fn to_worker(&mut self, routing: &[u8], kind: &str, body: &[u8]) -> Delivery;
+
+    /// Sends to a worker in compact form (one frame) when `compact`: workers that register
+    /// with compact frames get their tasks that way. The default sends three frames.
+    fn to_worker_as(&mut self, routing: &[u8], compact: bool, kind: &str, body: &[u8]) -> Delivery {
+        let _ = compact;
+        self.to_worker(routing, kind, body)
+    }
 }
 
 /// A client connection: its routing id, and whether it is a REQ socket (which needs the empty
@@ -102,6 +109,8 @@ pub struct ClientAddr {
     pub routing: RoutingId,
     /// REQ peer: replies carry an empty delimiter after the routing id.
     pub delimiter: bool,
+    /// The request came as one compact frame: the reply goes back the same way.
+    pub compact: bool,
 }
 
 type PlanKey = u64;
@@ -365,12 +374,16 @@ impl Engine {
         let Some(routing) = frames.first() else {
             return;
         };
-        let client = ClientAddr {
+        let mut client = ClientAddr {
             routing: routing.clone(),
             delimiter: prefix == 2,
+            compact: false,
         };
         let envelope = match parse_envelope(&frames[prefix..]) {
-            Ok(envelope) => envelope,
+            Ok(envelope) => {
+                client.compact = envelope.compact;
+                envelope
+            }
             Err(e) => {
                 self.count("malformed_messages");
                 let id = frames
@@ -817,7 +830,7 @@ impl Engine {
         let Some(w) = self.registry.get_mut(worker) else {
             return;
         };
-        match out.to_worker(&w.routing, "task", &body) {
+        match out.to_worker_as(&w.routing, w.compact, "task", &body) {
             Delivery::Sent => {
                 self.next_task += 1;
                 w.tasks.insert(task_id);
@@ -1071,11 +1084,15 @@ impl Engine {
             max_depth: self.config.limits.max_depth.saturating_sub(1),
             ..self.config.limits
         };
+        let mut compact = false;
         let message = match parse_envelope(&frames[1..]) {
-            Ok(env) => WorkerToBroker::decode(env.kind, env.body, &limits).map_err(|e| {
-                let id = peek_request_id(env.body, &limits);
-                Box::new(ErrorReply::new(id, e.code(), e.to_string()))
-            }),
+            Ok(env) => {
+                compact = env.compact;
+                WorkerToBroker::decode(env.kind, env.body, &limits).map_err(|e| {
+                    let id = peek_request_id(env.body, &limits);
+                    Box::new(ErrorReply::new(id, e.code(), e.to_string()))
+                })
+            }
             Err(e) => Err(Box::new(ErrorReply::new(None, e.code(), e.to_string()))),
         };
         let message = match message {
@@ -1112,6 +1129,7 @@ impl Engine {
                     .and_then(|id| self.registry.get_mut(id))
                 {
                     w.key = key;
+                    w.compact = compact;
                 }
             }
             (WorkerToBroker::Heartbeat(_), Some(_)) => {}

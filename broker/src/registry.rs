@@ -34,6 +34,8 @@ pub struct Worker {
     pub draining: bool,
     /// Its authenticated CURVE key (Z85), when the broker runs CURVE.
     pub key: Option<String>,
+    /// It registered with compact frames: its tasks go out as one frame.
+    pub compact: bool,
 }
 
 impl Worker {
@@ -96,6 +98,7 @@ impl Registry {
             last_seen: now,
             draining: false,
             key: None,
+            compact: false,
         };
         let id = match self.slots.iter().position(Option::is_none) {
             Some(free) => free,

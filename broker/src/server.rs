@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use mpreg_protocol::VERSION;
+use mpreg_protocol::{compact_frame, VERSION};
 use mpreg_transport::{
     spawn, Context, Curve, Handler, Io, Key, KeyPair, ReactorHandle, ReactorThread, SendError,
     SocketId, SocketKind, SocketOptions, SocketSpec, TransportError,
@@ -78,6 +78,17 @@ fn delivery(result: Result<(), SendError>) -> Delivery {
 
 impl Outbox for Sockets<'_> {
     fn to_client(&mut self, client: &ClientAddr, kind: &str, body: &[u8]) -> Delivery {
+        if client.compact {
+            let frame = compact_frame(kind.as_bytes(), body);
+            let result = if client.delimiter {
+                self.io
+                    .send(self.client, &[&client.routing[..], b"", &frame[..]])
+            } else {
+                self.io
+                    .send(self.client, &[&client.routing[..], &frame[..]])
+            };
+            return delivery(result);
+        }
         let result = if client.delimiter {
             self.io.send(
                 self.client,
@@ -90,6 +101,14 @@ impl Outbox for Sockets<'_> {
             )
         };
         delivery(result)
+    }
+
+    fn to_worker_as(&mut self, routing: &[u8], compact: bool, kind: &str, body: &[u8]) -> Delivery {
+        if !compact {
+            return self.to_worker(routing, kind, body);
+        }
+        let frame = compact_frame(kind.as_bytes(), body);
+        delivery(self.io.send(self.worker, &[routing, &frame[..]]))
     }
 
     fn to_worker(&mut self, routing: &[u8], kind: &str, body: &[u8]) -> Delivery {

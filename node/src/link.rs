@@ -12,8 +12,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use mpreg_protocol::{
-    encode_body, failure_kind, parse_envelope, BrokerToWorker, Disconnect, Heartbeat, Limits,
-    Register, Task, TaskFailure, TaskResult, VERSION,
+    compact_frame, encode_body, failure_kind, parse_envelope, BrokerToWorker, Disconnect,
+    Heartbeat, Limits, Register, Task, TaskFailure, TaskResult,
 };
 use mpreg_transport::{
     Handler, Io, ReactorHandle, SocketId, SocketKind, SocketOptions, SocketSpec,
@@ -247,7 +247,11 @@ impl NodeHandler {
     /// broker after it expires us.
     fn send(&self, io: &mut Io, i: usize, kind: &str, body: &[u8]) -> bool {
         match self.links[i].socket {
-            Some(socket) => io.send(socket, &[VERSION, kind.as_bytes(), body]).is_ok(),
+            // One compact frame (`MPREG/1 NUL type NUL body`) instead of three: the broker
+            // answers in kind, and under CURVE every frame is a separate encryption.
+            Some(socket) => io
+                .send(socket, &[compact_frame(kind.as_bytes(), body)])
+                .is_ok(),
             None => false,
         }
     }

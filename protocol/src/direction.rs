@@ -52,6 +52,11 @@ macro_rules! direction {
             pub fn to_frames(&self) -> [Vec<u8>; 3] {
                 [VERSION.to_vec(), self.kind().as_bytes().to_vec(), self.encode_body()]
             }
+
+            /// The one compact frame: `MPREG/1 NUL type NUL body`.
+            pub fn to_compact_frame(&self) -> Vec<u8> {
+                crate::envelope::compact_frame(self.kind().as_bytes(), &self.encode_body())
+            }
         }
     };
 }

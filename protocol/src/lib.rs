@@ -29,7 +29,10 @@ pub mod worker;
 pub use client::{CancelRequest, ErrorReply, Ping, Pong, StatusReply, StatusRequest, WorkerStatus};
 pub use codec::{decode_body, encode_body, peek_request_id, DecodeError};
 pub use direction::{BrokerToClient, BrokerToWorker, ClientToBroker, Event, WorkerToBroker};
-pub use envelope::{parse as parse_envelope, router_prefix_len, Envelope, EnvelopeError, VERSION};
+pub use envelope::{
+    compact_frame, parse as parse_envelope, router_prefix_len, Envelope, EnvelopeError,
+    COMPACT_PREFIX, VERSION,
+};
 pub use error_code::ErrorCode;
 pub use limits::Limits;
 pub use plan::{PlanRequest, PlanResult, Progress, Step};

@@ -460,7 +460,7 @@ impl Client {
         let wait = self.inner.options.request_timeout;
         Request {
             id: message.request_id(),
-            frames: message.to_frames(),
+            frames: message.to_compact_frame(),
             deadline: Instant::now() + wait.min(MAX_WAIT),
             wait,
             is_plan: false,
@@ -483,7 +483,7 @@ impl Client {
     ) -> Result<PendingReply, Error> {
         let id = message.request_id();
         let is_plan = matches!(message, ClientToBroker::Plan(_));
-        let frames = message.to_frames();
+        let frames = message.to_compact_frame();
         let (reply, rx) = oneshot::channel();
         let request = Request {
             id,

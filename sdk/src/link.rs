@@ -52,7 +52,7 @@ pub(crate) enum Command {
     Publish {
         /// The request id.
         id: u64,
-        frames: [Vec<u8>; 3],
+        frames: Vec<u8>,
     },
     /// Route a subscription's events.
     Attach(Attach),
@@ -69,7 +69,7 @@ pub(crate) enum Command {
 /// One request, already encoded by the caller's task (so the reactor does no msgpack work).
 pub(crate) struct Request {
     pub id: u64,
-    pub frames: [Vec<u8>; 3],
+    pub frames: Vec<u8>,
     /// When the client stops waiting.
     pub deadline: Instant,
     /// How long that is from the send (for the timeout error).
@@ -161,7 +161,7 @@ impl Link {
             // Best effort: if the broker is not reading, its own deadline ends the plan.
             let _ = io.send(
                 socket,
-                &ClientToBroker::Cancel(CancelRequest { id }).to_frames(),
+                &[ClientToBroker::Cancel(CancelRequest { id }).to_compact_frame()],
             );
         }
     }
@@ -203,13 +203,8 @@ impl Link {
     }
 
     /// Sends on the DEALER; returns the message's position among everything sent.
-    fn send_frames(
-        &mut self,
-        io: &mut Io,
-        socket: SocketId,
-        frames: &[Vec<u8>; 3],
-    ) -> Result<u64, Error> {
-        io.send(socket, frames).map_err(|e| {
+    fn send_frames(&mut self, io: &mut Io, socket: SocketId, frame: &[u8]) -> Result<u64, Error> {
+        io.send(socket, &[frame]).map_err(|e| {
             let reason = match e {
                 SendError::WouldBlock => {
                     "the queue to the broker is full: it is not reading (is it running?)"
@@ -226,9 +221,9 @@ impl Link {
         Ok(self.sent)
     }
 
-    fn publish(&mut self, io: &mut Io, id: u64, frames: &[Vec<u8>; 3]) {
+    fn publish(&mut self, io: &mut Io, id: u64, frame: &[u8]) {
         let sent = match self.socket {
-            Some(socket) => self.send_frames(io, socket, frames),
+            Some(socket) => self.send_frames(io, socket, frame),
             None => Err(Error::Closed),
         };
         match sent {

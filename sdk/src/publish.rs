@@ -119,7 +119,7 @@ impl Client {
             confirm: options.confirm,
         });
         if !options.confirm {
-            let frames = message.to_frames();
+            let frames = message.to_compact_frame();
             self.command(Command::Publish { id, frames }).await?;
             return Ok(None);
         }

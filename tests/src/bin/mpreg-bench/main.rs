@@ -23,7 +23,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mpreg_protocol::{encode_body, BrokerToClient, Limits, PlanRequest, Step, Value, VERSION};
+use mpreg_protocol::{
+    compact_frame, encode_body, parse_envelope, BrokerToClient, Limits, PlanRequest, Step, Value,
+};
 use mpreg_tests::{start_broker, start_node};
 use mpreg_transport::baseline::{run_echo_worker, run_relay, BaselineClient};
 use mpreg_transport::{Context, RawDealer};
@@ -56,7 +58,8 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-/// Sends plans over a raw DEALER and waits for their results.
+/// Sends plans over a raw DEALER, in compact frames (one frame a message, as the node does),
+/// and waits for their results.
 struct PlanClient {
     dealer: RawDealer,
     next_id: u64,
@@ -74,7 +77,7 @@ impl PlanClient {
             progress_topic: None,
         };
         self.dealer
-            .send(&[VERSION, b"plan", &encode_body(&plan)])
+            .send(&[compact_frame(b"plan", &encode_body(&plan))])
             .expect("send plan");
         self.next_id
     }
@@ -82,13 +85,14 @@ impl PlanClient {
     fn send_raw(&mut self, body_without_id: &dyn Fn(u64) -> Vec<u8>) {
         self.next_id += 1;
         self.dealer
-            .send(&[VERSION, b"plan", &body_without_id(self.next_id)])
+            .send(&[compact_frame(b"plan", &body_without_id(self.next_id))])
             .expect("send plan");
     }
 
     fn recv(&self) -> BrokerToClient {
         let frames = self.dealer.recv(TIMEOUT).expect("reply within 30 s");
-        let reply = BrokerToClient::decode(&frames[1], &frames[2], &Limits::default())
+        let envelope = parse_envelope(&frames).expect("valid frames");
+        let reply = BrokerToClient::decode(envelope.kind, envelope.body, &Limits::default())
             .expect("valid reply");
         if let BrokerToClient::Error(e) = &reply {
             panic!("plan failed: {} {}: {}", e.code, e.kind, e.message);
