@@ -71,7 +71,7 @@ pub fn load_public_key(key_or_path: &str) -> Result<Key, Error> {
     mpreg_transport::curve::load_public(key_or_path)
         .map_err(|e| Error::Invalid(format!("server key: {e}")))
 }
-pub use publish::{PublishOptions, Published};
+pub use publish::{Outgoing, PublishOptions, Published, PublishedBatch};
 pub use subscription::{
     Delivery, LagSource, Lagging, Message, SubscribeOptions, Subscription,
     DEFAULT_SUBSCRIPTION_BUFFER,

@@ -10,12 +10,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use mpreg::{
-    Client, Delivery, Error, ErrorCode, LagSource, Message, PublishOptions, SubscribeOptions,
-    Subscription, Value,
+    Client, Delivery, Error, ErrorCode, LagSource, Message, Outgoing, PublishOptions,
+    SubscribeOptions, Subscription, Value,
 };
-use mpreg_protocol::{BatchItem, BrokerToClient, ClientToBroker, Limits, PublishBatch};
 use mpreg_tests::{bin, start_broker, BrokerProc, Proc};
-use mpreg_transport::{Context, RawDealer};
 use serde_json::{json, Value as Json};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -297,29 +295,27 @@ async fn batch_events_are_expanded_in_order() {
     let mut sub = within("subscribe", client.subscribe(["o.*.eu"]))
         .await
         .unwrap();
-    // The SDK has no batch publish: send one on the wire.
-    let raw = RawDealer::connect(&Context::new(), &b.client).unwrap();
-    let item = |topic: &str, n: i64| BatchItem {
-        topic: topic.into(),
-        headers: BTreeMap::from([("n".to_string(), n.to_string())]),
-        payload: Value::from(n),
-    };
-    let batch = ClientToBroker::PublishBatch(PublishBatch {
-        id: 1,
-        messages: vec![
+    let item = |topic: &str, n: i64| Outgoing::new(topic, n).with_header("n", n.to_string());
+    let done = within(
+        "publish_batch",
+        client.publish_batch([
             item("o.1.eu", 1),
             item("o.2.us", 2),
             item("o.3.eu", 3),
             item("o.4.eu", 4),
-        ],
-        confirm: true,
-    });
-    raw.send(&batch.to_frames()).unwrap();
-    let reply = raw.recv(WAIT).expect("published_batch");
-    match BrokerToClient::decode(&reply[1], &reply[2], &Limits::default()).unwrap() {
-        BrokerToClient::PublishedBatch(p) => assert_eq!((p.count, p.matched), (4, 3)),
-        other => panic!("{other:?}"),
-    }
+        ]),
+    )
+    .await
+    .unwrap();
+    assert_eq!((done.count, done.matched), (4, 3));
+    // Checked whole: one bad topic and nothing is published.
+    let bad = within(
+        "publish_batch",
+        client.publish_batch([item("o.5.eu", 5), Outgoing::new("", 0)]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(bad.code(), 600);
     let mut got = Vec::new();
     for _ in 0..3 {
         let m = next_message(&mut sub).await;
