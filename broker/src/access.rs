@@ -22,7 +22,10 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use config::{Config, File, FileFormat};
+use mpreg_protocol::{ClientToBroker, ErrorCode, ErrorReply};
 use mpreg_transport::{curve::load_public, Key};
+
+use crate::engine::truncate;
 use serde::Deserialize;
 
 /// What one client key may do.
@@ -216,25 +219,84 @@ impl AccessList {
     pub fn is_empty(&self) -> bool {
         self.clients.is_empty() && self.workers.is_empty()
     }
-}
 
-/// Does `pattern` match `topic` (the exchange's rules, without a trie)?
-pub fn topic_matches(pattern: &str, topic: &str) -> bool {
-    let p: Vec<&str> = pattern.split('.').collect();
-    let t: Vec<&str> = topic.split('.').collect();
-    // ok[i][j]: p[i..] matches t[j..]; filled from the end.
-    let mut ok = vec![vec![false; t.len() + 1]; p.len() + 1];
-    ok[p.len()][t.len()] = true;
-    for i in (0..p.len()).rev() {
-        for j in (0..=t.len()).rev() {
-            ok[i][j] = match p[i] {
-                "#" => ok[i + 1][j] || (j < t.len() && ok[i][j + 1]),
-                "*" => j < t.len() && ok[i + 1][j + 1],
-                word => j < t.len() && t[j] == word && ok[i + 1][j + 1],
-            };
+    /// Checks a client request of the key `user` (the ZAP `User-Id`; `None` if the
+    /// connection has none) against the rules: the `404 access_denied` to send, if refused.
+    pub fn check(&self, user: Option<&str>, request: &ClientToBroker) -> Option<ErrorReply> {
+        let id = Some(request.request_id());
+        let deny = |what: String| ErrorReply::new(id, ErrorCode::AccessDenied, what);
+        let Some(rules) = user.and_then(|u| self.client(u)) else {
+            return Some(deny(
+                "this key is not (or no longer) allowed as a client".into(),
+            ));
+        };
+        match request {
+            ClientToBroker::Plan(plan) => {
+                if let Some(step) = plan.steps.iter().find(|s| !rules.may_call(&s.fun)) {
+                    let reply = deny(format!(
+                        "{} may not call `{}`",
+                        rules.name,
+                        truncate(&step.fun)
+                    ));
+                    return Some(
+                        reply
+                            .with_step(step.name.clone())
+                            .with_fun(step.fun.clone()),
+                    );
+                }
+                match &plan.progress_topic {
+                    Some(t) if !rules.may_publish(t) => Some(deny(format!(
+                        "{} may not publish to {:?} (progress_topic)",
+                        rules.name,
+                        truncate(t)
+                    ))),
+                    _ => None,
+                }
+            }
+            ClientToBroker::Subscribe(sub) => sub
+                .patterns
+                .iter()
+                .find(|p| !rules.may_subscribe(p))
+                .map(|p| {
+                    deny(format!(
+                        "{} may not subscribe to {:?}",
+                        rules.name,
+                        truncate(p)
+                    ))
+                }),
+            ClientToBroker::Publish(publish) => (!rules.may_publish(&publish.topic)).then(|| {
+                deny(format!(
+                    "{} may not publish to {:?}",
+                    rules.name,
+                    truncate(&publish.topic)
+                ))
+            }),
+            ClientToBroker::PublishBatch(batch) => batch
+                .messages
+                .iter()
+                .enumerate()
+                .find(|(_, m)| !rules.may_publish(&m.topic))
+                .map(|(i, m)| {
+                    let mut reply = deny(format!(
+                        "{} may not publish to {:?}; nothing in the batch was published",
+                        rules.name,
+                        truncate(&m.topic)
+                    ));
+                    reply.path = Some(format!("messages[{i}].topic"));
+                    reply
+                }),
+            ClientToBroker::Cancel(_)
+            | ClientToBroker::Ping(_)
+            | ClientToBroker::Status(_)
+            | ClientToBroker::Unsubscribe(_) => None,
         }
     }
-    ok[0][0]
+}
+
+/// Does `pattern` match `topic` (the exchange's rules, without a trie)? The words of a topic
+/// are all literal, `*` and `#` included.
+pub fn topic_matches(pattern: &str, topic: &str) -> bool {
+    covers(pattern, topic, false)
 }
 
 /// Does `rule` match every topic `pattern` matches? Decided word by word: a `#` in the rule
@@ -242,16 +304,24 @@ pub fn topic_matches(pattern: &str, topic: &str) -> bool {
 /// a literal covers only itself. Sound (never says yes wrongly); it may refuse a few exotic
 /// equivalent forms such as rule `#.*` for pattern `*.#`, which are then denied.
 pub fn pattern_covers(rule: &str, pattern: &str) -> bool {
+    covers(rule, pattern, true)
+}
+
+/// `rule` against `words` (a topic, or a pattern when `wildcards`: then its `#` can only be
+/// covered by a `#`).
+fn covers(rule: &str, words: &str, wildcards: bool) -> bool {
     let r: Vec<&str> = rule.split('.').collect();
-    let p: Vec<&str> = pattern.split('.').collect();
-    let mut ok = vec![vec![false; p.len() + 1]; r.len() + 1];
-    ok[r.len()][p.len()] = true;
+    let w: Vec<&str> = words.split('.').collect();
+    // ok[i][j]: r[i..] covers w[j..]; filled from the end.
+    let mut ok = vec![vec![false; w.len() + 1]; r.len() + 1];
+    ok[r.len()][w.len()] = true;
     for i in (0..r.len()).rev() {
-        for j in (0..=p.len()).rev() {
+        for j in (0..=w.len()).rev() {
+            let one = j < w.len() && ok[i + 1][j + 1];
             ok[i][j] = match r[i] {
-                "#" => ok[i + 1][j] || (j < p.len() && ok[i][j + 1]),
-                "*" => j < p.len() && p[j] != "#" && ok[i + 1][j + 1],
-                word => j < p.len() && p[j] == word && ok[i + 1][j + 1],
+                "#" => ok[i + 1][j] || (j < w.len() && ok[i][j + 1]),
+                "*" => one && !(wildcards && w[j] == "#"),
+                word => one && w[j] == word,
             };
         }
     }
@@ -288,6 +358,9 @@ mod tests {
         for no in ["#", "*.#", "alerts.#", "alerts.*.x", "alerts", "orders*"] {
             assert!(!rules.may_subscribe(no), "{no}");
         }
+        // In a topic `*` and `#` are literal words; in a pattern `#` needs a `#` to cover it.
+        assert!(topic_matches("*", "#") && topic_matches("a.*", "a.*"));
+        assert!(!pattern_covers("*", "#") && pattern_covers("*", "*"));
     }
 
     #[test]

@@ -289,78 +289,6 @@ impl Engine {
         }
     }
 
-    /// Checks a client request against the access rules; the refusal to send, if any.
-    fn denied(&self, user: Option<&str>, request: &ClientToBroker) -> Option<ErrorReply> {
-        let access = self.access.as_ref()?;
-        let id = Some(request.request_id());
-        let deny = |what: String| ErrorReply::new(id, ErrorCode::AccessDenied, what);
-        let Some(rules) = user.and_then(|u| access.client(u)) else {
-            return Some(deny(
-                "this key is not (or no longer) allowed as a client".into(),
-            ));
-        };
-        match request {
-            ClientToBroker::Plan(plan) => {
-                if let Some(step) = plan.steps.iter().find(|s| !rules.may_call(&s.fun)) {
-                    let reply = deny(format!(
-                        "{} may not call `{}`",
-                        rules.name,
-                        truncate(&step.fun)
-                    ));
-                    return Some(
-                        reply
-                            .with_step(step.name.clone())
-                            .with_fun(step.fun.clone()),
-                    );
-                }
-                match &plan.progress_topic {
-                    Some(t) if !rules.may_publish(t) => Some(deny(format!(
-                        "{} may not publish to {:?} (progress_topic)",
-                        rules.name,
-                        truncate(t)
-                    ))),
-                    _ => None,
-                }
-            }
-            ClientToBroker::Subscribe(sub) => sub
-                .patterns
-                .iter()
-                .find(|p| !rules.may_subscribe(p))
-                .map(|p| {
-                    deny(format!(
-                        "{} may not subscribe to {:?}",
-                        rules.name,
-                        truncate(p)
-                    ))
-                }),
-            ClientToBroker::Publish(publish) => (!rules.may_publish(&publish.topic)).then(|| {
-                deny(format!(
-                    "{} may not publish to {:?}",
-                    rules.name,
-                    truncate(&publish.topic)
-                ))
-            }),
-            ClientToBroker::PublishBatch(batch) => batch
-                .messages
-                .iter()
-                .enumerate()
-                .find(|(_, m)| !rules.may_publish(&m.topic))
-                .map(|(i, m)| {
-                    let mut reply = deny(format!(
-                        "{} may not publish to {:?}; nothing in the batch was published",
-                        rules.name,
-                        truncate(&m.topic)
-                    ));
-                    reply.path = Some(format!("messages[{i}].topic"));
-                    reply
-                }),
-            ClientToBroker::Cancel(_)
-            | ClientToBroker::Ping(_)
-            | ClientToBroker::Status(_)
-            | ClientToBroker::Unsubscribe(_) => None,
-        }
-    }
-
     /// A message from the client socket, from a connection authenticated as `user` (the ZAP
     /// `User-Id`; `None` without CURVE).
     pub fn on_client_message_as(
@@ -423,7 +351,7 @@ impl Engine {
                     return;
                 }
             };
-        if let Some(reply) = self.denied(user, &request) {
+        if let Some(reply) = self.access.as_ref().and_then(|a| a.check(user, &request)) {
             self.count("requests_denied");
             return self.reply_error(out, &client, reply);
         }
@@ -1549,6 +1477,7 @@ fn subscribe_error(id: u64, e: SubscribeError) -> ErrorReply {
     }
 }
 
-fn truncate(s: &str) -> String {
+/// At most 64 characters of `s`, for error messages that quote client input.
+pub(crate) fn truncate(s: &str) -> String {
     s.chars().take(64).collect()
 }

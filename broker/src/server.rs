@@ -198,7 +198,7 @@ impl Handler for BrokerHandler {
             return self.on_zap(io, socket, &frames);
         }
         let now = io.now();
-        let user = io.peer_user().map(str::to_owned);
+        let user = io.take_peer_user();
         let user = user.as_deref();
         let mut out = self.sockets(io);
         if socket == self.client {

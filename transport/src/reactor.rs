@@ -108,7 +108,7 @@ pub struct SocketSpec {
     pub connect: Vec<String>,
     /// SUB: prefixes to subscribe to.
     pub subscribe: Vec<Vec<u8>>,
-    /// Read the ZAP `User-Id` of every message received (see [`Io::peer_user`]).
+    /// Read the ZAP `User-Id` of every message received (see [`Io::take_peer_user`]).
     pub user_ids: bool,
     /// The libzmq context: 0 is the reactor's; another number is a context of this reactor
     /// with its own I/O thread (where CURVE encryption runs), shared by the sockets that name
@@ -309,10 +309,11 @@ impl Io {
             .map_err(|e| SendError::Other(e.to_string()))
     }
 
-    /// The ZAP `User-Id` of the message being handled, when its socket was opened
-    /// [`SocketSpec::with_user_ids`] and the peer authenticated through ZAP.
-    pub fn peer_user(&self) -> Option<&str> {
-        self.peer_user.as_deref()
+    /// The ZAP `User-Id` of the message being handled (moved out: ask once per message), when
+    /// its socket was opened [`SocketSpec::with_user_ids`] and the peer authenticated through
+    /// ZAP.
+    pub fn take_peer_user(&mut self) -> Option<String> {
+        self.peer_user.take()
     }
 
     /// The time the current loop iteration started.
