@@ -300,3 +300,55 @@ pub fn cli(broker: &str, args: &[&str], stdin: Option<&str>) -> (i32, String, St
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The Python interpreter for the conformance programs (`$PYTHON`, default `python3`).
+pub fn python() -> String {
+    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// `tests/python/`: the conformance programs written from docs/PROTOCOL.md.
+pub fn python_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python")
+}
+
+/// Runs `tests/python/<script>` with `args` to completion: (success, stdout + stderr).
+pub fn run_python<S: AsRef<std::ffi::OsStr>>(script: &str, args: &[S]) -> (bool, String) {
+    let out = Command::new(python())
+        .arg(python_dir().join(script))
+        .args(args)
+        .output()
+        .expect("python3 (scripts/test.sh installs pyzmq and msgpack)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The next reply on a raw DEALER in three-frame form, decoded; panics after `timeout`.
+pub fn raw_reply(
+    dealer: &mpreg_transport::RawDealer,
+    timeout: Duration,
+) -> mpreg_protocol::BrokerToClient {
+    let frames = dealer.recv(timeout).expect("a reply within the timeout");
+    assert_eq!(frames.len(), 3, "{frames:?}");
+    assert_eq!(frames[0], mpreg_protocol::VERSION);
+    mpreg_protocol::BrokerToClient::decode(
+        &frames[1],
+        &frames[2],
+        &mpreg_protocol::Limits::default(),
+    )
+    .expect("a valid reply")
+}
+
+/// The next reply on a raw DEALER, which must be an `error`.
+pub fn raw_error(
+    dealer: &mpreg_transport::RawDealer,
+    timeout: Duration,
+) -> mpreg_protocol::ErrorReply {
+    match raw_reply(dealer, timeout) {
+        mpreg_protocol::BrokerToClient::Error(e) => e,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}

@@ -71,17 +71,11 @@ fn memory(pid: u32) -> Memory {
 }
 
 fn reply(dealer: &RawDealer) -> BrokerToClient {
-    let frames = dealer.recv(WAIT).expect("a reply within the timeout");
-    assert_eq!(frames.len(), 3, "{frames:?}");
-    assert_eq!(frames[0], VERSION);
-    BrokerToClient::decode(&frames[1], &frames[2], &Limits::default()).expect("a valid reply")
+    mpreg_tests::raw_reply(dealer, WAIT)
 }
 
 fn error(dealer: &RawDealer) -> ErrorReply {
-    match reply(dealer) {
-        BrokerToClient::Error(e) => e,
-        other => panic!("expected an error, got {other:?}"),
-    }
+    mpreg_tests::raw_error(dealer, WAIT)
 }
 
 fn result(dealer: &RawDealer) -> PlanResult {

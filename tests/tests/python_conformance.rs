@@ -4,34 +4,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use mpreg::{args, Client, Error, ErrorCode, Value};
-use mpreg_tests::{start_broker, Cluster, Proc, START_TIMEOUT};
-
-fn python_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python")
-}
-
-fn python() -> String {
-    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
-}
+use mpreg_tests::{python, python_dir, run_python, start_broker, Cluster, Proc, START_TIMEOUT};
 
 #[test]
 fn python_client_plans_run_on_rust_workers() {
     let c = Cluster::start(&[&["a"], &["b"]]);
-    let out = Command::new(python())
-        .arg(python_dir().join("selftest.py"))
-        .args(["--client", &c.broker.client, "--worker", &c.broker.worker])
-        .output()
-        .expect("python3 (scripts/test.sh installs pyzmq and msgpack)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let (ok, text) = run_python(
+        "selftest.py",
+        &["--client", &c.broker.client, "--worker", &c.broker.worker],
     );
-    assert!(out.status.success(), "python selftest failed:\n{text}");
+    assert!(ok, "python selftest failed:\n{text}");
 }
 
 #[test]
@@ -39,35 +24,18 @@ fn python_topics_client_subscribes_with_wildcards_and_publishes() {
     // Wildcards, overlap, literal `*`, batches, typed errors 600-602, unsubscribe, and the
     // retained backlog followed by live messages (docs/PROTOCOL.md section 15).
     let b = start_broker(&[], &[("MPREG_BROKER_TOPICS__RETAIN_COUNT", "3")]);
-    let out = Command::new(python())
-        .arg(python_dir().join("mpreg_topics.py"))
-        .args(["--broker", &b.client, "selftest", "--retained"])
-        .output()
-        .expect("python3 (scripts/test.sh installs pyzmq and msgpack)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let (ok, text) = run_python(
+        "mpreg_topics.py",
+        &["--broker", &b.client, "selftest", "--retained"],
     );
-    assert!(
-        out.status.success(),
-        "python topics selftest failed:\n{text}"
-    );
+    assert!(ok, "python topics selftest failed:\n{text}");
     assert!(text.contains("all checks passed"), "{text}");
 }
 
 #[test]
 fn python_fixture_encoding_matches_the_golden_bytes() {
-    let out = Command::new(python())
-        .arg(python_dir().join("check_fixtures.py"))
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, text) = run_python::<&str>("check_fixtures.py", &[]);
+    assert!(ok, "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

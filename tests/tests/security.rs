@@ -433,25 +433,23 @@ fn the_python_client_speaks_curve() {
     )
     .unwrap();
     let b = keys.broker_with(&[("MPREG_BROKER_TOPICS__RETAIN_COUNT", "3")]);
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/mpreg_topics.py");
-    let out = std::process::Command::new(std::env::var("PYTHON").unwrap_or("python3".into()))
-        .arg(script)
-        .args(["--broker", &b.client, "--curve"])
-        // The .pub file: a Z85 key may start with `-`, which argparse takes for an option.
-        .arg(keys.dir.join("broker.pub"))
-        .arg(keys.dir.join("py.key"))
-        .args(["selftest", "--retained"])
-        .output()
-        .expect("python3 (scripts/test.sh installs pyzmq and msgpack)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    // The .pub file, not the Z85 text: a key may start with `-`, which argparse takes for an
+    // option.
+    let broker_pub = keys.dir.join("broker.pub");
+    let py_key = keys.dir.join("py.key");
+    let (ok, text) = mpreg_tests::run_python(
+        "mpreg_topics.py",
+        &[
+            "--broker".as_ref(),
+            b.client.as_ref(),
+            "--curve".as_ref(),
+            broker_pub.as_os_str(),
+            py_key.as_os_str(),
+            "selftest".as_ref(),
+            "--retained".as_ref(),
+        ] as &[&std::ffi::OsStr],
     );
-    assert!(
-        out.status.success() && text.contains("all checks passed"),
-        "{text}"
-    );
+    assert!(ok && text.contains("all checks passed"), "{text}");
 }
 
 fn sleep_plan(id: u64, ms: u64, payload: Value) -> ClientToBroker {
