@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use mpreg_broker::engine::{ClientAddr, Delivery, Engine, EngineConfig, Outbox};
 use mpreg_broker::exchange::EventSink;
 use mpreg_broker::matcher::Matcher;
-use mpreg_broker::plan_graph::{for_each_string, reference_target, PlanGraph};
+use mpreg_broker::plan_graph::{for_each_string, reference_target, PlanGraph, MAX_CYCLE_NAMES};
 use mpreg_broker::resolve::{resolve_args, Results};
 use mpreg_protocol::codec::{decode_body, encode_body, peek_request_id, DecodeError};
 use mpreg_protocol::msgpack_scan::{scan, ScanError};
@@ -344,7 +344,9 @@ const FUNS: &[&str] = &["f", "echo", "", "function_name"];
 /// - bit 0 clear: the rest is a `plan` body, decoded as the broker does;
 /// - bit 0 set: the rest drives a generator of steps whose names and references collide
 ///   (duplicates, dotted names, cycles, field paths), and the plan goes through the codec;
-/// - bit 1 set: small limits (8 steps, 8-byte names, 2 resources), else the defaults.
+/// - bit 1 set: small limits (8 steps, 8-byte names, 2 resources), else the defaults;
+/// - bit 2 set (overrides bit 0): a long shape, see [`long_shape`]: a loop or a chain of up
+///   to 262,140 steps, the sizes where a recursive walk of the graph overflows the stack.
 ///
 /// The plan goes through [`PlanGraph::build`] and, when valid, through reference resolution
 /// in dependency order; both are compared with a model written from the rules.
@@ -361,7 +363,9 @@ pub fn plan_validation(data: &[u8]) {
             ..Limits::default()
         }
     };
-    let steps = if mode & 1 == 0 {
+    let steps = if mode & 4 != 0 {
+        long_shape(&mut input)
+    } else if mode & 1 == 0 {
         match decode_body::<PlanRequest>(input.rest(), &limits) {
             Ok(plan) => plan.steps,
             Err(_) => return,
@@ -383,6 +387,32 @@ pub fn plan_validation(data: &[u8]) {
         decoded.steps
     };
     check_plan(&steps, &limits, &mut input);
+}
+
+/// Steps `s0 .. s{n-1}` where each references the next, read from the input as a
+/// little-endian u16 `k` (n = 4k, so up to 262,140) and a shape byte: 0 a chain (valid), 1 a
+/// loop through every step, 2 a chain whose last step references the middle one (a tail
+/// leading into a loop), 3 a loop with a second reference to step 0 from every step.
+fn long_shape(input: &mut Input<'_>) -> Vec<Step> {
+    let k = usize::from(input.byte()) | usize::from(input.byte()) << 8;
+    let n = 4 * k;
+    let shape = input.below(4);
+    (0..n)
+        .map(|i| {
+            let mut args = Vec::new();
+            let next = i + 1;
+            match (shape, next < n) {
+                (_, true) => args.push(Value::from(format!("s{next}"))),
+                (1 | 3, false) => args.push(Value::from("s0")),
+                (2, false) => args.push(Value::from(format!("s{}", n / 2))),
+                _ => {}
+            }
+            if shape == 3 && i > 0 {
+                args.push(Value::from("s0.x"));
+            }
+            Step::new(format!("s{i}"), "f", args)
+        })
+        .collect()
 }
 
 fn generate_steps(input: &mut Input<'_>) -> Vec<Step> {
@@ -592,7 +622,13 @@ fn check_cycle(steps: &[Step], limits: &Limits, cycle: &[String]) {
         cycle.len(),
         "cycle {cycle:?} repeats a step"
     );
+    // A cycle longer than the broker lists is cut after `MAX_CYCLE_NAMES` steps: every listed
+    // step references the next, and the last one the first only when the list is whole.
+    let whole = cycle.len() < MAX_CYCLE_NAMES;
     for (i, name) in cycle.iter().enumerate() {
+        if i + 1 == cycle.len() && !whole {
+            break;
+        }
         let next = &cycle[(i + 1) % cycle.len()];
         let (Some(&at), Some(&to)) = (index.get(name.as_str()), index.get(next.as_str())) else {
             panic!("cycle {cycle:?} names a step the plan does not have");

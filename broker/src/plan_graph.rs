@@ -8,8 +8,12 @@
 use std::collections::HashMap;
 
 use mpreg_protocol::{ErrorCode, Limits, Step, Value};
-use petgraph::algo::tarjan_scc;
-use petgraph::graphmap::DiGraphMap;
+
+/// Most step names a `plan_cycle` error lists in its `cycle` field: a reply naming every step
+/// of a 100,000-step loop could exceed the message limit (names are up to 256 bytes).
+pub const MAX_CYCLE_NAMES: usize = 1_000;
+/// Step names quoted in a `plan_cycle` error's message.
+const CYCLE_NAMES_IN_MESSAGE: usize = 10;
 
 /// Why a plan was rejected before anything ran.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,11 +108,21 @@ impl PlanGraph {
         if let Some(cycle) = graph.find_cycle() {
             let names: Vec<String> = cycle
                 .iter()
+                .take(MAX_CYCLE_NAMES)
                 .map(|&i| steps[i as usize].name.clone())
                 .collect();
+            let shown = names.len().min(CYCLE_NAMES_IN_MESSAGE);
+            let mut message = format!(
+                "the plan has a cycle of {} steps: {}",
+                cycle.len(),
+                names[..shown].join(" -> ")
+            );
+            if cycle.len() > shown {
+                message.push_str(" -> ...");
+            }
             return Err(PlanError {
                 code: ErrorCode::PlanCycle,
-                message: format!("the plan has a cycle: {}", names.join(" -> ")),
+                message,
                 step: names.first().cloned(),
                 cycle: Some(names),
             });
@@ -140,36 +154,35 @@ impl PlanGraph {
         if ordered == n {
             return None;
         }
-        // Name one cycle: a strongly connected component of the unordered rest.
-        let mut graph = DiGraphMap::<u32, ()>::new();
-        for i in (0..n).filter(|&i| pending[i] > 0) {
-            graph.add_node(i as u32);
-            for &d in &self.deps[i] {
-                if pending[d as usize] > 0 {
-                    graph.add_edge(i as u32, d, ());
-                }
-            }
-        }
-        let component = tarjan_scc(&graph)
-            .into_iter()
-            .find(|c| c.len() > 1 || graph.contains_edge(c[0], c[0]))?;
-        // Walk inside the component from its smallest member until a step repeats.
-        let members: std::collections::HashSet<u32> = component.iter().copied().collect();
-        let start = *component.iter().min()?;
-        let mut path = vec![start];
-        let mut seen = HashMap::from([(start, 0usize)]);
-        let mut at = start;
-        loop {
-            let next = *self.deps[at as usize]
+        // Name one cycle. Every step left unordered has an unordered dependency (that is why
+        // it stayed), so following the first one from any of them must come back to a step
+        // already on the path: the steps from there on form a cycle. Iterative, O(steps): a
+        // client-controlled loop of any length cannot exhaust the stack.
+        let next = |i: usize| {
+            self.deps[i]
                 .iter()
-                .find(|d| members.contains(d))?;
-            if let Some(&pos) = seen.get(&next) {
-                return Some(path.split_off(pos));
-            }
-            seen.insert(next, path.len());
-            path.push(next);
-            at = next;
+                .map(|&d| d as usize)
+                .find(|&d| pending[d] > 0)
+        };
+        let first = (0..n).find(|&i| pending[i] > 0)?;
+        let mut position = vec![usize::MAX; n];
+        let mut path = Vec::new();
+        let mut at = first;
+        while position[at] == usize::MAX {
+            position[at] = path.len();
+            path.push(at);
+            at = next(at)?;
         }
+        let cycle = path.split_off(position[at]);
+        // Start at the cycle's smallest step: the same plan always names the same cycle.
+        let (low, _) = cycle.iter().enumerate().min_by_key(|&(_, &i)| i)?;
+        Some(
+            cycle[low..]
+                .iter()
+                .chain(&cycle[..low])
+                .map(|&i| i as u32)
+                .collect(),
+        )
     }
 }
 
@@ -330,6 +343,37 @@ mod tests {
         assert_eq!(selfref.cycle.unwrap(), vec!["me"]);
     }
 
+    /// Steps `s0..s{n-1}`, each referencing the next; the last references `s{close}` if given.
+    fn ring(n: usize, close: Option<usize>) -> Vec<Step> {
+        (0..n)
+            .map(|i| {
+                let next = if i + 1 < n { Some(i + 1) } else { close };
+                step(
+                    &format!("s{i}"),
+                    next.map(|j| vec![s(&format!("s{j}"))]).unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_loop_of_max_steps_is_rejected_without_exhausting_the_stack() {
+        // A recursive cycle search overflowed the stack from about 60,000 steps.
+        let limits = Limits::default();
+        let err = PlanGraph::build(&ring(limits.max_steps, Some(0)), &limits).unwrap_err();
+        assert_eq!(err.code, ErrorCode::PlanCycle);
+        let cycle = err.cycle.unwrap();
+        assert_eq!(cycle.len(), MAX_CYCLE_NAMES);
+        assert_eq!((cycle[0].as_str(), cycle[1].as_str()), ("s0", "s1"));
+        assert!(err
+            .message
+            .starts_with("the plan has a cycle of 100000 steps: s0 -> s1"));
+        assert!(err.message.len() < 200, "{}", err.message);
+        // And as a chain it is valid: every walk over it is iterative too.
+        let chain = PlanGraph::build(&ring(limits.max_steps, None), &limits).unwrap();
+        assert!(chain.is_sink(0) && !chain.is_sink(limits.max_steps - 1));
+    }
+
     #[test]
     fn empty_plan_is_valid() {
         let g = PlanGraph::build(&[], &Limits::default()).unwrap();
@@ -382,6 +426,16 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn a_tail_into_a_loop_names_exactly_the_loop(len in 1usize..3_000, entry in any::<prop::sample::Index>()) {
+            // s0 -> ... -> s{len-1} -> s{entry}: the loop is s{entry} .. s{len-1}.
+            let entry = entry.index(len);
+            let err = PlanGraph::build(&ring(len, Some(entry)), &Limits::default()).unwrap_err();
+            prop_assert_eq!(err.code, ErrorCode::PlanCycle);
+            let want: Vec<String> = (entry..len).take(MAX_CYCLE_NAMES).map(|i| format!("s{i}")).collect();
+            prop_assert_eq!(err.cycle.unwrap(), want);
+        }
+
         #[test]
         fn random_dags_are_accepted_with_exact_deps((steps, deps) in dag()) {
             let g = PlanGraph::build(&steps, &Limits::default()).unwrap();

@@ -214,3 +214,43 @@ fn invalid_plans_are_rejected_before_running() {
         matches!(reply(&d), BrokerToClient::Result(PlanResult { id: 6, ref results }) if results.is_empty())
     );
 }
+
+/// One valid-sized request used to kill the broker: a reference loop through 60,000 or more
+/// steps overflowed the stack of a recursive cycle search (exit 134, everything in flight
+/// lost). Now it is a `plan_cycle` like any other, and the broker keeps serving.
+#[test]
+fn a_loop_through_max_steps_is_a_cycle_error_not_a_crash() {
+    let broker = start_broker(&[], &[]);
+    let ctx = Context::new();
+    let d = RawDealer::connect(&ctx, &broker.client).unwrap();
+    let n = Limits::default().max_steps;
+    let steps = (0..n)
+        .map(|i| {
+            Step::new(
+                format!("s{i}"),
+                "echo",
+                vec![Value::from(format!("s{}", (i + 1) % n))],
+            )
+        })
+        .collect();
+    let plan = PlanRequest {
+        id: 7,
+        steps,
+        deadline_ms: None,
+        all_results: false,
+        progress: false,
+        progress_topic: None,
+    };
+    d.send(&ClientToBroker::Plan(plan).to_frames()).unwrap();
+    let e = error(&d);
+    assert_eq!(e.error_code(), Some(ErrorCode::PlanCycle), "{e:?}");
+    assert_eq!(e.id, Some(7));
+    let cycle = e.cycle.unwrap();
+    assert_eq!(
+        (cycle.len(), cycle[0].as_str()),
+        (1_000, "s0"),
+        "the cycle list is capped"
+    );
+    assert!(e.message.contains("cycle of 100000 steps"), "{}", e.message);
+    ping_works(&ctx, &broker.client);
+}
