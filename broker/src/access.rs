@@ -286,6 +286,7 @@ impl AccessList {
                     reply
                 }),
             ClientToBroker::Cancel(_)
+            | ClientToBroker::Heartbeat(_)
             | ClientToBroker::Ping(_)
             | ClientToBroker::Status(_)
             | ClientToBroker::Unsubscribe(_) => None,

@@ -14,6 +14,7 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
 /// Everything the broker can be told.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BrokerConfig {
     /// Name reported to peers; empty means `broker-<pid>`.
     pub name: String,
@@ -29,6 +30,8 @@ pub struct BrokerConfig {
     pub heartbeat_ms: u64,
     /// Missed intervals before a worker expires.
     pub liveness: u32,
+    /// Missed client heartbeat intervals before a client's plans are cancelled.
+    pub client_liveness: u32,
     /// Default plan deadline, milliseconds.
     pub default_deadline_ms: u64,
     /// Longest plan deadline, milliseconds.
@@ -57,6 +60,7 @@ pub struct BrokerConfig {
 
 /// `[security]`.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SecurityConfig {
     /// The broker's key-pair file; empty: no CURVE.
     pub key_file: String,
@@ -70,6 +74,7 @@ pub struct SecurityConfig {
 
 /// `[topics]`.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TopicsConfig {
     /// Retained messages per topic.
     pub retain_count: usize,
@@ -83,6 +88,7 @@ pub struct TopicsConfig {
 
 /// `[socket]`.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SocketConfig {
     /// High-water mark per peer.
     pub hwm: i32,
@@ -92,6 +98,8 @@ pub struct SocketConfig {
     pub backlog: i32,
     /// High-water mark per subscriber on the event socket.
     pub event_hwm: i32,
+    /// How long the sockets keep sending what is queued when the broker exits, milliseconds.
+    pub close_linger_ms: u64,
 }
 
 /// Values given on the command line (highest precedence).
@@ -157,7 +165,11 @@ impl BrokerConfig {
         if overrides.insecure {
             builder = builder.set_override("security.insecure", true)?;
         }
-        let mut config: BrokerConfig = builder.build()?.try_deserialize()?;
+        let mut config: BrokerConfig = builder.build()?.try_deserialize().map_err(|e| {
+            config::ConfigError::Message(format!(
+                "{e} (check the configuration file and the MPREG_BROKER_* variables)"
+            ))
+        })?;
         if config.name.is_empty() {
             config.name = format!("broker-{}", std::process::id());
         }
@@ -166,17 +178,34 @@ impl BrokerConfig {
     }
 
     fn validate(&self) -> Result<(), String> {
+        for (key, endpoint) in self.endpoints() {
+            mpreg_transport::endpoint::validate(endpoint)
+                .map_err(|e| format!("configuration `{key}`: {e}"))?;
+        }
+        if !self.advertise_event_endpoint.is_empty() {
+            mpreg_transport::endpoint::validate(&self.advertise_event_endpoint)
+                .map_err(|e| format!("configuration `advertise_event_endpoint`: {e}"))?;
+        }
+        check_log_level("log_level", &self.log_level)?;
+        check_limits(&self.limits)?;
         let positive = [
             ("heartbeat_ms", self.heartbeat_ms as usize),
             ("liveness", self.liveness as usize),
+            ("client_liveness", self.client_liveness as usize),
             ("default_deadline_ms", self.default_deadline_ms as usize),
             ("max_plans_in_flight", self.max_plans_in_flight),
             ("max_plans_per_client", self.max_plans_per_client),
             ("max_plan_bytes_in_flight", self.max_plan_bytes_in_flight),
-            ("limits.max_message_bytes", self.limits.max_message_bytes),
-            ("limits.max_depth", self.limits.max_depth),
-            ("limits.max_name_bytes", self.limits.max_name_bytes),
             ("socket.hwm", self.socket.hwm.max(0) as usize),
+            ("socket.backlog", self.socket.backlog.max(0) as usize),
+            (
+                "topics.max_subscriptions_per_client",
+                self.topics.max_subscriptions_per_client,
+            ),
+            (
+                "topics.activation_timeout_ms",
+                self.topics.activation_timeout_ms as usize,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -246,6 +275,8 @@ impl BrokerConfig {
     pub fn engine(&self) -> EngineConfig {
         EngineConfig {
             name: self.name.clone(),
+            client_endpoint: self.client_endpoint.clone(),
+            worker_endpoint: self.worker_endpoint.clone(),
             limits: self.limits(),
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             liveness: self.liveness,
@@ -263,8 +294,56 @@ impl BrokerConfig {
                 activation_timeout: Duration::from_millis(self.topics.activation_timeout_ms),
             },
             max_worker_capacity: self.security.max_worker_capacity,
+            client_liveness: self.client_liveness,
         }
     }
+}
+
+/// The log levels the broker and the node accept.
+pub const LOG_LEVELS: [&str; 6] = ["critical", "error", "warning", "info", "debug", "trace"];
+
+/// Checks a log level setting, naming the key when it is not one of [`LOG_LEVELS`] (or
+/// slog's short forms, such as `warn`).
+pub fn check_log_level(key: &str, level: &str) -> Result<(), String> {
+    if level.parse::<slog::Level>().is_ok() {
+        Ok(())
+    } else {
+        Err(format!(
+            "configuration `{key}` = {level:?} is not a log level; use one of {}",
+            LOG_LEVELS.join(", ")
+        ))
+    }
+}
+
+/// Smallest `max_message_bytes` accepted: a smaller one could not carry an error reply.
+pub const MIN_MESSAGE_BYTES: usize = 4096;
+/// Smallest `max_depth` accepted: a plan's step arguments already sit four levels deep.
+pub const MIN_DEPTH: usize = 8;
+
+/// Checks `[limits]`: each must leave room for the messages the protocol itself needs.
+fn check_limits(limits: &Limits) -> Result<(), String> {
+    let at_least = [
+        (
+            "limits.max_message_bytes",
+            limits.max_message_bytes,
+            MIN_MESSAGE_BYTES,
+        ),
+        ("limits.max_depth", limits.max_depth, MIN_DEPTH),
+        ("limits.max_steps", limits.max_steps, 1),
+        ("limits.max_name_bytes", limits.max_name_bytes, 1),
+        ("limits.max_locs", limits.max_locs, 1),
+        ("limits.max_topic_bytes", limits.max_topic_bytes, 1),
+        ("limits.max_topic_words", limits.max_topic_words, 1),
+        ("limits.max_patterns", limits.max_patterns, 1),
+    ];
+    for (key, value, min) in at_least {
+        if value < min {
+            return Err(format!(
+                "configuration `{key}` = {value} is too small: at least {min}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -68,6 +68,9 @@ struct Subscription {
     patterns: Vec<String>,
     backlog: bool,
     active: bool,
+    /// SUB connections that asked for the token and have not left (see
+    /// [`Exchange::on_subscription_frame`]).
+    sub_pipes: u32,
     created: Instant,
     seq: u64,
     dropped_pending: u64,
@@ -105,6 +108,11 @@ pub struct ExchangeCounters {
     pub dropped: u64,
 }
 
+/// Tokens of subscriptions that ended on the SUB side, remembered so that the client's own
+/// `unsubscribe` arriving afterwards is answered `unsubscribed` rather than `602` (both orders
+/// of the two end the subscription cleanly). Bounded: the oldest is forgotten first.
+const REMEMBERED_ENDINGS: usize = 4096;
+
 /// The exchange state.
 pub struct Exchange {
     config: ExchangeConfig,
@@ -118,6 +126,8 @@ pub struct Exchange {
     scratch: Vec<Key>,
     counters: ExchangeCounters,
     last_id: u128,
+    /// Recently ended tokens and their client, oldest first ([`REMEMBERED_ENDINGS`]).
+    ended: VecDeque<(String, RoutingId)>,
 }
 
 impl Exchange {
@@ -135,6 +145,7 @@ impl Exchange {
             scratch: Vec::new(),
             counters: ExchangeCounters::default(),
             last_id: 0,
+            ended: VecDeque::new(),
         }
     }
 
@@ -211,6 +222,7 @@ impl Exchange {
                 patterns,
                 backlog,
                 active: false,
+                sub_pipes: 0,
                 created: now,
                 seq: 0,
                 dropped_pending: 0,
@@ -220,15 +232,45 @@ impl Exchange {
         Ok(token)
     }
 
-    /// Ends a subscription on behalf of its client.
+    /// Ends a subscription on behalf of its client. A token whose SUB side already ended it
+    /// (closed or unsubscribed first) is answered as ended too.
     pub fn unsubscribe(&mut self, client: &RoutingId, token: &str) -> Result<(), SubscribeError> {
         match self.by_token.get(token).and_then(|k| self.subs.get(k)) {
             Some(sub) if &sub.client == client => {
                 self.remove(token);
                 Ok(())
             }
-            _ => Err(SubscribeError::Unknown),
+            Some(_) => Err(SubscribeError::Unknown),
+            None => match self
+                .ended
+                .iter()
+                .position(|(t, c)| t == token && c == client)
+            {
+                Some(at) => {
+                    self.ended.remove(at);
+                    Ok(())
+                }
+                None => Err(SubscribeError::Unknown),
+            },
         }
+    }
+
+    /// Ends every subscription of a client connection that went away; returns how many.
+    pub fn drop_client(&mut self, client: &RoutingId) -> usize {
+        if !self.per_client.contains_key(client) {
+            return 0;
+        }
+        let tokens: Vec<String> = self
+            .subs
+            .values()
+            .filter(|s| &s.client == client)
+            .map(|s| s.token.clone())
+            .collect();
+        for token in &tokens {
+            self.remove(token);
+        }
+        self.ended.retain(|(_, c)| c != client);
+        tokens.len()
     }
 
     fn remove(&mut self, token: &str) -> bool {
@@ -251,9 +293,15 @@ impl Exchange {
     }
 
     /// A frame from the XPUB: `0x01 token` (a SUB subscribed) or `0x00 token` (it left).
-    /// `user` is the SUB connection's authenticated key (`None` without CURVE). A SUB filter
-    /// that is not the token of a pending subscription of the same identity (a guess, an empty
-    /// prefix, someone else's token) is ignored: that SUB receives nothing for it.
+    /// `user` is the SUB connection's authenticated key (`None` without CURVE).
+    ///
+    /// A token belongs to the first SUB that activates it, in every mode: only that SUB gets
+    /// the token's messages. A SUB filter that is not the token of a pending subscription of
+    /// the same identity (a guess, an empty prefix, someone else's token, a token already
+    /// active) is never applied: that SUB receives nothing for it. The XPUB does not say which
+    /// SUB sent a frame, so the broker counts the SUBs holding each token and ends the
+    /// subscription when the last one leaves (or, under CURVE, when its owner unsubscribes):
+    /// a second SUB leaving cannot end someone else's subscription.
     pub fn on_subscription_frame(
         &mut self,
         out: &mut impl EventSink,
@@ -267,22 +315,32 @@ impl Exchange {
         let Ok(token) = std::str::from_utf8(token) else {
             return;
         };
-        let owned = self
-            .by_token
-            .get(token)
-            .and_then(|k| self.subs.get(k))
-            .is_some_and(|sub| sub.owner.as_deref() == user);
+        let Some(sub) = self.by_token.get(token).and_then(|k| self.subs.get_mut(k)) else {
+            return;
+        };
+        let owned = sub.owner.as_deref() == user;
         match flag {
-            1 if owned => {
-                out.accept_subscription(token.as_bytes());
-                self.activate(out, token, now);
+            1 => {
+                sub.sub_pipes += 1;
+                if owned && !sub.active {
+                    out.accept_subscription(token.as_bytes());
+                    self.activate(out, token, now);
+                }
             }
             0 => {
+                // Withdraws the filter from the SUB that sent this frame, if it had one.
                 out.drop_subscription(token.as_bytes());
-                // `user` is None on the unsubscriptions libzmq generates itself when a SUB
-                // disconnects (and on every frame without CURVE).
-                if owned || user.is_none() {
+                sub.sub_pipes = sub.sub_pipes.saturating_sub(1);
+                // Under CURVE `user` names the SUB of an explicit unsubscription; libzmq's own
+                // frames for a SUB that disconnected carry none.
+                let owner_left = sub.owner.is_some() && owned;
+                if (sub.active && sub.sub_pipes == 0) || owner_left {
+                    let client = sub.client.clone();
                     self.remove(token);
+                    if self.ended.len() == REMEMBERED_ENDINGS {
+                        self.ended.pop_front();
+                    }
+                    self.ended.push_back((token.to_string(), client));
                 }
             }
             _ => {}

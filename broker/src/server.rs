@@ -129,6 +129,8 @@ struct BrokerHandler {
     /// The keys allowed in, as the ZAP handler sees them (the engine has its own copy).
     access: Option<AccessList>,
     finished: bool,
+    /// LINGER when the sockets close (`socket.close_linger_ms`).
+    close_linger: Duration,
     log: Logger,
 }
 
@@ -268,6 +270,12 @@ impl Handler for BrokerHandler {
     fn is_finished(&self) -> bool {
         self.finished
     }
+
+    fn close_linger(&self) -> Duration {
+        // The `disconnect` just sent to every worker and the last replies to clients: closing
+        // with LINGER 0 discarded some of them (a worker then noticed only 3 s later).
+        self.close_linger
+    }
 }
 
 /// A broker running on its own reactor thread.
@@ -352,6 +360,7 @@ impl Broker {
             None => Vec::new(),
         };
         let handler_access = access.clone();
+        let close_linger = Duration::from_millis(config.socket.close_linger_ms);
         let mut engine_config = config.engine();
         let (endpoints_tx, endpoints_rx) = std::sync::mpsc::channel();
         let engine_log = log.clone();
@@ -370,6 +379,8 @@ impl Broker {
                 io.bound_endpoints(worker)[0].clone(),
                 io.bound_endpoints(events)[0].clone(),
             );
+            engine_config.client_endpoint = endpoints.0.clone();
+            engine_config.worker_endpoint = endpoints.1.clone();
             if engine_config.exchange.events_endpoint.is_empty() {
                 engine_config.exchange.events_endpoint = endpoints.2.clone();
             }
@@ -393,6 +404,7 @@ impl Broker {
                 zap,
                 access: handler_access,
                 finished: false,
+                close_linger,
                 log: engine_log,
             })
         })?;

@@ -9,6 +9,7 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
 /// Everything the node binary can be told.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// Name; empty means `node-<pid>`.
     pub name: String,
@@ -97,7 +98,11 @@ impl NodeConfig {
         if let Some(v) = &flags.key_file {
             b = b.set_override("key_file", v.as_str())?;
         }
-        let mut c: NodeConfig = b.build()?.try_deserialize()?;
+        let mut c: NodeConfig = b.build()?.try_deserialize().map_err(|e| {
+            config::ConfigError::Message(format!(
+                "{e} (check the configuration file and the MPREG_NODE_* variables)"
+            ))
+        })?;
         if c.name.is_empty() {
             c.name = format!("node-{}", std::process::id());
         }
@@ -127,6 +132,43 @@ impl NodeConfig {
         }
         if self.capacity == 0 {
             return invalid("capacity", "must be at least 1".into());
+        }
+        // What a broker with default limits accepts in a registration (`max_name_bytes`,
+        // `max_locs`): anything longer would be refused at every registration.
+        let limits = mpreg_protocol::Limits::default();
+        if self.name.len() > limits.max_name_bytes {
+            return invalid(
+                "name",
+                format!(
+                    "{} bytes long; brokers accept at most {}",
+                    self.name.len(),
+                    limits.max_name_bytes
+                ),
+            );
+        }
+        if let Some(r) = self
+            .resources
+            .iter()
+            .find(|r| r.len() > limits.max_name_bytes)
+        {
+            return invalid(
+                "resources",
+                format!(
+                    "resource name of {} bytes; brokers accept at most {}",
+                    r.len(),
+                    limits.max_name_bytes
+                ),
+            );
+        }
+        if self.resources.len() > limits.max_locs {
+            return invalid(
+                "resources",
+                format!(
+                    "{} resources; brokers accept at most {}",
+                    self.resources.len(),
+                    limits.max_locs
+                ),
+            );
         }
         if self.log_level.parse::<slog::Level>().is_err() {
             return invalid(

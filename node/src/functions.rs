@@ -95,6 +95,21 @@ pub fn call_catching_panics(
     catch_unwind(AssertUnwindSafe(|| f(args, kwargs))).unwrap_or_else(|p| Err(panicked(p.as_ref())))
 }
 
+/// The built-ins take positional arguments only: keyword arguments are refused, not ignored.
+fn no_kwargs(kwargs: &Kwargs, name: &str) -> Result<(), Failure> {
+    match kwargs.keys().next() {
+        None => Ok(()),
+        Some(key) => Err(Failure::bad_arguments(format!(
+            "{name} takes no keyword arguments, got `{key}`{}",
+            if kwargs.len() > 1 {
+                format!(" and {} more", kwargs.len() - 1)
+            } else {
+                String::new()
+            }
+        ))),
+    }
+}
+
 fn one(args: Args, name: &str) -> Result<Value, Failure> {
     let n = args.len();
     let mut it = args.into_iter();
@@ -107,17 +122,20 @@ fn one(args: Args, name: &str) -> Result<Value, Failure> {
 }
 
 /// `echo(x)`: returns its one argument.
-pub fn echo(args: Args, _kwargs: Kwargs) -> Outcome {
+pub fn echo(args: Args, kwargs: Kwargs) -> Outcome {
+    no_kwargs(&kwargs, "echo")?;
     one(args, "echo")
 }
 
 /// `echos(...)`: returns its arguments as a list.
-pub fn echos(args: Args, _kwargs: Kwargs) -> Outcome {
+pub fn echos(args: Args, kwargs: Kwargs) -> Outcome {
+    no_kwargs(&kwargs, "echos")?;
     Ok(Value::Array(args))
 }
 
 /// `fail(message)`: fails with that message.
-pub fn fail(args: Args, _kwargs: Kwargs) -> Outcome {
+pub fn fail(args: Args, kwargs: Kwargs) -> Outcome {
+    no_kwargs(&kwargs, "fail")?;
     let message = one(args, "fail")?;
     Err(Failure::function(match message {
         Value::String(s) => s.into_str().unwrap_or_default(),
@@ -126,8 +144,9 @@ pub fn fail(args: Args, _kwargs: Kwargs) -> Outcome {
 }
 
 /// `sleep(ms, value)`: returns `value` after `ms` milliseconds, without blocking anything.
-pub fn sleep(args: Args, _kwargs: Kwargs) -> BoxFuture {
+pub fn sleep(args: Args, kwargs: Kwargs) -> BoxFuture {
     Box::pin(async move {
+        no_kwargs(&kwargs, "sleep")?;
         let [ms, value]: [Value; 2] = args.try_into().map_err(|a: Vec<Value>| {
             Failure::bad_arguments(format!(
                 "sleep takes (ms, value), got {} arguments",
@@ -180,6 +199,27 @@ mod tests {
             fail(vec![Value::from("boom")], Kwargs::new()),
             Err(Failure::function("boom"))
         );
+    }
+
+    #[tokio::test]
+    async fn builtins_refuse_keyword_arguments() {
+        let kwargs = Kwargs::from([("sep".to_string(), Value::from(", "))]);
+        for outcome in [
+            echo(vec![Value::from(1)], kwargs.clone()),
+            echos(vec![], kwargs.clone()),
+            fail(vec![Value::from("m")], kwargs.clone()),
+            sleep(vec![Value::from(1), Value::Nil], kwargs.clone()).await,
+        ] {
+            let failure = outcome.unwrap_err();
+            assert_eq!(failure.kind, failure_kind::BAD_ARGUMENTS);
+            assert!(
+                failure
+                    .message
+                    .contains("takes no keyword arguments, got `sep`"),
+                "{}",
+                failure.message
+            );
+        }
     }
 
     #[test]

@@ -223,6 +223,7 @@ impl NodeBuilder {
             mpreg_transport::endpoint::validate(endpoint)?;
         }
         let (registered_tx, registered) = tokio::sync::watch::channel(0usize);
+        let (refused_tx, refused) = tokio::sync::watch::channel(None);
         let handle_cell: HandleCell = Arc::new(OnceLock::new());
         let ctx = Context::new();
         let setup = NodeSetup {
@@ -236,6 +237,7 @@ impl NodeBuilder {
             handle: Arc::clone(&handle_cell),
             on_registered: self.on_registered,
             registered: registered_tx,
+            refused: refused_tx,
             log: self.log,
         };
         let (handle, thread) = spawn("mpreg-node", &ctx, COMMAND_CAPACITY, move |io| {
@@ -247,6 +249,7 @@ impl NodeBuilder {
             handle,
             thread: Some(thread),
             registered,
+            refused,
         })
     }
 }
@@ -261,6 +264,7 @@ pub struct Node {
     handle: ReactorHandle<Command>,
     thread: Option<ReactorThread<NodeHandler>>,
     registered: tokio::sync::watch::Receiver<usize>,
+    refused: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 impl Node {
@@ -275,6 +279,22 @@ impl Node {
         tokio::time::timeout(timeout, registered.wait_for(|n| *n > 0))
             .await
             .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Resolves when every broker refused this node's registration as invalid (an over-long
+    /// name, say: retrying cannot help, so the node stops trying), with the last broker's
+    /// reason. Never resolves while any broker may still accept it.
+    pub async fn refused(&self) -> String {
+        let mut refused = self.refused.clone();
+        let reason = match refused.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone(),
+            Err(_) => None,
+        };
+        match reason {
+            Some(reason) => reason,
+            // The reactor is gone without a refusal: never resolve.
+            None => std::future::pending().await,
+        }
     }
 
     /// Graceful stop: tells every broker the node is leaving (`disconnect`), so no new tasks

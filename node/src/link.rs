@@ -18,7 +18,7 @@ use mpreg_protocol::{
 use mpreg_transport::{
     Handler, Io, ReactorHandle, SocketId, SocketKind, SocketOptions, SocketSpec,
 };
-use slog::{debug, info, warn, Logger};
+use slog::{debug, error, info, warn, Logger};
 use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::functions::{call_catching_panics, panicked, Failure, Function, Outcome};
@@ -87,6 +87,8 @@ struct Link {
     next_register: Instant,
     reopen_at: Option<Instant>,
     backoff: Duration,
+    /// The broker refused our registration as invalid: never reopened.
+    refused: bool,
 }
 
 impl Link {
@@ -103,6 +105,7 @@ impl Link {
             next_register: now,
             reopen_at: None,
             backoff: BACKOFF_MIN,
+            refused: false,
         }
     }
 
@@ -162,6 +165,8 @@ pub(crate) struct NodeSetup {
     pub(crate) on_registered: Option<OnRegistered>,
     /// Number of brokers the node is registered with now.
     pub(crate) registered: tokio::sync::watch::Sender<usize>,
+    /// Set once every broker refused the registration as invalid.
+    pub(crate) refused: tokio::sync::watch::Sender<Option<String>>,
     pub(crate) log: Logger,
 }
 
@@ -358,6 +363,28 @@ impl NodeHandler {
             Ok(BrokerToWorker::Disconnect(d)) => {
                 let why = format!("broker disconnected: {}", d.reason);
                 self.drop_link(io, i, &why);
+            }
+            Ok(BrokerToWorker::Error(e))
+                if !self.links[i].registered
+                    && e.error_code() == Some(mpreg_protocol::ErrorCode::InvalidBody) =>
+            {
+                // The registration itself is invalid (a name over the broker's limit, say):
+                // sending it again cannot help.
+                error!(self.setup.log, "broker refused the registration; not retrying it";
+                    "broker" => &self.links[i].endpoint, "code" => e.code, "message" => &e.message);
+                self.end_session(i);
+                let link = &mut self.links[i];
+                link.refused = true;
+                if let Some(socket) = link.socket.take() {
+                    io.close(socket);
+                }
+                if self.links.iter().all(|l| l.refused) {
+                    let reason = format!(
+                        "{} refused the registration: {}",
+                        self.links[i].endpoint, e.message
+                    );
+                    self.setup.refused.send_replace(Some(reason));
+                }
             }
             Ok(BrokerToWorker::Error(e)) => {
                 warn!(self.setup.log, "broker reported an error";

@@ -28,6 +28,22 @@ pub struct Pong {
     pub id: u64,
     /// The broker's name.
     pub broker: String,
+    /// The largest body this broker accepts (`max_message_bytes`), so a client can refuse a
+    /// larger request at once instead of sending it. Absent from brokers before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_message_bytes: Option<u64>,
+}
+
+/// `heartbeat` (client to broker, never answered): the client is alive. Optional: a client
+/// that sends one is tracked from then on, and when nothing at all arrives from it for the
+/// broker's `client_liveness` intervals, the broker cancels its plans and ends its
+/// subscriptions. A client that never sends one is never tracked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientHeartbeat {
+    /// Request id (not answered; any value).
+    pub id: u64,
+    /// How often the client sends heartbeats, in milliseconds (the broker clamps it).
+    pub interval_ms: u64,
 }
 
 /// `status`: ask for the broker's workers and counters.
@@ -73,6 +89,10 @@ pub struct StatusReply {
     pub tasks_waiting: u64,
     /// Monotonic counters (plans accepted, failed, tasks dispatched, replies dropped, ...).
     pub counters: BTreeMap<String, u64>,
+    /// Gauges: values that go up and down (bytes held for plans, subscriptions, clients
+    /// tracked by heartbeat). Absent from brokers before it existed.
+    #[serde(default, deserialize_with = "crate::codec::nil_as_default")]
+    pub gauges: BTreeMap<String, u64>,
     /// The limits this broker enforces.
     pub limits: BTreeMap<String, u64>,
 }

@@ -2,7 +2,9 @@
 //!
 //! Frame 2 of every message (the type) selects the variant; the body decodes into its struct.
 
-use crate::client::{CancelRequest, ErrorReply, Ping, Pong, StatusReply, StatusRequest};
+use crate::client::{
+    CancelRequest, ClientHeartbeat, ErrorReply, Ping, Pong, StatusReply, StatusRequest,
+};
 use crate::codec::{decode_body, encode_body, DecodeError};
 use crate::envelope::VERSION;
 use crate::limits::Limits;
@@ -80,6 +82,8 @@ direction! {
         Publish(Publish) = "publish",
         /// Publish several messages at once.
         PublishBatch(PublishBatch) = "publish_batch",
+        /// The client is alive (not answered).
+        Heartbeat(ClientHeartbeat) = "heartbeat",
     }
 }
 
@@ -169,6 +173,7 @@ impl ClientToBroker {
             ClientToBroker::Unsubscribe(m) => m.id,
             ClientToBroker::Publish(m) => m.id,
             ClientToBroker::PublishBatch(m) => m.id,
+            ClientToBroker::Heartbeat(m) => m.id,
         }
     }
 }

@@ -111,6 +111,11 @@ error_codes! {
     InvalidInput = 902, "invalid_input";
     /// Client side: the client was closed while the request was in flight.
     ConnectionClosed = 903, "connection_closed";
+    /// Client side: the connection to the broker broke while the request was in flight (the
+    /// broker died, restarted or went silent); whether it ran is unknown.
+    ConnectionLost = 904, "connection_lost";
+    /// Client side: the program was interrupted (SIGINT, SIGTERM) and cancelled its requests.
+    Interrupted = 905, "interrupted";
 }
 
 impl fmt::Display for ErrorCode {
@@ -168,6 +173,8 @@ mod tests {
                 (901, "request_timeout"),
                 (902, "invalid_input"),
                 (903, "connection_closed"),
+                (904, "connection_lost"),
+                (905, "interrupted"),
             ]
         );
     }

@@ -26,7 +26,10 @@ pub mod plan;
 pub mod topic;
 pub mod worker;
 
-pub use client::{CancelRequest, ErrorReply, Ping, Pong, StatusReply, StatusRequest, WorkerStatus};
+pub use client::{
+    CancelRequest, ClientHeartbeat, ErrorReply, Ping, Pong, StatusReply, StatusRequest,
+    WorkerStatus,
+};
 pub use codec::{decode_body, encode_body, peek_request_id, DecodeError};
 pub use direction::{BrokerToClient, BrokerToWorker, ClientToBroker, Event, WorkerToBroker};
 pub use envelope::{

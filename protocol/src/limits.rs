@@ -24,6 +24,7 @@ pub const DEFAULT_MAX_PATTERNS: usize = 64;
 
 /// The limits applied to one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Largest body frame, in bytes.
     pub max_message_bytes: usize,

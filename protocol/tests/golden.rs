@@ -67,6 +67,8 @@ fn samples() -> Vec<Sample> {
     no_route.locs = Some(vec!["gpu".into()]);
     let mut counters = BTreeMap::new();
     counters.insert("plans_accepted".to_string(), 10);
+    let mut gauges = BTreeMap::new();
+    gauges.insert("plan_bytes_in_flight".to_string(), 4096);
     let mut limit_map = BTreeMap::new();
     limit_map.insert("max_steps".to_string(), 100_000);
 
@@ -101,6 +103,14 @@ fn samples() -> Vec<Sample> {
         "client_to_broker.ping",
         ClientToBroker,
         ClientToBroker::Ping(Ping { id: 1 })
+    );
+    sample!(
+        "client_to_broker.heartbeat",
+        ClientToBroker,
+        ClientToBroker::Heartbeat(ClientHeartbeat {
+            id: 0,
+            interval_ms: 1000
+        })
     );
     sample!(
         "client_to_broker.status",
@@ -144,7 +154,8 @@ fn samples() -> Vec<Sample> {
         BrokerToClient,
         BrokerToClient::Pong(Pong {
             id: 1,
-            broker: "broker-a".into()
+            broker: "broker-a".into(),
+            max_message_bytes: Some(16_777_216),
         })
     );
     sample!(
@@ -166,6 +177,7 @@ fn samples() -> Vec<Sample> {
             plans_in_flight: 1,
             tasks_waiting: 0,
             counters,
+            gauges,
             limits: limit_map,
         })
     );

@@ -344,6 +344,14 @@ pub trait Handler: Send + 'static {
 
     /// True once the reactor should close its sockets and end.
     fn is_finished(&self) -> bool;
+
+    /// How long libzmq may keep sending what is still queued when the reactor closes its
+    /// sockets at the end (LINGER). The default, zero, discards it: right for a peer that
+    /// repeats itself; a handler whose last messages matter (a broker's `disconnect` to its
+    /// workers) asks for a bounded flush instead.
+    fn close_linger(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 struct Waker {
@@ -623,9 +631,10 @@ fn run<H: Handler>(
             handler.on_timer(&mut io);
         }
     }
+    let linger = i32::try_from(handler.close_linger().as_millis()).unwrap_or(i32::MAX);
     for slot in io.slots.iter_mut() {
         if let Some(slot) = slot.take() {
-            let _ = slot.socket.set_linger(0);
+            let _ = slot.socket.set_linger(linger);
         }
     }
     handler

@@ -27,11 +27,16 @@ impl Engine {
             }
             Selection::NoRoute => {
                 let retried = plan.attempts[step as usize] > 0;
+                let with_locs = if def.locs.is_empty() {
+                    String::new()
+                } else {
+                    format!(" with resources [{}]", def.locs.join(", "))
+                };
                 let (code, message) = if retried {
                     (
                         ErrorCode::WorkerLost,
                         format!(
-                            "the worker running step `{}` was lost and no other worker serves `{}`",
+                            "the worker running step `{}` was lost and no other worker serves `{}`{with_locs}",
                             def.name, def.fun
                         ),
                     )

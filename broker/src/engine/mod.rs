@@ -35,6 +35,10 @@ mod workers;
 pub struct EngineConfig {
     /// The broker's name, reported to clients and workers.
     pub name: String,
+    /// The client endpoint, quoted to a client that reached the worker port by mistake.
+    pub client_endpoint: String,
+    /// The worker endpoint, quoted to a worker that reached the client port by mistake.
+    pub worker_endpoint: String,
     /// Size limits on what clients and workers send.
     pub limits: Limits,
     /// Interval of application heartbeats to workers, and the one they are asked to use.
@@ -59,12 +63,22 @@ pub struct EngineConfig {
     pub exchange: ExchangeConfig,
     /// Largest capacity a worker may declare (bigger declarations are capped).
     pub max_worker_capacity: u32,
+    /// Missed heartbeat intervals after which a client that sends heartbeats is considered
+    /// gone: its plans are cancelled and its subscriptions ended (the grace period).
+    pub client_liveness: u32,
 }
+
+/// Shortest client heartbeat interval honoured (a client asking for less is given this).
+pub const CLIENT_HEARTBEAT_MIN: Duration = Duration::from_millis(100);
+/// Longest client heartbeat interval honoured.
+pub const CLIENT_HEARTBEAT_MAX: Duration = Duration::from_secs(60);
 
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             name: "broker".into(),
+            client_endpoint: String::new(),
+            worker_endpoint: String::new(),
             limits: Limits::default(),
             heartbeat: Duration::from_millis(1000),
             liveness: 3,
@@ -76,6 +90,7 @@ impl Default for EngineConfig {
             max_plan_bytes_in_flight: 1 << 30,
             exchange: ExchangeConfig::default(),
             max_worker_capacity: 1024,
+            client_liveness: 3,
         }
     }
 }
@@ -164,6 +179,13 @@ impl Results for PlanResults<'_> {
     }
 }
 
+/// A client connection that sends heartbeats.
+struct TrackedClient {
+    last_seen: Instant,
+    /// Silence after which it is gone: its interval times `client_liveness`.
+    window: Duration,
+}
+
 struct TaskState {
     plan: PlanKey,
     step: StepIx,
@@ -199,6 +221,8 @@ pub struct Engine {
     exchange: Exchange,
     /// Keys and rules when the broker runs CURVE; `None`: everyone may do everything.
     access: Option<AccessList>,
+    /// Client connections that send heartbeats, by routing id.
+    clients: HashMap<RoutingId, TrackedClient>,
 }
 
 impl Engine {
@@ -224,6 +248,7 @@ impl Engine {
             counters: BTreeMap::new(),
             log: slog::Logger::root(slog::Discard, slog::o!()),
             access: None,
+            clients: HashMap::new(),
         }
     }
 
@@ -307,6 +332,9 @@ impl Engine {
         let Some(routing) = frames.first() else {
             return;
         };
+        if let Some(tracked) = self.clients.get_mut(routing) {
+            tracked.last_seen = now;
+        }
         let mut client = ClientAddr {
             routing: routing.clone(),
             delimiter: prefix == 2,
@@ -326,36 +354,52 @@ impl Engine {
                 return;
             }
         };
-        let request =
-            match ClientToBroker::decode(envelope.kind, envelope.body, &self.config.limits) {
-                Ok(request) => request,
-                Err(e) => {
-                    self.count("malformed_messages");
-                    let id = peek_request_id(envelope.body, &self.config.limits);
-                    let mut reply = ErrorReply::new(id, e.code(), e.to_string());
-                    if let DecodeError::Field { path, .. } = &e {
-                        // A topic or pattern that is not a UTF-8 string is a bad topic.
-                        let code = match (envelope.kind, path.as_str()) {
-                            (b"publish", "topic") => Some(ErrorCode::InvalidTopic),
-                            (b"publish_batch", p)
-                                if p.starts_with("messages") && p.ends_with(".topic") =>
-                            {
-                                Some(ErrorCode::InvalidTopic)
-                            }
-                            (b"subscribe", p) if p.starts_with("patterns") => {
-                                Some(ErrorCode::InvalidPattern)
-                            }
-                            _ => None,
-                        };
-                        if let Some(code) = code {
-                            reply = ErrorReply::new(id, code, e.to_string());
-                        }
-                        reply.path = Some(path.clone());
+        let request = match ClientToBroker::decode(
+            envelope.kind,
+            envelope.body,
+            &self.config.limits,
+        ) {
+            Ok(request) => request,
+            Err(e) => {
+                self.count("malformed_messages");
+                let id = peek_request_id(envelope.body, &self.config.limits);
+                let mut reply = ErrorReply::new(id, e.code(), e.to_string());
+                if matches!(e, DecodeError::UnknownKind { .. }) {
+                    if let Some(kind) = WorkerToBroker::KINDS.iter().find(|k| {
+                        k.as_bytes() == envelope.kind && !ClientToBroker::KINDS.contains(k)
+                    }) {
+                        reply.message = format!(
+                                "`{kind}` is a worker message, but this is the broker's client endpoint{}",
+                                match self.config.worker_endpoint.as_str() {
+                                    "" => String::new(),
+                                    e => format!("; workers connect to {e}"),
+                                }
+                            );
                     }
-                    self.reply_error(out, &client, reply);
-                    return;
                 }
-            };
+                if let DecodeError::Field { path, .. } = &e {
+                    // A topic or pattern that is not a UTF-8 string is a bad topic.
+                    let code = match (envelope.kind, path.as_str()) {
+                        (b"publish", "topic") => Some(ErrorCode::InvalidTopic),
+                        (b"publish_batch", p)
+                            if p.starts_with("messages") && p.ends_with(".topic") =>
+                        {
+                            Some(ErrorCode::InvalidTopic)
+                        }
+                        (b"subscribe", p) if p.starts_with("patterns") => {
+                            Some(ErrorCode::InvalidPattern)
+                        }
+                        _ => None,
+                    };
+                    if let Some(code) = code {
+                        reply = ErrorReply::new(id, code, e.to_string());
+                    }
+                    reply.path = Some(path.clone());
+                }
+                self.reply_error(out, &client, reply);
+                return;
+            }
+        };
         if let Some(reply) = self.access.as_ref().and_then(|a| a.check(user, &request)) {
             self.count("requests_denied");
             return self.reply_error(out, &client, reply);
@@ -384,8 +428,20 @@ impl Engine {
                 let pong = BrokerToClient::Pong(Pong {
                     id: ping.id,
                     broker: self.config.name.clone(),
+                    max_message_bytes: Some(self.config.limits.max_message_bytes as u64),
                 });
                 self.send_client(out, &client, &pong);
+            }
+            ClientToBroker::Heartbeat(beat) => {
+                let interval = Duration::from_millis(beat.interval_ms)
+                    .clamp(CLIENT_HEARTBEAT_MIN, CLIENT_HEARTBEAT_MAX);
+                self.clients.insert(
+                    client.routing,
+                    TrackedClient {
+                        last_seen: now,
+                        window: interval * self.config.client_liveness.max(1),
+                    },
+                );
             }
             ClientToBroker::Status(status) => {
                 let reply = BrokerToClient::Status(self.status(status.id, now));

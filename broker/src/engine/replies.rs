@@ -38,13 +38,19 @@ impl Engine {
                 counters.insert("topic_published".into(), topics.published);
                 counters.insert("topic_delivered".into(), topics.delivered);
                 counters.insert("topic_dropped_hwm".into(), topics.dropped);
-                counters.insert("plan_bytes_in_flight".into(), self.bytes_in_flight as u64);
-                counters.insert(
-                    "subscriptions".into(),
-                    self.exchange.subscription_count() as u64,
-                );
                 counters
             },
+            gauges: BTreeMap::from([
+                (
+                    "plan_bytes_in_flight".to_string(),
+                    self.bytes_in_flight as u64,
+                ),
+                (
+                    "subscriptions".to_string(),
+                    self.exchange.subscription_count() as u64,
+                ),
+                ("clients_tracked".to_string(), self.clients.len() as u64),
+            ]),
             limits: BTreeMap::from([
                 (
                     "max_message_bytes".to_string(),

@@ -23,6 +23,7 @@ impl Engine {
                     self.expire_worker(out, worker, now);
                 }
             }
+            self.expire_clients(out, now);
         }
         while let Some(Reverse((at, timer))) = self.timers.peek().copied() {
             if at > now {
@@ -90,6 +91,41 @@ impl Engine {
                     id,
                     ErrorCode::ShuttingDown,
                     "the broker shut down before the plan finished",
+                );
+                self.fail_plan(out, key, reply);
+            }
+        }
+    }
+
+    /// Forgets the clients that sent heartbeats and then fell silent for their window: their
+    /// plans are cancelled (their tasks too, freeing worker slots) and their subscriptions end.
+    fn expire_clients(&mut self, out: &mut impl Outbox, now: Instant) {
+        let mut gone: Vec<RoutingId> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| now.saturating_duration_since(c.last_seen) > c.window)
+            .map(|(routing, _)| routing.clone())
+            .collect();
+        gone.sort_unstable();
+        for routing in gone {
+            self.clients.remove(&routing);
+            self.count("clients_expired");
+            let mut plans: Vec<(u64, PlanKey)> = self
+                .by_request
+                .iter()
+                .filter(|((r, _), _)| *r == routing)
+                .map(|((_, id), key)| (*id, *key))
+                .collect();
+            plans.sort_unstable();
+            let subscriptions = self.exchange.drop_client(&routing);
+            slog::info!(self.log, "client gone: its plans are cancelled";
+                "plans" => plans.len(), "subscriptions" => subscriptions);
+            for (id, key) in plans {
+                self.count("plans_cancelled_client_gone");
+                let reply = ErrorReply::new(
+                    Some(id),
+                    ErrorCode::Cancelled,
+                    "the client stopped sending heartbeats: its plans were cancelled",
                 );
                 self.fail_plan(out, key, reply);
             }

@@ -44,9 +44,19 @@ impl Engine {
         };
         let message = match message {
             Ok(message) => message,
-            Err(reply) => {
+            Err(mut reply) => {
                 self.count("malformed_messages");
-                out.to_worker(routing, "error", &encode_body(&*reply));
+                if let Some(kind) = client_kind(&frames[1..]) {
+                    // Someone pointed a client at the worker port: say where they are.
+                    reply.message = format!(
+                        "`{kind}` is a client message, but this is the broker's worker endpoint{}",
+                        match self.config.client_endpoint.as_str() {
+                            "" => String::new(),
+                            e => format!("; clients connect to {e}"),
+                        }
+                    );
+                }
+                out.to_worker_as(routing, compact, "error", &encode_body(&*reply));
                 return;
             }
         };
@@ -64,12 +74,12 @@ impl Engine {
                         ErrorCode::AccessDenied,
                         "this key is not (or no longer) allowed as a worker",
                     );
-                    out.to_worker(routing, "error", &encode_body(&reply));
+                    out.to_worker_as(routing, compact, "error", &encode_body(&reply));
                     return;
                 }
                 let key = user.map(str::to_owned);
                 let routing = routing.clone();
-                self.register(out, routing.clone(), register, now);
+                self.register(out, routing.clone(), compact, register, now);
                 if let Some(w) = self
                     .registry
                     .find(&routing)
@@ -129,7 +139,7 @@ impl Engine {
                 let reconnect = Reconnect {
                     reason: "this broker does not know you; register again".into(),
                 };
-                out.to_worker(routing, "reconnect", &encode_body(&reconnect));
+                out.to_worker_as(routing, compact, "reconnect", &encode_body(&reconnect));
             }
         }
     }
@@ -138,21 +148,18 @@ impl Engine {
         &mut self,
         out: &mut impl Outbox,
         routing: RoutingId,
+        compact: bool,
         register: Register,
         now: Instant,
     ) {
-        let limits = &self.config.limits;
-        let too_long = |s: &String| s.is_empty() || s.len() > limits.max_name_bytes;
-        if register.functions.iter().any(too_long)
-            || register.resources.iter().any(too_long)
-            || register.node.len() > limits.max_name_bytes
-        {
+        if let Err(problem) = check_registration(&register, &self.config.limits) {
             let reply = ErrorReply::new(
                 None,
                 ErrorCode::InvalidBody,
-                "register: empty or over-long function or resource name",
+                format!("register refused: {problem}"),
             );
-            out.to_worker(&routing, "error", &encode_body(&reply));
+            self.count("registrations_refused");
+            out.to_worker_as(&routing, compact, "error", &encode_body(&reply));
             return;
         }
         let capacity = register
@@ -176,7 +183,7 @@ impl Engine {
             liveness: self.config.liveness,
             capacity,
         };
-        out.to_worker(&routing, "registered", &encode_body(&reply));
+        out.to_worker_as(&routing, compact, "registered", &encode_body(&reply));
         self.fill_worker(out, id, now);
     }
 
@@ -235,4 +242,47 @@ impl Engine {
             }
         }
     }
+}
+
+/// What is wrong with a registration, naming the field: names must be non-empty and at most
+/// `max_name_bytes` long, and a worker may hold at most `max_locs` resources.
+fn check_registration(register: &Register, limits: &Limits) -> Result<(), String> {
+    let max = limits.max_name_bytes;
+    if register.node.len() > max {
+        return Err(format!(
+            "the node name is {} bytes long; the limit is {max} (max_name_bytes)",
+            register.node.len()
+        ));
+    }
+    for (field, names) in [
+        ("function", &register.functions),
+        ("resource", &register.resources),
+    ] {
+        if let Some(name) = names.iter().find(|n| n.is_empty() || n.len() > max) {
+            return Err(match name.len() {
+                0 => format!("a {field} name is empty"),
+                n => format!(
+                    "{field} name {:?} is {n} bytes long; the limit is {max} (max_name_bytes)",
+                    super::truncate(name)
+                ),
+            });
+        }
+    }
+    if register.resources.len() > limits.max_locs {
+        return Err(format!(
+            "{} resources; the limit is {} (max_locs)",
+            register.resources.len(),
+            limits.max_locs
+        ));
+    }
+    Ok(())
+}
+
+/// The type of a client message that arrived on the worker socket, if it is one.
+fn client_kind<F: AsRef<[u8]>>(frames: &[F]) -> Option<&'static str> {
+    let kind = parse_envelope(frames).ok()?.kind;
+    ClientToBroker::KINDS
+        .iter()
+        .copied()
+        .find(|k| k.as_bytes() == kind && !WorkerToBroker::KINDS.contains(k))
 }

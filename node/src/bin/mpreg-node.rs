@@ -132,9 +132,17 @@ async fn main() -> ExitCode {
         }
     };
     slog::info!(log, "started"; "node" => &config.name, "brokers" => config.brokers.join(","), "resources" => config.resources.join(","), "capacity" => config.capacity);
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let refused = tokio::select! {
+        _ = term.recv() => None,
+        _ = int.recv() => None,
+        reason = node.refused() => Some(reason),
+    };
+    if let Some(reason) = refused {
+        eprintln!("mpreg-node: {reason}");
+        node.shutdown(Duration::ZERO).await;
+        drop(log);
+        drop(log_guard);
+        return ExitCode::from(2);
     }
     node.shutdown(Duration::from_millis(config.drain_timeout_ms))
         .await;
