@@ -410,6 +410,81 @@ mod tests {
         assert!(err.to_string().contains("access_file"), "{err}");
     }
 
+    /// Mistakes used to be accepted silently; each is now refused at start, naming the key.
+    #[test]
+    fn unknown_keys_and_impossible_values_are_refused_by_name() {
+        let load_env = |pairs: &[(&str, &str)]| {
+            let env: Vec<(String, String)> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            BrokerConfig::load(None, env, &Overrides::default())
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (
+                &[("MPREG_BROKER_MAX_STEPZ", "3")],
+                "unknown field `max_stepz`",
+            ),
+            (
+                &[("MPREG_BROKER_LIMITS__MAX_STEPZ", "3")],
+                "unknown field `max_stepz`",
+            ),
+            (
+                &[("MPREG_BROKER_SOCKET__HWMM", "3")],
+                "unknown field `hwmm`",
+            ),
+            (
+                &[("MPREG_BROKER_LOG_LEVEL", "verbose")],
+                "`log_level` = \"verbose\"",
+            ),
+            (
+                &[("MPREG_BROKER_LIMITS__MAX_MESSAGE_BYTES", "1")],
+                "`limits.max_message_bytes` = 1 is too small",
+            ),
+            (
+                &[("MPREG_BROKER_LIMITS__MAX_STEPS", "0")],
+                "`limits.max_steps` = 0 is too small",
+            ),
+            (
+                &[("MPREG_BROKER_LIMITS__MAX_DEPTH", "2")],
+                "`limits.max_depth` = 2 is too small",
+            ),
+            (
+                &[("MPREG_BROKER_CLIENT_LIVENESS", "0")],
+                "`client_liveness`",
+            ),
+            (
+                &[("MPREG_BROKER_CLIENT_ENDPOINT", "nonsense")],
+                "`client_endpoint`: invalid endpoint \"nonsense\"",
+            ),
+        ];
+        for (env, expected) in cases {
+            let err = load_env(env).expect_err(expected);
+            assert!(err.contains(expected), "{env:?}: {err}");
+        }
+        // `nonsense` is an endpoint problem, not a protected-mode one.
+        let err = load_env(&[("MPREG_BROKER_CLIENT_ENDPOINT", "nonsense")]).unwrap_err();
+        assert!(!err.contains("protected mode"), "{err}");
+        // Short log levels are fine, and the broker's own binary variable is not a key.
+        load_env(&[
+            ("MPREG_BROKER_LOG_LEVEL", "warn"),
+            ("MPREG_BROKER", "tcp://x:1"),
+        ])
+        .unwrap();
+
+        let dir = std::env::temp_dir().join(format!("mpreg-unknown-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("broker.toml");
+        std::fs::write(&file, "[limitz]\nmax_steps = 3\n").unwrap();
+        let err = BrokerConfig::load(file.to_str(), Vec::new(), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `limitz`"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn defaults_are_valid_and_bad_values_are_refused() {
         let c = BrokerConfig::load(None, Vec::new(), &Overrides::default()).unwrap();

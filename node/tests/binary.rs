@@ -62,8 +62,23 @@ type EnvVar<'a> = (&'a str, &'a str);
 
 #[test]
 fn bad_configuration_exits_non_zero_naming_the_field() {
-    let cases: [(&[&str], &[EnvVar<'_>], &str); 5] = [
+    let long = "n".repeat(300);
+    let cases: [(&[&str], &[EnvVar<'_>], &str); 9] = [
         (&["--capacity", "0"], &[], "capacity"),
+        // Unknown keys were accepted silently.
+        (
+            &[],
+            &[("MPREG_NODE_CAPACITI", "2")],
+            "unknown field `capaciti`",
+        ),
+        // A name no broker accepts: the node used to retry its registration forever.
+        (&["--name", &long], &[], "name: 300 bytes long"),
+        (
+            &["--resources", &long],
+            &[],
+            "resources: resource name of 300 bytes",
+        ),
+        (&["--log-level", "verbose"], &[], "log_level"),
         (&[], &[("MPREG_NODE_BROKERS", "nonsense")], "brokers[0]"),
         (&[], &[("MPREG_NODE_CAPACITY", "lots")], "capacity"),
         (&["--log-level", "loud"], &[], "log_level"),

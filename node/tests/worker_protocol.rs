@@ -521,3 +521,33 @@ fn start_needs_a_runtime() {
         .unwrap();
     assert!(matches!(err, mpreg_node::NodeError::NoRuntime), "{err}");
 }
+
+/// A registration the broker refuses as invalid (here: a node name over its limit) used to be
+/// resent every second forever. The node stops trying and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_registration_is_not_retried() {
+    let mut broker = Scripted::start();
+    let node = start(node(&"n".repeat(300), &broker.endpoint));
+    let got = broker.next(PROMPT).await;
+    assert!(matches!(got.message, WorkerToBroker::Register(_)));
+    let refusal = ErrorReply::new(
+        None,
+        ErrorCode::InvalidBody,
+        "register refused: the node name is 300 bytes long; the limit is 256 (max_name_bytes)",
+    );
+    broker
+        .send(&got.routing, BrokerToWorker::Error(refusal))
+        .await;
+    let reason = tokio::time::timeout(PROMPT, node.refused())
+        .await
+        .expect("the node gives up");
+    assert!(
+        reason.contains("the node name is 300 bytes long"),
+        "{reason}"
+    );
+    // No `register` follows (they came every second before).
+    broker.expect_quiet(Duration::from_millis(2_500)).await;
+    assert_eq!(node.registered_brokers(), 0);
+    node.shutdown(Duration::from_secs(1)).await;
+    broker.stop().await;
+}
