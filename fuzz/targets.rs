@@ -18,9 +18,11 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use mpreg_broker::engine::{ClientAddr, Delivery, Engine, EngineConfig, Outbox};
-use mpreg_broker::exchange::EventSink;
+use mpreg_broker::engine::{Engine, EngineConfig};
+use mpreg_broker::frontend::{feed_client, feed_worker, Frontend};
+use mpreg_broker::ids::IdSource;
 use mpreg_broker::matcher::Matcher;
+use mpreg_broker::outbox::{ClientAddr, Delivery, EventSink, Outbox, WorkerAddr};
 use mpreg_broker::plan_graph::{for_each_string, reference_target, PlanGraph, MAX_CYCLE_NAMES};
 use mpreg_broker::resolve::{resolve_args, Results};
 use mpreg_protocol::codec::{decode_body, encode_body, peek_request_id, DecodeError};
@@ -28,7 +30,7 @@ use mpreg_protocol::msgpack_scan::{scan, ScanError};
 use mpreg_protocol::topic::check_topic;
 use mpreg_protocol::{
     parse_envelope, router_prefix_len, BrokerToClient, BrokerToWorker, ClientToBroker, ErrorCode,
-    Event, Limits, PlanRequest, Step, Value, WorkerToBroker,
+    Event, EventRef, Limits, PlanRequest, Step, Task, Value, WorkerToBroker,
 };
 
 // ----- input ---------------------------------------------------------------------------------
@@ -118,7 +120,12 @@ pub fn envelope(data: &[u8], probe: PeakProbe) {
     let limits = EngineConfig::default().limits;
     let start = Instant::now();
     let mut now = start;
-    let mut engine = Engine::new(EngineConfig::default(), start);
+    let ids = IdSource::seeded(1, start, std::time::SystemTime::UNIX_EPOCH);
+    let mut engine = Engine::new(EngineConfig::default(), start, ids);
+    let frontend = Frontend {
+        limits,
+        ..Frontend::default()
+    };
     let mut out = CheckedOutbox {
         delivery: Delivery::Sent,
         limits,
@@ -144,13 +151,17 @@ pub fn envelope(data: &[u8], probe: PeakProbe) {
         match header & 3 {
             0 => {
                 decode_client_frames(&frames, &limits, probe);
-                engine.on_client_message(&mut out, &frames, now);
+                feed_client(&frontend, &mut engine, &mut out, &frames, None, now);
             }
             1 => {
                 decode_worker_frames(&frames, &limits, probe);
-                engine.on_worker_message(&mut out, &frames, now);
+                feed_worker(&frontend, &mut engine, &mut out, &frames, None, now);
             }
-            _ => engine.on_event_message(&mut out, &frames, now),
+            _ => {
+                if let Some(frame) = frames.first() {
+                    engine.on_event_frame(&mut out, frame, None, now);
+                }
+            }
         }
     }
 }
@@ -292,9 +303,13 @@ struct CheckedOutbox {
 }
 
 impl EventSink for CheckedOutbox {
-    fn to_events(&mut self, token: &[u8], kind: &str, body: &[u8]) -> Delivery {
-        assert!(!token.is_empty(), "event without a subscription token");
-        if let Err(e) = Event::decode(kind.as_bytes(), body, &self.limits) {
+    fn event(&mut self, event: &EventRef<'_>) -> Delivery {
+        assert!(
+            !event.token().is_empty(),
+            "event without a subscription token"
+        );
+        let kind = event.kind();
+        if let Err(e) = Event::decode(kind.as_bytes(), &event.encode_body(), &self.limits) {
             panic!("the broker sent an event `{kind}` subscribers cannot decode: {e}");
         }
         self.delivery
@@ -302,15 +317,32 @@ impl EventSink for CheckedOutbox {
 }
 
 impl Outbox for CheckedOutbox {
-    fn to_client(&mut self, _client: &ClientAddr, kind: &str, body: &[u8]) -> Delivery {
-        if let Err(e) = BrokerToClient::decode(kind.as_bytes(), body, &self.limits) {
+    fn reply(&mut self, _client: &ClientAddr, message: &BrokerToClient) -> Delivery {
+        let kind = message.kind();
+        let body = message.encode_body();
+        if body.len() > self.limits.max_message_bytes {
+            return Delivery::TooLarge(body.len());
+        }
+        if let Err(e) = BrokerToClient::decode(kind.as_bytes(), &body, &self.limits) {
             panic!("the broker sent a `{kind}` reply clients cannot decode: {e}");
         }
         self.delivery
     }
 
-    fn to_worker(&mut self, _routing: &[u8], kind: &str, body: &[u8]) -> Delivery {
-        if let Err(e) = BrokerToWorker::decode(kind.as_bytes(), body, &self.limits) {
+    fn task(&mut self, to: &WorkerAddr, task: &Task<'_>) -> Delivery {
+        let body = encode_body(task);
+        if let Err(e) = BrokerToWorker::decode(b"task", &body, &self.limits) {
+            panic!("the broker sent a task workers cannot decode: {e}");
+        }
+        let _ = to;
+        self.delivery
+    }
+
+    fn to_worker(&mut self, _to: &WorkerAddr, message: &BrokerToWorker) -> Delivery {
+        let kind = message.kind();
+        if let Err(e) =
+            BrokerToWorker::decode(kind.as_bytes(), &message.encode_body(), &self.limits)
+        {
             panic!("the broker sent a `{kind}` message workers cannot decode: {e}");
         }
         self.delivery

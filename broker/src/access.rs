@@ -22,10 +22,10 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use config::{Config, File, FileFormat};
-use mpreg_protocol::{ClientToBroker, ErrorCode, ErrorReply};
+use mpreg_protocol::ClientToBroker;
 use mpreg_transport::{curve::load_public, Key};
 
-use crate::engine::truncate;
+use crate::quote::quote as truncate;
 use serde::Deserialize;
 
 /// What one client key may do.
@@ -62,6 +62,30 @@ impl ClientRules {
         self.subscribe
             .iter()
             .any(|rule| pattern_covers(rule, pattern))
+    }
+}
+
+/// Why a request was refused (`404 access_denied`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denied {
+    /// What was refused, naming the key.
+    pub message: String,
+    /// The step, for a plan.
+    pub step: Option<String>,
+    /// The function, for a plan.
+    pub fun: Option<String>,
+    /// Where in a batch.
+    pub path: Option<String>,
+}
+
+impl Denied {
+    fn new(message: String) -> Denied {
+        Denied {
+            message,
+            step: None,
+            fun: None,
+            path: None,
+        }
     }
 }
 
@@ -221,10 +245,9 @@ impl AccessList {
     }
 
     /// Checks a client request of the key `user` (the ZAP `User-Id`; `None` if the
-    /// connection has none) against the rules: the `404 access_denied` to send, if refused.
-    pub fn check(&self, user: Option<&str>, request: &ClientToBroker) -> Option<ErrorReply> {
-        let id = Some(request.request_id());
-        let deny = |what: String| ErrorReply::new(id, ErrorCode::AccessDenied, what);
+    /// connection has none) against the rules: why it is refused, if it is.
+    pub fn check(&self, user: Option<&str>, request: &ClientToBroker) -> Option<Denied> {
+        let deny = Denied::new;
         let Some(rules) = user.and_then(|u| self.client(u)) else {
             return Some(deny(
                 "this key is not (or no longer) allowed as a client".into(),
@@ -233,16 +256,14 @@ impl AccessList {
         match request {
             ClientToBroker::Plan(plan) => {
                 if let Some(step) = plan.steps.iter().find(|s| !rules.may_call(&s.fun)) {
-                    let reply = deny(format!(
+                    let mut denied = deny(format!(
                         "{} may not call `{}`",
                         rules.name,
                         truncate(&step.fun)
                     ));
-                    return Some(
-                        reply
-                            .with_step(step.name.clone())
-                            .with_fun(step.fun.clone()),
-                    );
+                    denied.step = Some(step.name.clone());
+                    denied.fun = Some(step.fun.clone());
+                    return Some(denied);
                 }
                 match &plan.progress_topic {
                     Some(t) if !rules.may_publish(t) => Some(deny(format!(
@@ -277,13 +298,13 @@ impl AccessList {
                 .enumerate()
                 .find(|(_, m)| !rules.may_publish(&m.topic))
                 .map(|(i, m)| {
-                    let mut reply = deny(format!(
+                    let mut denied = deny(format!(
                         "{} may not publish to {:?}; nothing in the batch was published",
                         rules.name,
                         truncate(&m.topic)
                     ));
-                    reply.path = Some(format!("messages[{i}].topic"));
-                    reply
+                    denied.path = Some(format!("messages[{i}].topic"));
+                    denied
                 }),
             ClientToBroker::Cancel(_)
             | ClientToBroker::Heartbeat(_)

@@ -12,25 +12,14 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mpreg_protocol::{encode_body, Active, BatchItem, Lagging, Limits, TopicMessage, Value};
+use mpreg_protocol::{
+    Active, BatchItem, EventBatchRef, EventItemRef, EventRef, Lagging, Limits, TopicMessageRef,
+    Value,
+};
 
-use crate::engine::Delivery;
+use crate::ids::IdSource;
 use crate::matcher::{Key, Matcher};
-use crate::registry::RoutingId;
-
-/// Where event frames go: the broker's XPUB socket.
-pub trait EventSink {
-    /// Sends `[token, VERSION, kind, body]`.
-    fn to_events(&mut self, token: &[u8], kind: &str, body: &[u8]) -> Delivery;
-
-    /// Lets the SUB whose subscription frame was just read receive messages sent with this
-    /// token (the event socket applies no subscription by itself: XPUB_MANUAL). The default
-    /// does nothing (sinks without a real socket).
-    fn accept_subscription(&mut self, _token: &[u8]) {}
-
-    /// Withdraws a token from the SUB whose unsubscription frame was just read.
-    fn drop_subscription(&mut self, _token: &[u8]) {}
-}
+use crate::outbox::{Delivery, EventSink, RoutingId};
 
 /// Settings of the exchange.
 #[derive(Debug, Clone)]
@@ -125,7 +114,6 @@ pub struct Exchange {
     order: u64,
     scratch: Vec<Key>,
     counters: ExchangeCounters,
-    last_id: u128,
     /// Recently ended tokens and their client, oldest first ([`REMEMBERED_ENDINGS`]).
     ended: VecDeque<(String, RoutingId)>,
 }
@@ -144,21 +132,8 @@ impl Exchange {
             order: 0,
             scratch: Vec::new(),
             counters: ExchangeCounters::default(),
-            last_id: 0,
             ended: VecDeque::new(),
         }
-    }
-
-    /// A new message id: a ULID, strictly increasing (time-ordered, then counting within a
-    /// millisecond), so ids are unique and sortable without a random draw per message.
-    fn next_id(&mut self) -> MsgId {
-        let now = u128::from(ulid::Ulid::new());
-        self.last_id = if now > self.last_id {
-            now
-        } else {
-            self.last_id + 1
-        };
-        MsgId(self.last_id)
     }
 
     /// The event endpoint subscribers connect to.
@@ -177,8 +152,10 @@ impl Exchange {
     }
 
     /// Creates a pending subscription and returns its token.
+    #[allow(clippy::too_many_arguments)]
     pub fn subscribe(
         &mut self,
+        ids: &mut IdSource,
         client: &RoutingId,
         owner: Option<&str>,
         patterns: Vec<String>,
@@ -207,7 +184,7 @@ impl Exchange {
         self.next_key += 1;
         // Random (80 bits), not the sequential message ids: a token is also the SUB filter,
         // and must not be guessable by other subscribers.
-        let token = format!("s{}", ulid::Ulid::new());
+        let token = ids.token(now);
         for p in &patterns {
             self.matcher.insert(p, key);
         }
@@ -260,12 +237,13 @@ impl Exchange {
         if !self.per_client.contains_key(client) {
             return 0;
         }
-        let tokens: Vec<String> = self
+        let mut tokens: Vec<String> = self
             .subs
             .values()
             .filter(|s| &s.client == client)
             .map(|s| s.token.clone())
             .collect();
+        tokens.sort_unstable();
         for token in &tokens {
             self.remove(token);
         }
@@ -382,7 +360,7 @@ impl Exchange {
             sub: token.to_string(),
             backlog: backlog.len() as u64,
         };
-        let _ = out.to_events(token.as_bytes(), "active", &encode_body(&active));
+        let _ = out.event(&EventRef::Active(&active));
         let mut delivered = 0;
         let mut dropped = 0;
         for m in backlog {
@@ -408,13 +386,14 @@ impl Exchange {
     pub fn publish(
         &mut self,
         out: &mut impl EventSink,
+        ids: &mut IdSource,
         topic: &str,
         headers: BTreeMap<String, String>,
         payload: Value,
         now: Instant,
     ) -> (String, u64) {
         self.counters.published += 1;
-        let id = self.next_id().to_string();
+        let id = ids.message(now).to_string();
         let mut keys = std::mem::take(&mut self.scratch);
         keys.clear();
         self.matcher.matches(topic, &mut keys);
@@ -445,6 +424,7 @@ impl Exchange {
     pub fn publish_batch(
         &mut self,
         out: &mut impl EventSink,
+        ids_source: &mut IdSource,
         items: Vec<BatchItem>,
         now: Instant,
     ) -> u64 {
@@ -454,7 +434,7 @@ impl Exchange {
         let mut ids = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             self.counters.published += 1;
-            let id = self.next_id();
+            let id = MsgId(ids_source.message(now).0);
             keys.clear();
             self.matcher.matches(&item.topic, &mut keys);
             for key in &keys {
@@ -529,12 +509,13 @@ impl Exchange {
     /// Discards subscriptions never activated, and retained messages past their age.
     pub fn on_tick(&mut self, now: Instant) {
         let timeout = self.config.activation_timeout;
-        let stale: Vec<String> = self
+        let mut stale: Vec<String> = self
             .subs
             .values()
             .filter(|s| !s.active && now.saturating_duration_since(s.created) > timeout)
             .map(|s| s.token.clone())
             .collect();
+        stale.sort_unstable();
         for token in stale {
             self.remove(&token);
         }
@@ -567,15 +548,23 @@ fn deliver(
             dropped: sub.dropped_pending,
             dropped_total: sub.dropped_total,
         };
-        if out.to_events(sub.token.as_bytes(), "lagging", &encode_body(&notice)) != Delivery::Sent {
+        if out.event(&EventRef::Lagging(&notice)) != Delivery::Sent {
             sub.dropped_pending += 1;
             sub.dropped_total += 1;
             return false;
         }
         sub.dropped_pending = 0;
     }
-    let body = encode_message(&sub.token, sub.seq, id, topic, headers, payload, retained);
-    if out.to_events(sub.token.as_bytes(), "message", &body) == Delivery::Sent {
+    let message = TopicMessageRef {
+        sub: &sub.token,
+        seq: sub.seq,
+        id,
+        topic,
+        headers,
+        payload,
+        retained,
+    };
+    if out.event(&EventRef::Message(message)) == Delivery::Sent {
         true
     } else {
         sub.dropped_pending += 1;
@@ -592,20 +581,6 @@ fn deliver_batch(
     items: &[BatchItem],
     ids: &[MsgId],
 ) -> bool {
-    #[derive(serde::Serialize)]
-    struct Item<'a> {
-        seq: u64,
-        id: MsgId,
-        topic: &'a str,
-        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-        headers: &'a BTreeMap<String, String>,
-        payload: &'a Value,
-    }
-    #[derive(serde::Serialize)]
-    struct Batch<'a> {
-        sub: &'a str,
-        items: Vec<Item<'a>>,
-    }
     let first = sub.seq + 1;
     let n = share.len() as u64;
     sub.seq += n;
@@ -615,23 +590,26 @@ fn deliver_batch(
             dropped: sub.dropped_pending,
             dropped_total: sub.dropped_total,
         };
-        if out.to_events(sub.token.as_bytes(), "lagging", &encode_body(&notice)) != Delivery::Sent {
+        if out.event(&EventRef::Lagging(&notice)) != Delivery::Sent {
             sub.dropped_pending += n;
             sub.dropped_total += n;
             return false;
         }
         sub.dropped_pending = 0;
     }
-    let batch = Batch {
+    let texts: Vec<[u8; ulid::ULID_LEN]> = share.iter().map(|&i| ids[i].text()).collect();
+    let batch = EventBatchRef {
         sub: &sub.token,
         items: share
             .iter()
+            .zip(&texts)
             .enumerate()
-            .map(|(k, &i)| {
+            .map(|(k, (&i, text))| {
                 let m = &items[i];
-                Item {
+                EventItemRef {
                     seq: first + k as u64,
-                    id: ids[i],
+                    // ULID text is ASCII.
+                    id: std::str::from_utf8(text).unwrap_or_default(),
                     topic: &m.topic,
                     headers: &m.headers,
                     payload: &m.payload,
@@ -639,7 +617,7 @@ fn deliver_batch(
             })
             .collect(),
     };
-    if out.to_events(sub.token.as_bytes(), "messages", &encode_body(&batch)) == Delivery::Sent {
+    if out.event(&EventRef::Messages(batch)) == Delivery::Sent {
         true
     } else {
         sub.dropped_pending += n;
@@ -648,43 +626,18 @@ fn deliver_batch(
     }
 }
 
-fn encode_message(
-    token: &str,
-    seq: u64,
-    id: &str,
-    topic: &str,
-    headers: &BTreeMap<String, String>,
-    payload: &Value,
-    retained: bool,
-) -> Vec<u8> {
-    // Borrowing view of `TopicMessage`, so nothing is cloned per subscriber.
-    #[derive(serde::Serialize)]
-    struct View<'a> {
-        sub: &'a str,
-        seq: u64,
-        id: &'a str,
-        topic: &'a str,
-        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-        headers: &'a BTreeMap<String, String>,
-        payload: &'a Value,
-        #[serde(skip_serializing_if = "std::ops::Not::not")]
-        retained: bool,
-    }
-    let _shape: Option<TopicMessage> = None;
-    encode_body(&View {
-        sub: token,
-        seq,
-        id,
-        topic,
-        headers,
-        payload,
-        retained,
-    })
-}
-
 /// A message id, serialized as its 26-character ULID text without allocating.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct MsgId(u128);
+
+impl MsgId {
+    /// The 26 ASCII characters of the ULID.
+    fn text(self) -> [u8; ulid::ULID_LEN] {
+        let mut buf = [0u8; ulid::ULID_LEN];
+        let _ = ulid::Ulid(self.0).array_to_str(&mut buf);
+        buf
+    }
+}
 
 impl std::fmt::Display for MsgId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

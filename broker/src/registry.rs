@@ -1,124 +1,120 @@
-//! The worker registry: who serves what, with which resources, how loaded (rule 5).
+//! The worker registry: who serves what, with which resources, how loaded (rule 5). The
+//! choice among them is [`crate::placement`]'s; this module keeps the facts.
 //!
-//! Selection: among workers serving `fun` whose resources include every name in `locs`, the
-//! least loaded (outstanding tasks relative to capacity) with a free slot; ties rotate so that
-//! equal workers share the load.
+//! Every registration gets a fresh [`WorkerId`], never reused: a message about a worker that
+//! is gone can never land on another one.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Instant;
 
-/// A worker's routing id on the worker ROUTER.
-pub type RoutingId = Vec<u8>;
+use mpreg_protocol::{TaskId, WorkerId};
 
-/// Index of a worker in the registry (stable while the worker is registered).
-pub type WorkerId = usize;
+use crate::outbox::{RoutingId, WorkerAddr};
+use crate::placement::{place, Candidate, Placement, Pool};
 
 /// One registered worker.
 #[derive(Debug)]
 pub struct Worker {
-    /// Routing id on the worker socket.
-    pub routing: RoutingId,
+    /// Where it is.
+    pub addr: WorkerAddr,
     /// The node's name, as it registered.
     pub name: String,
-    /// Functions it serves.
+    /// Functions it serves, sorted.
     pub functions: Vec<String>,
     /// Resources it holds.
     pub resources: HashSet<String>,
     /// Tasks it may run at once.
     pub capacity: u32,
-    /// Task ids sent to it and not yet answered.
-    pub tasks: HashSet<u64>,
+    /// Tasks sent to it and not yet answered, in dispatch order.
+    pub tasks: BTreeSet<TaskId>,
     /// When it was last heard from.
     pub last_seen: Instant,
     /// It said it is shutting down: no new tasks.
     pub draining: bool,
     /// Its authenticated CURVE key (Z85), when the broker runs CURVE.
     pub key: Option<String>,
-    /// It registered with compact frames: its tasks go out as one frame.
-    pub compact: bool,
 }
 
 impl Worker {
-    fn has_room(&self) -> bool {
-        !self.draining && (self.tasks.len() as u64) < u64::from(self.capacity)
-    }
-
     /// Whether it holds every resource in `locs`.
     pub fn holds(&self, locs: &[String]) -> bool {
         locs.iter().all(|l| self.resources.contains(l))
     }
+
+    /// Whether it can take another task now.
+    pub fn has_room(&self) -> bool {
+        !self.draining && (self.tasks.len() as u64) < u64::from(self.capacity)
+    }
 }
 
-/// The outcome of looking for a worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Selection {
-    /// Send it here.
-    Worker(WorkerId),
-    /// Matching workers exist but all are at capacity: wait for a free slot.
-    Busy,
-    /// No registered worker serves `fun` with these resources.
-    NoRoute,
+/// What a worker registers with.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// Its connection.
+    pub addr: WorkerAddr,
+    /// Its name.
+    pub name: String,
+    /// Functions it serves.
+    pub functions: Vec<String>,
+    /// Resources it holds.
+    pub resources: Vec<String>,
+    /// Capacity granted.
+    pub capacity: u32,
+    /// Its CURVE key.
+    pub key: Option<String>,
 }
 
 /// All workers of one broker.
 #[derive(Debug, Default)]
 pub struct Registry {
-    slots: Vec<Option<Worker>>,
+    workers: BTreeMap<WorkerId, Worker>,
     by_routing: HashMap<RoutingId, WorkerId>,
     by_fun: HashMap<String, Vec<WorkerId>>,
+    next: u64,
     rotation: usize,
 }
 
 impl Registry {
-    /// Adds a worker, or updates one that registers again on the same connection (its
-    /// outstanding tasks are kept). Returns its id.
-    pub fn register(
-        &mut self,
-        routing: RoutingId,
-        name: String,
-        functions: Vec<String>,
-        resources: Vec<String>,
-        capacity: u32,
-        now: Instant,
-    ) -> WorkerId {
-        let tasks = match self.by_routing.get(&routing).copied() {
-            Some(id) => self.remove(id).map(|w| w.tasks).unwrap_or_default(),
-            None => HashSet::new(),
-        };
-        let mut functions = functions;
-        functions.sort();
-        functions.dedup();
-        let worker = Worker {
-            routing: routing.clone(),
-            name,
-            functions,
-            resources: resources.into_iter().collect(),
-            capacity: capacity.max(1),
-            tasks,
-            last_seen: now,
-            draining: false,
-            key: None,
-            compact: false,
-        };
-        let id = match self.slots.iter().position(Option::is_none) {
-            Some(free) => free,
+    /// Adds a worker, or replaces the registration of one that registers again on the same
+    /// connection (it keeps its id and its outstanding tasks). Returns its id.
+    pub fn register(&mut self, registration: Registration, now: Instant) -> WorkerId {
+        let known = self.by_routing.get(&registration.addr.routing).copied();
+        let (id, tasks) = match known.and_then(|id| self.remove(id).map(|w| (id, w.tasks))) {
+            Some(kept) => kept,
             None => {
-                self.slots.push(None);
-                self.slots.len() - 1
+                self.next += 1;
+                (WorkerId(self.next), BTreeSet::new())
             }
         };
-        for fun in &worker.functions {
+        let mut functions = registration.functions;
+        functions.sort();
+        functions.dedup();
+        for fun in &functions {
             self.by_fun.entry(fun.clone()).or_default().push(id);
         }
-        self.slots[id] = Some(worker);
-        self.by_routing.insert(routing, id);
+        self.by_routing
+            .insert(registration.addr.routing.clone(), id);
+        self.workers.insert(
+            id,
+            Worker {
+                addr: registration.addr,
+                name: registration.name,
+                functions,
+                resources: registration.resources.into_iter().collect(),
+                capacity: registration.capacity.max(1),
+                tasks,
+                last_seen: now,
+                draining: false,
+                key: registration.key,
+            },
+        );
         id
     }
 
     /// Removes a worker and returns it (with the tasks it still had).
     pub fn remove(&mut self, id: WorkerId) -> Option<Worker> {
-        let worker = self.slots.get_mut(id)?.take()?;
-        self.by_routing.remove(&worker.routing);
+        let worker = self.workers.remove(&id)?;
+        self.by_routing.remove(&worker.addr.routing);
         for fun in &worker.functions {
             if let Some(list) = self.by_fun.get_mut(fun) {
                 list.retain(|&w| w != id);
@@ -130,75 +126,49 @@ impl Registry {
         Some(worker)
     }
 
-    /// The worker registered under this routing id.
+    /// The worker registered on this connection.
     pub fn find(&self, routing: &[u8]) -> Option<WorkerId> {
         self.by_routing.get(routing).copied()
     }
 
     /// A registered worker.
     pub fn get(&self, id: WorkerId) -> Option<&Worker> {
-        self.slots.get(id).and_then(Option::as_ref)
+        self.workers.get(&id)
     }
 
     /// A registered worker, mutably.
     pub fn get_mut(&mut self, id: WorkerId) -> Option<&mut Worker> {
-        self.slots.get_mut(id).and_then(Option::as_mut)
+        self.workers.get_mut(&id)
     }
 
-    /// Every registered worker with its id.
+    /// Every registered worker, in registration order.
     pub fn iter(&self) -> impl Iterator<Item = (WorkerId, &Worker)> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, w)| w.as_ref().map(|w| (i, w)))
+        self.workers.iter().map(|(&id, w)| (id, w))
     }
 
     /// Number of registered workers.
     pub fn len(&self) -> usize {
-        self.by_routing.len()
+        self.workers.len()
     }
 
     /// True when no worker is registered.
     pub fn is_empty(&self) -> bool {
-        self.by_routing.is_empty()
+        self.workers.is_empty()
     }
 
-    /// Picks a worker for `fun` with `locs`.
-    pub fn select(&mut self, fun: &str, locs: &[String]) -> Selection {
-        let Some(candidates) = self.by_fun.get(fun) else {
-            return Selection::NoRoute;
-        };
-        let n = candidates.len();
+    /// Decides where a step of `fun` asking for `locs` goes ([`place`]), advancing the
+    /// rotation among equals.
+    pub fn place(&mut self, fun: &str, locs: &[String]) -> Placement {
         self.rotation = self.rotation.wrapping_add(1);
-        let start = self.rotation % n;
-        let mut best: Option<(WorkerId, u64, u64)> = None;
-        let mut any_match = false;
-        for k in 0..n {
-            let id = candidates[(start + k) % n];
-            let Some(w) = self.slots[id].as_ref() else {
-                continue;
-            };
-            if !w.holds(locs) || w.draining {
-                continue;
-            }
-            any_match = true;
-            if !w.has_room() {
-                continue;
-            }
-            // Compare load fractions exactly: a/b < c/d  <=>  a*d < c*b.
-            let (load, cap) = (w.tasks.len() as u64, u64::from(w.capacity));
-            if best.is_none_or(|(_, bl, bc)| load * bc < bl * cap) {
-                best = Some((id, load, cap));
-            }
-        }
-        match (best, any_match) {
-            (Some((id, _, _)), _) => Selection::Worker(id),
-            (None, true) => Selection::Busy,
-            (None, false) => Selection::NoRoute,
-        }
+        let pool = FunPool {
+            ids: self.by_fun.get(fun).map_or(&[], Vec::as_slice),
+            workers: &self.workers,
+            locs,
+        };
+        place(&pool, self.rotation)
     }
 
-    /// Workers not heard from since `cutoff`.
+    /// Workers not heard from since `cutoff`, in registration order.
     pub fn silent_since(&self, cutoff: Instant) -> Vec<WorkerId> {
         self.iter()
             .filter(|(_, w)| w.last_seen < cutoff)
@@ -207,17 +177,58 @@ impl Registry {
     }
 }
 
+/// The workers serving one function, seen as placement candidates.
+struct FunPool<'a> {
+    ids: &'a [WorkerId],
+    workers: &'a BTreeMap<WorkerId, Worker>,
+    locs: &'a [String],
+}
+
+impl Pool for FunPool<'_> {
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    fn candidate(&self, k: usize) -> Candidate {
+        let id = self.ids[k];
+        match self.workers.get(&id) {
+            Some(w) => Candidate {
+                id,
+                outstanding: u32::try_from(w.tasks.len()).unwrap_or(u32::MAX),
+                capacity: w.capacity,
+                draining: w.draining,
+                holds: w.holds(self.locs),
+            },
+            // Indexes and workers change together; a stale index entry is simply unusable.
+            None => Candidate {
+                id,
+                outstanding: 0,
+                capacity: 1,
+                draining: true,
+                holds: false,
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::placement::NoRoute;
 
     fn reg(r: &mut Registry, name: &str, funs: &[&str], res: &[&str], cap: u32) -> WorkerId {
         r.register(
-            name.as_bytes().to_vec(),
-            name.into(),
-            funs.iter().map(|s| s.to_string()).collect(),
-            res.iter().map(|s| s.to_string()).collect(),
-            cap,
+            Registration {
+                addr: WorkerAddr {
+                    routing: name.as_bytes().to_vec(),
+                    compact: false,
+                },
+                name: name.into(),
+                functions: funs.iter().map(|s| s.to_string()).collect(),
+                resources: res.iter().map(|s| s.to_string()).collect(),
+                capacity: cap,
+                key: None,
+            },
             Instant::now(),
         )
     }
@@ -227,51 +238,58 @@ mod tests {
         let mut r = Registry::default();
         let a = reg(&mut r, "a", &["echo"], &["gpu", "eu"], 4);
         let b = reg(&mut r, "b", &["echo", "train"], &["cpu"], 4);
-        assert_eq!(r.select("train", &[]), Selection::Worker(b));
-        assert_eq!(r.select("echo", &["gpu".into()]), Selection::Worker(a));
+        assert_eq!(r.place("train", &[]), Placement::Local(b));
+        assert_eq!(r.place("echo", &["gpu".into()]), Placement::Local(a));
         assert_eq!(
-            r.select("echo", &["gpu".into(), "eu".into()]),
-            Selection::Worker(a)
+            r.place("echo", &["gpu".into(), "eu".into()]),
+            Placement::Local(a)
         );
         assert_eq!(
-            r.select("echo", &["gpu".into(), "cpu".into()]),
-            Selection::NoRoute
+            r.place("echo", &["gpu".into(), "cpu".into()]),
+            Placement::NoRoute(NoRoute::MissingResources)
         );
-        assert_eq!(r.select("nope", &[]), Selection::NoRoute);
+        assert_eq!(
+            r.place("nope", &[]),
+            Placement::NoRoute(NoRoute::UnknownFunction)
+        );
     }
 
     #[test]
-    fn least_loaded_then_rotation_then_busy() {
+    fn least_loaded_then_rotation_then_wait() {
         let mut r = Registry::default();
         let a = reg(&mut r, "a", &["f"], &[], 2);
         let b = reg(&mut r, "b", &["f"], &[], 2);
-        // Equal load: both get picked over a few selections.
-        let picks: HashSet<_> = (0..4).map(|_| r.select("f", &[])).collect();
+        let picks: HashSet<_> = (0..4).map(|_| r.place("f", &[])).collect();
         assert_eq!(picks.len(), 2);
-        r.get_mut(a).unwrap().tasks.insert(1);
+        r.get_mut(a).unwrap().tasks.insert(TaskId(1));
         for _ in 0..4 {
-            assert_eq!(r.select("f", &[]), Selection::Worker(b));
+            assert_eq!(r.place("f", &[]), Placement::Local(b));
         }
-        r.get_mut(b).unwrap().tasks.extend([2, 3]);
-        assert_eq!(r.select("f", &[]), Selection::Worker(a));
-        r.get_mut(a).unwrap().tasks.insert(4);
-        assert_eq!(r.select("f", &[]), Selection::Busy);
+        r.get_mut(b).unwrap().tasks.extend([TaskId(2), TaskId(3)]);
+        assert_eq!(r.place("f", &[]), Placement::Local(a));
+        r.get_mut(a).unwrap().tasks.insert(TaskId(4));
+        assert_eq!(r.place("f", &[]), Placement::Wait);
         r.get_mut(a).unwrap().draining = true;
         r.get_mut(b).unwrap().draining = true;
-        assert_eq!(r.select("f", &[]), Selection::NoRoute);
+        assert_eq!(r.place("f", &[]), Placement::NoRoute(NoRoute::Draining));
     }
 
     #[test]
-    fn re_registration_keeps_tasks_and_removal_unindexes() {
+    fn ids_are_never_reused_and_re_registration_keeps_tasks() {
         let mut r = Registry::default();
         let a = reg(&mut r, "a", &["f"], &[], 2);
-        r.get_mut(a).unwrap().tasks.insert(9);
+        r.get_mut(a).unwrap().tasks.insert(TaskId(9));
         let a2 = reg(&mut r, "a", &["g"], &[], 2);
-        assert!(r.get(a2).unwrap().tasks.contains(&9));
-        assert_eq!(r.select("f", &[]), Selection::NoRoute);
-        assert_eq!(r.len(), 1);
+        assert_eq!(a2, a, "the same connection keeps its id");
+        assert!(r.get(a2).unwrap().tasks.contains(&TaskId(9)));
+        assert_eq!(
+            r.place("f", &[]),
+            Placement::NoRoute(NoRoute::UnknownFunction)
+        );
         r.remove(a2);
-        assert_eq!(r.select("g", &[]), Selection::NoRoute);
         assert!(r.is_empty());
+        let c = reg(&mut r, "c", &["g"], &[], 1);
+        assert_ne!(c, a, "a new registration never takes an old id");
+        assert!(r.get(a).is_none());
     }
 }

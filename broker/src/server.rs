@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use mpreg_protocol::{compact_frame, VERSION};
+use mpreg_protocol::{
+    compact_frame, encode_body, BrokerToClient, BrokerToWorker, EventRef, Task, VERSION,
+};
 use mpreg_transport::{
     spawn, Context, Curve, Handler, Io, Key, KeyPair, ReactorHandle, ReactorThread, SendError,
     SocketId, SocketKind, SocketOptions, SocketSpec, TransportError,
@@ -12,8 +14,10 @@ use slog::{info, warn, Logger};
 
 use crate::access::{AccessList, Role, CLIENT_DOMAIN, EVENT_DOMAIN, WORKER_DOMAIN};
 use crate::config::BrokerConfig;
-use crate::engine::{ClientAddr, Delivery, Engine, Outbox};
-use crate::exchange::EventSink;
+use crate::engine::Engine;
+use crate::frontend::{feed_client, feed_worker, Frontend};
+use crate::ids::IdSource;
+use crate::outbox::{ClientAddr, Delivery, EventSink, Outbox, WorkerAddr};
 
 /// Commands to a running broker.
 #[derive(Debug)]
@@ -49,14 +53,20 @@ struct Sockets<'a> {
     client: SocketId,
     worker: SocketId,
     events: SocketId,
+    /// Replies larger than this are not sent (the engine answers `104` instead).
+    max_reply_bytes: usize,
 }
 
 impl EventSink for Sockets<'_> {
-    fn to_events(&mut self, token: &[u8], kind: &str, body: &[u8]) -> Delivery {
-        delivery(
-            self.io
-                .send(self.events, &[token, VERSION, kind.as_bytes(), body]),
-        )
+    fn event(&mut self, event: &EventRef<'_>) -> Delivery {
+        let body = event.encode_body();
+        let frames: [&[u8]; 4] = [
+            event.token().as_bytes(),
+            VERSION,
+            event.kind().as_bytes(),
+            &body,
+        ];
+        delivery(self.io.send(self.events, &frames))
     }
 
     fn accept_subscription(&mut self, token: &[u8]) {
@@ -76,51 +86,58 @@ fn delivery(result: Result<(), SendError>) -> Delivery {
     }
 }
 
-impl Outbox for Sockets<'_> {
-    fn to_client(&mut self, client: &ClientAddr, kind: &str, body: &[u8]) -> Delivery {
-        if client.compact {
+impl Sockets<'_> {
+    fn to_worker_body(&mut self, to: &WorkerAddr, kind: &str, body: &[u8]) -> Delivery {
+        let routing = &to.routing[..];
+        if to.compact {
             let frame = compact_frame(kind.as_bytes(), body);
-            let result = if client.delimiter {
-                self.io
-                    .send(self.client, &[&client.routing[..], b"", &frame[..]])
-            } else {
-                self.io
-                    .send(self.client, &[&client.routing[..], &frame[..]])
-            };
-            return delivery(result);
-        }
-        let result = if client.delimiter {
-            self.io.send(
-                self.client,
-                &[&client.routing[..], b"", VERSION, kind.as_bytes(), body],
-            )
+            delivery(self.io.send(self.worker, &[routing, &frame[..]]))
         } else {
-            self.io.send(
-                self.client,
-                &[&client.routing[..], VERSION, kind.as_bytes(), body],
+            delivery(
+                self.io
+                    .send(self.worker, &[routing, VERSION, kind.as_bytes(), body]),
             )
+        }
+    }
+}
+
+impl Outbox for Sockets<'_> {
+    fn reply(&mut self, client: &ClientAddr, message: &BrokerToClient) -> Delivery {
+        let body = message.encode_body();
+        if body.len() > self.max_reply_bytes {
+            return Delivery::TooLarge(body.len());
+        }
+        let kind = message.kind().as_bytes();
+        let routing = &client.routing[..];
+        let result = match (client.compact, client.delimiter) {
+            (true, delimiter) => {
+                let frame = compact_frame(kind, &body);
+                if delimiter {
+                    self.io.send(self.client, &[routing, b"", &frame[..]])
+                } else {
+                    self.io.send(self.client, &[routing, &frame[..]])
+                }
+            }
+            (false, true) => self
+                .io
+                .send(self.client, &[routing, b"", VERSION, kind, &body]),
+            (false, false) => self.io.send(self.client, &[routing, VERSION, kind, &body]),
         };
         delivery(result)
     }
 
-    fn to_worker_as(&mut self, routing: &[u8], compact: bool, kind: &str, body: &[u8]) -> Delivery {
-        if !compact {
-            return self.to_worker(routing, kind, body);
-        }
-        let frame = compact_frame(kind.as_bytes(), body);
-        delivery(self.io.send(self.worker, &[routing, &frame[..]]))
+    fn task(&mut self, to: &WorkerAddr, task: &Task<'_>) -> Delivery {
+        self.to_worker_body(to, "task", &encode_body(task))
     }
 
-    fn to_worker(&mut self, routing: &[u8], kind: &str, body: &[u8]) -> Delivery {
-        delivery(
-            self.io
-                .send(self.worker, &[routing, VERSION, kind.as_bytes(), body]),
-        )
+    fn to_worker(&mut self, to: &WorkerAddr, message: &BrokerToWorker) -> Delivery {
+        self.to_worker_body(to, message.kind(), &message.encode_body())
     }
 }
 
 struct BrokerHandler {
     engine: Engine,
+    frontend: Frontend,
     client: SocketId,
     worker: SocketId,
     events: SocketId,
@@ -179,6 +196,7 @@ impl BrokerHandler {
             client: self.client,
             worker: self.worker,
             events: self.events,
+            max_reply_bytes: self.frontend.limits.max_message_bytes,
         }
     }
 
@@ -201,17 +219,28 @@ impl Handler for BrokerHandler {
         }
         let now = io.now();
         let user = io.take_peer_user();
-        let user = user.as_deref();
         let mut out = self.sockets(io);
         if socket == self.client {
-            self.engine
-                .on_client_message_as(&mut out, &frames, user, now);
+            feed_client(
+                &self.frontend,
+                &mut self.engine,
+                &mut out,
+                &frames,
+                user,
+                now,
+            );
         } else if socket == self.worker {
+            feed_worker(
+                &self.frontend,
+                &mut self.engine,
+                &mut out,
+                &frames,
+                user,
+                now,
+            );
+        } else if let Some(frame) = frames.first() {
             self.engine
-                .on_worker_message_as(&mut out, &frames, user, now);
-        } else {
-            self.engine
-                .on_event_message_as(&mut out, &frames, user, now);
+                .on_event_frame(&mut out, frame, user.as_deref(), now);
         }
         if self.engine.is_drained() {
             self.check_drained(io);
@@ -385,19 +414,27 @@ impl Broker {
                 engine_config.exchange.events_endpoint = endpoints.2.clone();
             }
             let _ = endpoints_tx.send(endpoints);
-            let mut engine =
-                Engine::new(engine_config, Instant::now()).with_logger(engine_log.clone());
+            let frontend = Frontend {
+                limits: engine_config.limits,
+                client_endpoint: engine_config.client_endpoint.clone(),
+                worker_endpoint: engine_config.worker_endpoint.clone(),
+            };
+            let now = io.now();
+            let mut engine = Engine::new(engine_config, now, IdSource::from_entropy(now))
+                .with_logger(engine_log.clone());
             if let Some(access) = handler_access.clone() {
                 let mut out = Sockets {
                     io,
                     client,
                     worker,
                     events,
+                    max_reply_bytes: frontend.limits.max_message_bytes,
                 };
-                engine.set_access(&mut out, access, Instant::now());
+                engine.set_access(&mut out, access, now);
             }
             Ok(BrokerHandler {
                 engine,
+                frontend,
                 client,
                 worker,
                 events,

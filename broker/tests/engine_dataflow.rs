@@ -5,96 +5,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use mpreg_broker::engine::{ClientAddr, Delivery, Engine, EngineConfig, Outbox};
-use mpreg_broker::exchange::EventSink;
+use mpreg_broker::engine::EngineConfig;
 use mpreg_protocol::*;
 use proptest::prelude::*;
+use support::{answer, plan, register, submit, worker, Recorder};
 
-#[derive(Default)]
-struct Recorder {
-    /// (worker routing, task) in send order.
-    tasks: Vec<(Vec<u8>, Task<'static>)>,
-    cancels: Vec<u64>,
-    client: Vec<BrokerToClient>,
-}
-
-impl EventSink for Recorder {
-    fn to_events(&mut self, _token: &[u8], _kind: &str, _body: &[u8]) -> Delivery {
-        Delivery::Sent
-    }
-}
-
-impl Outbox for Recorder {
-    fn to_client(&mut self, _client: &ClientAddr, kind: &str, body: &[u8]) -> Delivery {
-        self.client
-            .push(BrokerToClient::decode(kind.as_bytes(), body, &Limits::default()).unwrap());
-        Delivery::Sent
-    }
-    fn to_worker(&mut self, routing: &[u8], kind: &str, body: &[u8]) -> Delivery {
-        match BrokerToWorker::decode(kind.as_bytes(), body, &Limits::default()).unwrap() {
-            BrokerToWorker::Task(t) => self.tasks.push((routing.to_vec(), t)),
-            BrokerToWorker::Cancel(c) => self.cancels.push(c.task),
-            _ => {}
-        }
-        Delivery::Sent
-    }
-}
-
-fn frames(routing: &[u8], m: &[Vec<u8>; 3]) -> Vec<Vec<u8>> {
-    let mut f = vec![routing.to_vec()];
-    f.extend(m.iter().cloned());
-    f
-}
-
-fn register(
-    e: &mut Engine,
-    out: &mut Recorder,
-    routing: &[u8],
-    funs: &[&str],
-    capacity: u32,
-    now: Instant,
-) {
-    let m = WorkerToBroker::Register(Register {
-        node: String::from_utf8_lossy(routing).into(),
-        functions: funs.iter().map(|s| s.to_string()).collect(),
-        resources: vec![],
-        capacity,
-    });
-    e.on_worker_message(out, &frames(routing, &m.to_frames()), now);
-}
-
-fn submit(e: &mut Engine, out: &mut Recorder, plan: PlanRequest, now: Instant) {
-    e.on_client_message(
-        out,
-        &frames(b"client", &ClientToBroker::Plan(plan).to_frames()),
-        now,
-    );
-}
-
-fn answer(
-    e: &mut Engine,
-    out: &mut Recorder,
-    routing: &[u8],
-    task: u64,
-    value: Value,
-    now: Instant,
-) {
-    let m = WorkerToBroker::Result(TaskResult { task, value });
-    e.on_worker_message(out, &frames(routing, &m.to_frames()), now);
-}
-
-fn plan(id: u64, steps: Vec<Step>) -> PlanRequest {
-    PlanRequest {
-        id,
-        steps,
-        deadline_ms: None,
-        all_results: false,
-        progress: false,
-        progress_topic: None,
-    }
+fn engine(config: EngineConfig, now: Instant) -> mpreg_broker::Engine {
+    support::engine(config, now, 1)
 }
 
 /// A random DAG: step i may reference steps before it in a random permutation; each step's
@@ -157,7 +79,7 @@ proptest! {
     #[test]
     fn every_step_runs_once_after_its_references((steps, deps, choices) in dag(), capacity in 1u32..4, workers in 1usize..3) {
         let now = Instant::now();
-        let mut e = Engine::new(EngineConfig::default(), now);
+        let mut e = engine(EngineConfig::default(), now);
         let mut out = Recorder::default();
         let names: Vec<Vec<u8>> = (0..workers).map(|w| format!("w{w}").into_bytes()).collect();
         for n in &names {
@@ -200,7 +122,7 @@ proptest! {
             answered += 1;
         }
         prop_assert_eq!(answered, n);
-        let BrokerToClient::Result(result) = &out.client[0] else { panic!("{:?}", out.client[0]) };
+        let BrokerToClient::Result(result) = &out.client[0].1 else { panic!("{:?}", out.client[0]) };
         let referenced: HashSet<usize> = deps.iter().flatten().copied().collect();
         let sinks: BTreeMap<String, Value> = (0..n).filter(|i| !referenced.contains(i)).map(|i| (format!("s{i}"), done[&i].clone())).collect();
         prop_assert_eq!(&result.results, &sinks);
@@ -217,7 +139,7 @@ fn lost_worker_tasks_move_to_another_then_fail_when_retries_run_out() {
         max_retries: 1,
         ..EngineConfig::default()
     };
-    let mut e = Engine::new(config, t0);
+    let mut e = engine(config, t0);
     let mut out = Recorder::default();
     register(&mut e, &mut out, b"a", &["f"], 4, t0);
     submit(
@@ -231,10 +153,10 @@ fn lost_worker_tasks_move_to_another_then_fail_when_retries_run_out() {
     let first = out.tasks.remove(0).0;
     let other: &[u8] = if first == b"a" { b"b" } else { b"a" };
     // The other worker keeps heartbeating; the first goes silent and expires.
-    let hb = WorkerToBroker::Heartbeat(Heartbeat {}).to_frames();
+    let hb = WorkerToBroker::Heartbeat(Heartbeat {});
     for ms in [100u64, 200, 300, 400] {
         let now = t0 + Duration::from_millis(ms);
-        e.on_worker_message(&mut out, &frames(other, &hb), now);
+        e.on_worker(&mut out, worker(other), hb.clone(), now);
         e.on_tick(&mut out, now);
     }
     assert_eq!(out.tasks.len(), 1, "re-dispatched once");
@@ -244,7 +166,7 @@ fn lost_worker_tasks_move_to_another_then_fail_when_retries_run_out() {
     for ms in [800u64, 900] {
         e.on_tick(&mut out, t0 + Duration::from_millis(ms));
     }
-    let BrokerToClient::Error(err) = &out.client[0] else {
+    let BrokerToClient::Error(err) = &out.client[0].1 else {
         panic!()
     };
     assert_eq!(err.error_code(), Some(ErrorCode::WorkerLost));
@@ -255,7 +177,7 @@ fn lost_worker_tasks_move_to_another_then_fail_when_retries_run_out() {
 #[test]
 fn deadline_fails_with_partial_results_and_cancels_tasks() {
     let t0 = Instant::now();
-    let mut e = Engine::new(EngineConfig::default(), t0);
+    let mut e = engine(EngineConfig::default(), t0);
     let mut out = Recorder::default();
     register(&mut e, &mut out, b"a", &["f"], 8, t0);
     let mut p = plan(
@@ -267,10 +189,16 @@ fn deadline_fails_with_partial_results_and_cancels_tasks() {
     );
     p.deadline_ms = Some(50);
     submit(&mut e, &mut out, p, t0);
-    let fast = out.tasks.iter().find(|(_, t)| t.task == 1).unwrap().1.task;
+    let fast = out
+        .tasks
+        .iter()
+        .find(|(_, t)| t.task == TaskId(1))
+        .unwrap()
+        .1
+        .task;
     answer(&mut e, &mut out, b"a", fast, Value::from(1), t0);
     e.on_tick(&mut out, t0 + Duration::from_millis(60));
-    let BrokerToClient::Error(err) = &out.client[0] else {
+    let BrokerToClient::Error(err) = &out.client[0].1 else {
         panic!()
     };
     assert_eq!(err.error_code(), Some(ErrorCode::PlanTimeout));
@@ -281,7 +209,7 @@ fn deadline_fails_with_partial_results_and_cancels_tasks() {
         &mut e,
         &mut out,
         b"a",
-        2,
+        TaskId(2),
         Value::from(2),
         t0 + Duration::from_millis(70),
     );
@@ -291,7 +219,7 @@ fn deadline_fails_with_partial_results_and_cancels_tasks() {
 #[test]
 fn busy_workers_queue_steps_until_a_slot_frees() {
     let t0 = Instant::now();
-    let mut e = Engine::new(EngineConfig::default(), t0);
+    let mut e = engine(EngineConfig::default(), t0);
     let mut out = Recorder::default();
     register(&mut e, &mut out, b"a", &["f"], 2, t0);
     let steps = (0..10)
@@ -302,11 +230,11 @@ fn busy_workers_queue_steps_until_a_slot_frees() {
     while out.client.is_empty() {
         assert!(out.tasks.len() <= 2);
         let (_, t) = out.tasks.remove(0);
-        answer(&mut e, &mut out, b"a", t.task, Value::from(t.task), t0);
+        answer(&mut e, &mut out, b"a", t.task, Value::from(t.task.0), t0);
         answered += 1;
     }
     assert_eq!(answered, 10);
-    let BrokerToClient::Result(r) = &out.client[0] else {
+    let BrokerToClient::Result(r) = &out.client[0].1 else {
         panic!()
     };
     assert_eq!(r.results.len(), 10);

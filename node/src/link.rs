@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use mpreg_protocol::{
     compact_frame, encode_body, failure_kind, parse_envelope, BrokerToWorker, Disconnect,
-    Heartbeat, Limits, Register, Task, TaskFailure, TaskResult,
+    Heartbeat, Limits, Register, Task, TaskFailure, TaskId, TaskResult,
 };
 use mpreg_transport::{
     Handler, Io, ReactorHandle, SocketId, SocketKind, SocketOptions, SocketSpec,
@@ -50,7 +50,7 @@ pub struct TaskKey {
     /// The link's session when the task arrived.
     pub generation: u64,
     /// The broker's task id.
-    pub task: u64,
+    pub task: TaskId,
 }
 
 /// Messages to the node's reactor.
@@ -327,7 +327,7 @@ impl NodeHandler {
             Ok(BrokerToWorker::Task(task)) => {
                 if matches!(self.phase, Phase::Closing { .. } | Phase::Finished) {
                     // Too late to run anything: the broker re-dispatches it when we vanish.
-                    debug!(self.setup.log, "task refused while closing"; "task" => task.task);
+                    debug!(self.setup.log, "task refused while closing"; "task" => %task.task);
                     return;
                 }
                 let key = TaskKey {
@@ -502,7 +502,7 @@ impl NodeHandler {
             }
         };
         if !sent {
-            debug!(self.setup.log, "reply dropped (connection down or full)"; "task" => task);
+            debug!(self.setup.log, "reply dropped (connection down or full)"; "task" => %task);
         }
     }
 

@@ -6,6 +6,7 @@ use rmpv::Value;
 use serde::{Deserialize, Serialize};
 
 use crate::error_code::ErrorCode;
+use crate::ids::PlanId;
 
 /// `cancel`: stop a plan in flight; the broker answers the plan's id with a `cancelled` error.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,6 +134,9 @@ pub struct ErrorReply {
     /// Results of the steps that finished before the failure.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub partial: BTreeMap<String, Value>,
+    /// The id the broker gave the plan (its trace id), on errors about a plan it read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanId>,
 }
 
 impl ErrorReply {
@@ -151,6 +155,7 @@ impl ErrorReply {
             path: None,
             cycle: None,
             partial: BTreeMap::new(),
+            plan: None,
         }
     }
 

@@ -9,6 +9,7 @@
 //! - [`direction`]: one enum per direction (`ClientToBroker`, `BrokerToClient`,
 //!   `WorkerToBroker`, `BrokerToWorker`) keyed by the message type frame.
 //! - [`error_code`]: stable numeric error codes and names.
+//! - [`ids`]: identifier newtypes (plan, task, worker, broker, node).
 //! - [`limits`]: size limits and their defaults.
 //!
 //! The one rule: this crate does no I/O and depends on nothing else in the workspace.
@@ -20,6 +21,7 @@ pub mod codec;
 pub mod direction;
 pub mod envelope;
 pub mod error_code;
+pub mod ids;
 pub mod limits;
 pub mod msgpack_scan;
 pub mod plan;
@@ -37,12 +39,14 @@ pub use envelope::{
     COMPACT_PREFIX, VERSION,
 };
 pub use error_code::ErrorCode;
+pub use ids::{BrokerId, NodeId, PlanId, TaskId, WorkerId};
 pub use limits::Limits;
 pub use plan::{PlanRequest, PlanResult, Progress, Step};
 pub use rmpv::Value;
 pub use topic::{
-    Active, BatchItem, EventBatch, EventItem, Lagging, Publish, PublishBatch, Published,
-    PublishedBatch, Subscribe, Subscribed, TopicMessage, Unsubscribe, Unsubscribed,
+    Active, BatchItem, EventBatch, EventBatchRef, EventItem, EventItemRef, EventRef, Lagging,
+    Publish, PublishBatch, Published, PublishedBatch, Subscribe, Subscribed, TopicMessage,
+    TopicMessageRef, Unsubscribe, Unsubscribed,
 };
 pub use worker::{
     failure_kind, CancelTask, Disconnect, Heartbeat, Reconnect, Register, Registered, Task,

@@ -6,6 +6,7 @@ use rmpv::Value;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::nil_as_default;
+use crate::ids::PlanId;
 
 /// One named step of a plan: call `fun` with `args`/`kwargs` on a worker holding every
 /// resource in `locs`. String values equal to another step's name (or `name.path`) are
@@ -100,6 +101,9 @@ pub(crate) fn is_false(b: &bool) -> bool {
 pub struct PlanResult {
     /// The plan's request id.
     pub id: u64,
+    /// The plan's id at the broker (its trace id). Absent from brokers before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanId>,
     /// Sink steps' results (or every step's, if asked).
     pub results: BTreeMap<String, Value>,
 }

@@ -232,6 +232,100 @@ pub struct EventBatch {
     pub items: Vec<EventItem>,
 }
 
+/// A `message` event's body, borrowing what every subscriber's copy shares (the broker sends
+/// one per matching subscription and clones nothing). Encodes exactly as [`TopicMessage`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct TopicMessageRef<'a> {
+    /// The subscription token.
+    pub sub: &'a str,
+    /// Per-subscription sequence number.
+    pub seq: u64,
+    /// The message id.
+    pub id: &'a str,
+    /// The topic.
+    pub topic: &'a str,
+    /// Headers (omitted when empty).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: &'a BTreeMap<String, String>,
+    /// Payload.
+    pub payload: &'a Value,
+    /// True for backlog messages (omitted otherwise).
+    #[serde(skip_serializing_if = "is_false")]
+    pub retained: bool,
+}
+
+/// One item of a [`EventBatchRef`]. Encodes exactly as [`EventItem`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct EventItemRef<'a> {
+    /// Per-subscription sequence number.
+    pub seq: u64,
+    /// The message id.
+    pub id: &'a str,
+    /// The topic.
+    pub topic: &'a str,
+    /// Headers (omitted when empty).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: &'a BTreeMap<String, String>,
+    /// Payload.
+    pub payload: &'a Value,
+}
+
+/// A `messages` event's body, borrowing the batch. Encodes exactly as [`EventBatch`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventBatchRef<'a> {
+    /// The subscription token.
+    pub sub: &'a str,
+    /// The messages, in order.
+    pub items: Vec<EventItemRef<'a>>,
+}
+
+/// An event as the broker emits it (borrowed bodies); see [`crate::Event`] for the owned,
+/// decoded form. The token frame is the body's `sub`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventRef<'a> {
+    /// `active`.
+    Active(&'a Active),
+    /// `message`.
+    Message(TopicMessageRef<'a>),
+    /// `messages`.
+    Messages(EventBatchRef<'a>),
+    /// `lagging`.
+    Lagging(&'a Lagging),
+}
+
+impl EventRef<'_> {
+    /// The event type frame.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventRef::Active(_) => "active",
+            EventRef::Message(_) => "message",
+            EventRef::Messages(_) => "messages",
+            EventRef::Lagging(_) => "lagging",
+        }
+    }
+
+    /// The subscription token: the first frame of the event.
+    pub fn token(&self) -> &str {
+        match self {
+            EventRef::Active(a) => &a.sub,
+            EventRef::Message(m) => m.sub,
+            EventRef::Messages(b) => b.sub,
+            EventRef::Lagging(l) => &l.sub,
+        }
+    }
+
+    /// The msgpack body.
+    pub fn encode_body(&self) -> Vec<u8> {
+        use crate::codec::encode_body;
+        match self {
+            EventRef::Active(a) => encode_body(a),
+            EventRef::Message(m) => encode_body(m),
+            EventRef::Messages(b) => encode_body(b),
+            EventRef::Lagging(l) => encode_body(l),
+        }
+    }
+}
+
 /// Checks a topic (or a pattern: the same rules) against the limits: not empty, at most
 /// `max_topic_bytes` bytes and `max_topic_words` words. Empty words are words (`a..b` has
 /// three).
@@ -270,5 +364,65 @@ mod tests {
         assert!(check_topic(&"x".repeat(257), &l).is_err());
         assert!(check_topic(&vec!["w"; 33].join("."), &l).is_err());
         assert!(check_topic(&vec!["w"; 32].join("."), &l).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod ref_tests {
+    use super::*;
+    use crate::codec::encode_body;
+
+    #[test]
+    fn borrowed_events_encode_as_the_owned_ones() {
+        let headers = BTreeMap::from([("k".to_string(), "v".to_string())]);
+        let payload = Value::from("p");
+        for (headers, retained) in [(&headers, true), (&BTreeMap::new(), false)] {
+            let owned = TopicMessage {
+                sub: "s1".into(),
+                seq: 3,
+                id: "01J".into(),
+                topic: "a.b".into(),
+                headers: headers.clone(),
+                payload: payload.clone(),
+                retained,
+            };
+            let borrowed = TopicMessageRef {
+                sub: "s1",
+                seq: 3,
+                id: "01J",
+                topic: "a.b",
+                headers,
+                payload: &payload,
+                retained,
+            };
+            assert_eq!(
+                encode_body(&owned),
+                EventRef::Message(borrowed).encode_body()
+            );
+            let batch = EventBatch {
+                sub: "s1".into(),
+                items: vec![EventItem {
+                    seq: 4,
+                    id: "01K".into(),
+                    topic: "a.c".into(),
+                    headers: headers.clone(),
+                    payload: payload.clone(),
+                }],
+            };
+            let batch_ref = EventBatchRef {
+                sub: "s1",
+                items: vec![EventItemRef {
+                    seq: 4,
+                    id: "01K",
+                    topic: "a.c",
+                    headers,
+                    payload: &payload,
+                }],
+            };
+            assert_eq!(
+                encode_body(&batch),
+                EventRef::Messages(batch_ref).encode_body()
+            );
+        }
     }
 }

@@ -7,6 +7,7 @@ use rmpv::Value;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::nil_as_default;
+use crate::ids::TaskId;
 
 /// `register`: a worker announces what it serves. Sent on connect and whenever the broker asks
 /// with `reconnect`.
@@ -45,7 +46,7 @@ pub struct Heartbeat {}
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Task<'a> {
     /// Task id, unique per dispatch attempt; echoed in `result` or `failure`.
-    pub task: u64,
+    pub task: TaskId,
     /// The function to call.
     pub fun: Cow<'a, str>,
     /// Positional arguments, references already resolved.
@@ -63,7 +64,7 @@ pub struct Task<'a> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskResult {
     /// The task id.
-    pub task: u64,
+    pub task: TaskId,
     /// The function's return value.
     pub value: Value,
 }
@@ -84,7 +85,7 @@ pub mod failure_kind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskFailure {
     /// The task id.
-    pub task: u64,
+    pub task: TaskId,
     /// Error kind (see [`failure_kind`]; workers may use others).
     pub kind: String,
     /// Human-readable message.
@@ -95,7 +96,7 @@ pub struct TaskFailure {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CancelTask {
     /// The task id.
-    pub task: u64,
+    pub task: TaskId,
 }
 
 /// `disconnect`: the sender is leaving. A worker that sends it gets no new tasks and should

@@ -55,6 +55,7 @@ fn samples() -> Vec<Sample> {
     let mut partial = BTreeMap::new();
     partial.insert("first".to_string(), v("hi there!"));
     let mut failed = ErrorReply::new(Some(42), ErrorCode::StepFailed, "boom");
+    failed.plan = Some("01JQ4Y5VJ7T0D8S3R5Y2M6W8XB".parse().unwrap());
     failed.step = Some("third".into());
     failed.fun = Some("fail".into());
     failed.worker = Some("node-1".into());
@@ -120,7 +121,11 @@ fn samples() -> Vec<Sample> {
     sample!(
         "broker_to_client.result",
         BrokerToClient,
-        BrokerToClient::Result(PlanResult { id: 42, results })
+        BrokerToClient::Result(PlanResult {
+            id: 42,
+            plan: Some("01JQ4Y5VJ7T0D8S3R5Y2M6W8XB".parse().unwrap()),
+            results
+        })
     );
     sample!(
         "broker_to_client.progress",
@@ -200,7 +205,7 @@ fn samples() -> Vec<Sample> {
         "worker_to_broker.result",
         WorkerToBroker,
         WorkerToBroker::Result(TaskResult {
-            task: 9,
+            task: TaskId(9),
             value: v("hi there!")
         })
     );
@@ -208,7 +213,7 @@ fn samples() -> Vec<Sample> {
         "worker_to_broker.failure",
         WorkerToBroker,
         WorkerToBroker::Failure(TaskFailure {
-            task: 9,
+            task: TaskId(9),
             kind: failure_kind::FUNCTION_ERROR.into(),
             message: "boom".into(),
         })
@@ -234,7 +239,7 @@ fn samples() -> Vec<Sample> {
         "broker_to_worker.task",
         BrokerToWorker,
         BrokerToWorker::Task(Task {
-            task: 9,
+            task: TaskId(9),
             fun: Cow::Borrowed("echos"),
             args: Cow::Owned(vec![v("hi there!"), Value::from(3), Value::Nil]),
             kwargs: Cow::Owned(kwargs),
@@ -244,7 +249,7 @@ fn samples() -> Vec<Sample> {
     sample!(
         "broker_to_worker.cancel",
         BrokerToWorker,
-        BrokerToWorker::Cancel(CancelTask { task: 9 })
+        BrokerToWorker::Cancel(CancelTask { task: TaskId(9) })
     );
     sample!(
         "broker_to_worker.heartbeat",

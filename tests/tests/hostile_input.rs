@@ -211,7 +211,7 @@ fn invalid_plans_are_rejected_before_running() {
     )
     .unwrap();
     assert!(
-        matches!(reply(&d), BrokerToClient::Result(PlanResult { id: 6, ref results }) if results.is_empty())
+        matches!(reply(&d), BrokerToClient::Result(PlanResult { id: 6, ref results, .. }) if results.is_empty())
     );
 }
 

@@ -1,0 +1,72 @@
+//! The engine's counters, one named field each (not keyed by strings), reported in `status`
+//! under the same names (PROTOCOL.md section 5 lists them).
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        /// Monotonic counters; a field is only ever incremented.
+        #[derive(Debug, Default, Clone, PartialEq, Eq)]
+        pub struct Counters {
+            $($(#[$doc])* pub $name: u64,)*
+        }
+
+        impl Counters {
+            /// Every counter with its name, in declaration order.
+            pub fn entries(&self) -> impl Iterator<Item = (&'static str, u64)> {
+                [$((stringify!($name), self.$name)),*].into_iter()
+            }
+        }
+    };
+}
+
+counters! {
+    /// `plan` requests read.
+    plans_received,
+    /// Plans answered with a result.
+    plans_completed,
+    /// Plans that ended with an error after they started.
+    plans_failed,
+    /// Plans refused by validation.
+    plans_rejected,
+    /// Plans refused by the per-client or broker quota.
+    plans_refused_quota,
+    /// Plans refused because of the bytes held for plans in flight.
+    plans_refused_bytes,
+    /// Plans ended by their client's `cancel`.
+    plans_cancelled,
+    /// Plans cancelled because their client stopped sending heartbeats.
+    plans_cancelled_client_gone,
+    /// Plans failed with `no_route`.
+    plans_no_route,
+    /// Plans failed with `plan_timeout`.
+    plans_timed_out,
+    /// Steps whose function failed.
+    steps_failed,
+    /// Steps that ran past their own timeout.
+    steps_timed_out,
+    /// Tasks sent to workers.
+    tasks_dispatched,
+    /// Tasks re-dispatched after their worker was lost.
+    tasks_retried,
+    /// Steps whose resolved arguments exceeded the limits.
+    tasks_too_large,
+    /// Registrations accepted.
+    workers_registered,
+    /// Workers dropped for silence or a full or closed connection.
+    workers_expired,
+    /// Workers dropped because their key was removed.
+    workers_revoked,
+    /// Registrations refused as invalid.
+    registrations_refused,
+    /// Clients that stopped sending heartbeats.
+    clients_expired,
+    /// Messages answered with a 1xx error.
+    malformed_messages,
+    /// Requests refused by the access rules.
+    requests_denied,
+    /// Replies replaced by `message_too_large`.
+    replies_too_large,
+    /// Replies dropped because the client's queue was full.
+    client_replies_dropped_hwm,
+    /// Replies whose client connection was gone.
+    client_replies_undeliverable,
+}

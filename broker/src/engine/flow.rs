@@ -1,0 +1,296 @@
+//! How work flows between the planes: ready steps become tasks on workers (through
+//! placement), results become progress and newly ready steps, the last result becomes the
+//! plan's reply, and a failure ends the plan and cancels what it still runs.
+//!
+//! Ready steps go through one queue, drained in a loop ([`Engine::drain_ready`]): however many
+//! steps one result (or a cache hit, or a peer's answer) completes, nothing recurses.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use mpreg_protocol::{
+    BrokerToClient, BrokerToWorker, PlanId, PlanResult, Progress, Task, TaskId, Value, WorkerId,
+};
+
+use super::failure::Failure;
+use super::plans::{ReplyTo, StepIx};
+use super::scheduler::{Runner, TaskState};
+use super::Engine;
+use crate::outbox::{Delivery, Outbox, WorkerAddr};
+use crate::placement::Placement;
+
+impl Engine {
+    /// Places every ready step: on a worker, in the waiting queue, or (nobody can run it)
+    /// failing its plan.
+    pub(super) fn drain_ready(&mut self, out: &mut impl Outbox, now: Instant) {
+        while let Some((plan, step)) = self.ready.pop_front() {
+            let Some(state) = self.plans.get(plan) else {
+                continue;
+            };
+            let def = state.step(step);
+            match self.scheduler.place(&def.fun, &def.locs) {
+                Placement::Local(worker) => self.send_task(out, plan, step, worker, now),
+                Placement::Wait => {
+                    let fun = def.fun.clone();
+                    self.scheduler.wait(&fun, plan, step);
+                }
+                Placement::NoRoute(reason) => {
+                    let failure = if self.plans.was_retried(plan, step) {
+                        Failure::WorkerLostNoOther {
+                            step: def.name.clone(),
+                            fun: def.fun.clone(),
+                            locs: def.locs.clone(),
+                        }
+                    } else {
+                        Failure::NoRoute {
+                            step: def.name.clone(),
+                            fun: def.fun.clone(),
+                            locs: def.locs.clone(),
+                            reason,
+                        }
+                    };
+                    self.counters.plans_no_route += 1;
+                    self.fail_plan(out, plan, failure, now);
+                }
+            }
+        }
+    }
+
+    /// Builds the step's task and sends it to `worker`. A worker whose queue is full or whose
+    /// connection is gone cannot be trusted with more: it is expired (its tasks move
+    /// elsewhere) and the step is placed again.
+    fn send_task(
+        &mut self,
+        out: &mut impl Outbox,
+        plan: PlanId,
+        step: StepIx,
+        worker: WorkerId,
+        now: Instant,
+    ) {
+        let Some(state) = self.plans.get(plan) else {
+            return;
+        };
+        let def = state.step(step);
+        let args = match state.task_args(step, &self.config.limits) {
+            Ok(args) => args,
+            Err(failure) => {
+                if matches!(failure, Failure::TaskTooLarge { .. }) {
+                    self.counters.tasks_too_large += 1;
+                }
+                return self.fail_plan(out, plan, failure, now);
+            }
+        };
+        let task = Task {
+            task: self.scheduler.next_task_id(),
+            fun: def.fun.as_str().into(),
+            args: args.args,
+            kwargs: args.kwargs,
+            timeout_ms: def.timeout_ms,
+        };
+        let timeout = def.timeout_ms.map(Duration::from_millis);
+        match self
+            .scheduler
+            .dispatch(out, worker, &task, plan, step, timeout, now)
+        {
+            Delivery::Sent => {
+                self.counters.tasks_dispatched += 1;
+                self.plans.task_started(plan, task.task);
+            }
+            _ => {
+                self.expire_worker(out, worker, now);
+                self.ready.push_back((plan, step));
+            }
+        }
+    }
+
+    /// A worker answered `task` with a value.
+    pub(super) fn complete_task(
+        &mut self,
+        out: &mut impl Outbox,
+        task: TaskId,
+        state: TaskState,
+        value: Value,
+        bytes: usize,
+        now: Instant,
+    ) {
+        self.plans.task_ended(state.plan, task);
+        let Some(plan) = self.plans.get(state.plan) else {
+            return;
+        };
+        if plan.is_done(state.step) {
+            return;
+        }
+        if plan.request.progress || plan.request.progress_topic.is_some() {
+            let Runner::Worker(worker) = state.runner;
+            let worker = self
+                .scheduler
+                .registry()
+                .get(worker)
+                .map(|w| w.name.clone())
+                .unwrap_or_default();
+            let def = plan.step(state.step);
+            let event = Progress {
+                id: plan.request_id,
+                step: def.name.clone(),
+                fun: def.fun.clone(),
+                worker,
+                result: value.clone(),
+                elapsed_us: now.saturating_duration_since(state.sent).as_micros() as u64,
+            };
+            let ReplyTo::Client(client) = plan.reply_to.clone();
+            let topic = plan.request.progress_topic.clone();
+            let to_client = plan.request.progress;
+            if let Some(topic) = topic {
+                // The payload: the progress body as a named map (what `progress` holds).
+                let payload = progress_payload(&event);
+                let headers = BTreeMap::from([("plan".to_string(), event.id.to_string())]);
+                self.exchange
+                    .publish(out, &mut self.ids, &topic, headers, payload, now);
+            }
+            if to_client {
+                self.reply(out, &client, &BrokerToClient::Progress(event));
+            }
+        }
+        let recorded = self
+            .plans
+            .record(state.plan, state.step, value, bytes, &mut self.ready);
+        if recorded == super::plans::Recorded::Complete {
+            self.finish_plan(out, state.plan);
+        }
+        self.drain_ready(out, now);
+    }
+
+    fn finish_plan(&mut self, out: &mut impl Outbox, plan: PlanId) {
+        let Some(mut state) = self.plans.remove(plan) else {
+            return;
+        };
+        self.counters.plans_completed += 1;
+        slog::debug!(self.log, "plan completed"; "plan" => %plan);
+        let reply = BrokerToClient::Result(PlanResult {
+            id: state.request_id,
+            plan: Some(plan),
+            results: state.results(),
+        });
+        let ReplyTo::Client(client) = &state.reply_to;
+        self.reply(out, client, &reply);
+    }
+
+    /// Ends a plan with `failure`: its tasks are cancelled on their workers (whose freed
+    /// slots then take waiting steps) and its client gets the error with the results that had
+    /// finished.
+    pub(super) fn fail_plan(
+        &mut self,
+        out: &mut impl Outbox,
+        plan: PlanId,
+        failure: Failure,
+        now: Instant,
+    ) {
+        let Some(mut state) = self.plans.remove(plan) else {
+            return;
+        };
+        self.counters.plans_failed += 1;
+        slog::debug!(self.log, "plan failed"; "plan" => %plan, "code" => failure.code().code());
+        let mut freed: Vec<WorkerId> = state
+            .tasks
+            .iter()
+            .filter_map(|&task| self.scheduler.cancel(out, task))
+            .collect();
+        let mut reply = failure.into_reply(Some(state.request_id));
+        reply.plan = Some(plan);
+        reply.partial = state.partial();
+        let ReplyTo::Client(client) = &state.reply_to;
+        self.send_error(out, client, reply);
+        freed.sort_unstable();
+        freed.dedup();
+        for worker in freed {
+            self.after_task_freed(out, worker, now);
+        }
+    }
+
+    /// A worker has a slot free: forget it if it is draining and idle, else give it waiting
+    /// steps.
+    pub(super) fn after_task_freed(
+        &mut self,
+        out: &mut impl Outbox,
+        worker: WorkerId,
+        now: Instant,
+    ) {
+        match self.scheduler.registry().get(worker) {
+            Some(w) if w.draining && w.tasks.is_empty() => {
+                self.scheduler.remove_worker(worker);
+            }
+            Some(_) => self.fill_worker(out, worker, now),
+            None => {}
+        }
+    }
+
+    /// Sends a worker the oldest waiting steps it can run, while it has room.
+    pub(super) fn fill_worker(&mut self, out: &mut impl Outbox, worker: WorkerId, now: Instant) {
+        loop {
+            let plans = &self.plans;
+            let next = self.scheduler.next_waiting_for(worker, |plan, step| {
+                plans.get(plan).map(|p| p.step(step).locs.as_slice())
+            });
+            let Some((plan, step)) = next else {
+                return;
+            };
+            self.send_task(out, plan, step, worker, now);
+            if self.scheduler.registry().get(worker).is_none() {
+                return;
+            }
+        }
+    }
+
+    /// Removes a lost worker and puts its tasks back in the ready queue (at-least-once
+    /// execution), within each step's retries.
+    pub(super) fn expire_worker(&mut self, out: &mut impl Outbox, worker: WorkerId, now: Instant) {
+        let Some((w, orphans)) = self.scheduler.remove_worker(worker) else {
+            return;
+        };
+        self.counters.workers_expired += 1;
+        slog::warn!(self.log, "worker lost"; "worker" => &w.name, "worker_id" => %worker, "tasks" => orphans.len());
+        for (task, orphan) in orphans {
+            self.plans.task_ended(orphan.plan, task);
+            match self
+                .plans
+                .retry(orphan.plan, orphan.step, self.config.max_retries)
+            {
+                Ok(()) => {
+                    if self.plans.get(orphan.plan).is_some() {
+                        self.counters.tasks_retried += 1;
+                        self.ready.push_back((orphan.plan, orphan.step));
+                    }
+                }
+                Err(retries) => {
+                    let Some(def) = self.plans.get(orphan.plan).map(|p| p.step(orphan.step)) else {
+                        continue;
+                    };
+                    slog::warn!(self.log, "step lost too often"; "plan" => %orphan.plan, "step" => &def.name);
+                    let failure = Failure::WorkerLost {
+                        step: def.name.clone(),
+                        fun: def.fun.clone(),
+                        worker: w.name.clone(),
+                        retries,
+                    };
+                    self.fail_plan(out, orphan.plan, failure, now);
+                }
+            }
+        }
+    }
+
+    /// Sends a worker an `error` about something it did.
+    pub(super) fn worker_error(
+        &mut self,
+        out: &mut impl Outbox,
+        to: &WorkerAddr,
+        failure: Failure,
+    ) {
+        let _ = out.to_worker(to, &BrokerToWorker::Error(failure.into_reply(None)));
+    }
+}
+
+/// A progress event as a msgpack map, the payload of its `progress_topic` message.
+fn progress_payload(event: &Progress) -> Value {
+    let body = mpreg_protocol::encode_body(event);
+    rmpv::decode::read_value(&mut body.as_slice()).unwrap_or(Value::Nil)
+}

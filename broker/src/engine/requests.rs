@@ -1,0 +1,296 @@
+//! The client edge: typed requests from client connections, and every reply to a client.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use mpreg_protocol::{
+    BrokerToClient, ClientToBroker, ErrorReply, PlanId, PlanRequest, PlanResult, Pong, Published,
+    PublishedBatch, Subscribed, Unsubscribed,
+};
+
+use super::failure::Failure;
+use super::{ClientOrigin, Engine};
+use crate::exchange::SubscribeError;
+use crate::outbox::{ClientAddr, Delivery, Outbox};
+use crate::quote::quote;
+
+impl Engine {
+    /// A request from a client connection.
+    pub fn on_client(
+        &mut self,
+        out: &mut impl Outbox,
+        origin: ClientOrigin,
+        request: ClientToBroker,
+        now: Instant,
+    ) {
+        self.clients.heard(&origin.addr.routing, now);
+        let id = request.request_id();
+        if let Some(denied) = self
+            .access
+            .as_ref()
+            .and_then(|a| a.check(origin.user.as_deref(), &request))
+        {
+            self.counters.requests_denied += 1;
+            return self.reply_error(out, &origin.addr, Some(id), Failure::AccessDenied(denied));
+        }
+        let client = &origin.addr;
+        match request {
+            ClientToBroker::Plan(plan) => self.start_plan(out, origin, plan, now),
+            ClientToBroker::Cancel(cancel) => {
+                if let Some(plan) = self.plans.find(&client.routing, cancel.id) {
+                    self.counters.plans_cancelled += 1;
+                    self.fail_plan(out, plan, Failure::Cancelled, now);
+                    self.drain_ready(out, now);
+                }
+            }
+            ClientToBroker::Ping(ping) => {
+                let pong = BrokerToClient::Pong(Pong {
+                    id: ping.id,
+                    broker: self.config.name.clone(),
+                    max_message_bytes: Some(self.config.limits.max_message_bytes as u64),
+                });
+                self.reply(out, client, &pong);
+            }
+            ClientToBroker::Heartbeat(beat) => self.clients.heartbeat(
+                &client.routing,
+                Duration::from_millis(beat.interval_ms),
+                self.config.client_liveness,
+                now,
+            ),
+            ClientToBroker::Status(status) => {
+                let reply = BrokerToClient::Status(self.status(status.id, now));
+                self.reply(out, client, &reply);
+            }
+            ClientToBroker::Subscribe(sub) => {
+                let limits = self.config.limits;
+                let reply = match self.exchange.subscribe(
+                    &mut self.ids,
+                    &client.routing,
+                    origin.user.as_deref(),
+                    sub.patterns,
+                    sub.backlog,
+                    &limits,
+                    now,
+                ) {
+                    Ok(token) => BrokerToClient::Subscribed(Subscribed {
+                        id: sub.id,
+                        sub: token,
+                        events: self.exchange.events_endpoint().to_string(),
+                    }),
+                    Err(e) => BrokerToClient::Error(subscribe_failure(e).into_reply(Some(sub.id))),
+                };
+                self.reply(out, client, &reply);
+            }
+            ClientToBroker::Unsubscribe(unsub) => {
+                let reply = match self.exchange.unsubscribe(&client.routing, &unsub.sub) {
+                    Ok(()) => BrokerToClient::Unsubscribed(Unsubscribed {
+                        id: unsub.id,
+                        sub: unsub.sub,
+                    }),
+                    Err(e) => {
+                        BrokerToClient::Error(subscribe_failure(e).into_reply(Some(unsub.id)))
+                    }
+                };
+                self.reply(out, client, &reply);
+            }
+            ClientToBroker::PublishBatch(batch) => {
+                for (i, item) in batch.messages.iter().enumerate() {
+                    if let Err(reason) =
+                        mpreg_protocol::topic::check_topic(&item.topic, &self.config.limits)
+                    {
+                        let failure = Failure::InvalidTopic {
+                            field: format!("messages[{i}].topic"),
+                            topic: quote(&item.topic),
+                            reason,
+                            whole_batch: true,
+                        };
+                        return self.reply_error(out, client, Some(batch.id), failure);
+                    }
+                }
+                let count = batch.messages.len() as u64;
+                let matched = self
+                    .exchange
+                    .publish_batch(out, &mut self.ids, batch.messages, now);
+                if batch.confirm {
+                    let reply = BrokerToClient::PublishedBatch(PublishedBatch {
+                        id: batch.id,
+                        count,
+                        matched,
+                    });
+                    self.reply(out, client, &reply);
+                }
+            }
+            ClientToBroker::Publish(publish) => {
+                if let Err(reason) =
+                    mpreg_protocol::topic::check_topic(&publish.topic, &self.config.limits)
+                {
+                    let failure = Failure::InvalidTopic {
+                        field: "topic".into(),
+                        topic: quote(&publish.topic),
+                        reason,
+                        whole_batch: false,
+                    };
+                    return self.reply_error(out, client, Some(publish.id), failure);
+                }
+                let (msg, matched) = self.exchange.publish(
+                    out,
+                    &mut self.ids,
+                    &publish.topic,
+                    publish.headers,
+                    publish.payload,
+                    now,
+                );
+                if publish.confirm {
+                    let reply = BrokerToClient::Published(Published {
+                        id: publish.id,
+                        msg,
+                        matched,
+                    });
+                    self.reply(out, client, &reply);
+                }
+            }
+        }
+    }
+
+    /// A client message that could not be read: `id` when it could be read from the body.
+    pub fn on_client_malformed(
+        &mut self,
+        out: &mut impl Outbox,
+        client: &ClientAddr,
+        id: Option<u64>,
+        failure: Failure,
+        now: Instant,
+    ) {
+        self.clients.heard(&client.routing, now);
+        self.counters.malformed_messages += 1;
+        self.reply_error(out, client, id, failure);
+    }
+
+    fn start_plan(
+        &mut self,
+        out: &mut impl Outbox,
+        origin: ClientOrigin,
+        request: PlanRequest,
+        now: Instant,
+    ) {
+        self.counters.plans_received += 1;
+        let request_id = request.id;
+        let plan = self.ids.plan(now);
+        let client = origin.addr.clone();
+        let refused = |failure: Failure| {
+            let mut reply = failure.into_reply(Some(request_id));
+            reply.plan = Some(plan);
+            reply
+        };
+        if self.shutdown_deadline.is_some() {
+            return self.send_error(out, &client, refused(Failure::ShuttingDown));
+        }
+        // Quotas count per key under CURVE (more connections buy nothing), else per connection.
+        let quota = match &origin.user {
+            Some(key) => key.as_bytes().to_vec(),
+            None => client.routing.clone(),
+        };
+        let admitted = self.plans.admit(
+            plan,
+            client.clone(),
+            quota,
+            origin.bytes,
+            request,
+            &self.config.limits,
+            now,
+            &mut self.ready,
+        );
+        match admitted {
+            Ok(true) => {
+                slog::debug!(self.log, "plan started"; "plan" => %plan, "request" => request_id);
+                self.drain_ready(out, now);
+            }
+            Ok(false) => {
+                self.counters.plans_completed += 1;
+                let result = BrokerToClient::Result(PlanResult {
+                    id: request_id,
+                    plan: Some(plan),
+                    results: BTreeMap::new(),
+                });
+                self.reply(out, &client, &result);
+            }
+            Err(failure) => {
+                match &failure {
+                    Failure::TooManyPlans { .. } => self.counters.plans_refused_quota += 1,
+                    Failure::Overloaded { .. } => self.counters.plans_refused_bytes += 1,
+                    Failure::InvalidPlan(_) => self.counters.plans_rejected += 1,
+                    _ => {}
+                }
+                self.send_error(out, &client, refused(failure));
+            }
+        }
+    }
+
+    /// Sends `failure` as the `error` answering request `id`.
+    pub(super) fn reply_error(
+        &mut self,
+        out: &mut impl Outbox,
+        client: &ClientAddr,
+        id: Option<u64>,
+        failure: Failure,
+    ) {
+        self.send_error(out, client, failure.into_reply(id));
+    }
+
+    pub(super) fn send_error(&mut self, out: &mut impl Outbox, client: &ClientAddr, e: ErrorReply) {
+        self.reply(out, client, &BrokerToClient::Error(e));
+    }
+
+    /// Sends a reply, accounting for what happened to it. A reply that would exceed the
+    /// message limit is replaced by a `104 message_too_large` error (results are not resent).
+    pub(super) fn reply(
+        &mut self,
+        out: &mut impl Outbox,
+        client: &ClientAddr,
+        message: &BrokerToClient,
+    ) {
+        match out.reply(client, message) {
+            Delivery::Sent => {}
+            Delivery::Full => self.counters.client_replies_dropped_hwm += 1,
+            Delivery::Gone => self.counters.client_replies_undeliverable += 1,
+            Delivery::TooLarge(bytes) => {
+                self.counters.replies_too_large += 1;
+                let step = match message {
+                    BrokerToClient::Error(original) => original.step.clone(),
+                    _ => None,
+                };
+                let mut reply = Failure::ReplyTooLarge {
+                    kind: message.kind(),
+                    bytes,
+                    limit: self.config.limits.max_message_bytes,
+                    step,
+                }
+                .into_reply(message.request_id());
+                reply.plan = plan_of(message);
+                let replacement = BrokerToClient::Error(reply);
+                match out.reply(client, &replacement) {
+                    Delivery::Sent => {}
+                    Delivery::Full => self.counters.client_replies_dropped_hwm += 1,
+                    _ => self.counters.client_replies_undeliverable += 1,
+                }
+            }
+        }
+    }
+}
+
+/// The plan id a reply carries, if any.
+fn plan_of(message: &BrokerToClient) -> Option<PlanId> {
+    match message {
+        BrokerToClient::Result(r) => r.plan,
+        BrokerToClient::Error(e) => e.plan,
+        _ => None,
+    }
+}
+
+fn subscribe_failure(e: SubscribeError) -> Failure {
+    match e {
+        SubscribeError::InvalidPattern(m) => Failure::InvalidPattern(m),
+        SubscribeError::TooMany(n) => Failure::TooManySubscriptions(n),
+        SubscribeError::Unknown => Failure::UnknownSubscription,
+    }
+}
