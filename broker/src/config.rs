@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use config::{Config, Environment, File, FileFormat};
 use mpreg_protocol::Limits;
 use serde::Deserialize;
 
@@ -102,74 +101,65 @@ pub struct SocketConfig {
     pub close_linger_ms: u64,
 }
 
-/// Values given on the command line (highest precedence).
-#[derive(Debug, Clone, Default)]
-pub struct Overrides {
-    /// `--name`.
+/// The command-line flags, each declared once: clap reads the flag, serde names the
+/// configuration key it overrides (flags not given leave the lower layers alone). The same
+/// key is read from the environment by the configuration layers (`--heartbeat-ms` is
+/// `heartbeat_ms`, so `MPREG_..._HEARTBEAT_MS`), which report a bad value by its key. Flags not given
+/// leave the lower layers alone.
+#[derive(Debug, Clone, Default, clap::Args, serde::Serialize)]
+pub struct Flags {
+    /// Broker name reported to clients, workers and peers.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// `--client-endpoint`.
+    /// Client endpoint to bind, e.g. tcp://127.0.0.1:7400 (`*` port: the OS chooses).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_endpoint: Option<String>,
-    /// `--worker-endpoint`.
+    /// Worker endpoint to bind, e.g. tcp://127.0.0.1:7401.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub worker_endpoint: Option<String>,
-    /// `--event-endpoint`.
+    /// Event (topic delivery) endpoint to bind, e.g. tcp://127.0.0.1:7402.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub event_endpoint: Option<String>,
-    /// `--heartbeat-ms`.
+    /// Heartbeat interval to workers, milliseconds.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub heartbeat_ms: Option<u64>,
-    /// `--log-level`.
+    /// Log level (critical, error, warning, info, debug, trace).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub log_level: Option<String>,
-    /// `--insecure`.
+    /// Allow binding non-loopback endpoints without CURVE keys (anyone who can reach them may
+    /// run anything; a warning is logged).
+    #[arg(long)]
+    #[serde(
+        rename = "security.insecure",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
     pub insecure: bool,
 }
 
 impl BrokerConfig {
-    /// Loads the layers; `file` is optional, `env` is usually `std::env::vars()`.
+    /// Loads the layers: defaults, `file` (optional), `env` (usually `std::env::vars()`;
+    /// only `MPREG_BROKER_*` is read), then `flags`; then validates.
     pub fn load(
         file: Option<&str>,
         env: impl IntoIterator<Item = (String, String)>,
-        overrides: &Overrides,
+        flags: &Flags,
     ) -> Result<BrokerConfig, config::ConfigError> {
-        let mut builder =
-            Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
-        if let Some(path) = file {
-            builder = builder.add_source(File::with_name(path).required(true));
-        }
-        let env: config::Map<String, String> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("MPREG_BROKER_"))
-            .collect();
-        builder = builder.add_source(
-            Environment::with_prefix("MPREG_BROKER")
-                .prefix_separator("_")
-                .separator("__")
-                .try_parsing(true)
-                .source(Some(env)),
-        );
-        if let Some(v) = &overrides.name {
-            builder = builder.set_override("name", v.as_str())?;
-        }
-        if let Some(v) = &overrides.client_endpoint {
-            builder = builder.set_override("client_endpoint", v.as_str())?;
-        }
-        if let Some(v) = &overrides.worker_endpoint {
-            builder = builder.set_override("worker_endpoint", v.as_str())?;
-        }
-        if let Some(v) = &overrides.event_endpoint {
-            builder = builder.set_override("event_endpoint", v.as_str())?;
-        }
-        if let Some(v) = overrides.heartbeat_ms {
-            builder = builder.set_override("heartbeat_ms", v)?;
-        }
-        if let Some(v) = &overrides.log_level {
-            builder = builder.set_override("log_level", v.as_str())?;
-        }
-        if overrides.insecure {
-            builder = builder.set_override("security.insecure", true)?;
-        }
-        let mut config: BrokerConfig = builder.build()?.try_deserialize().map_err(|e| {
-            config::ConfigError::Message(format!(
-                "{e} (check the configuration file and the MPREG_BROKER_* variables)"
-            ))
-        })?;
+        let layers = mpreg_process::layers::Layers {
+            defaults: DEFAULT_TOML,
+            file,
+            prefix: "MPREG_BROKER",
+            lists: &[],
+            flags,
+        };
+        // `MPREG_BROKER_CONFIG` names the file; it is not a setting.
+        let env = env.into_iter().filter(|(k, _)| k != "MPREG_BROKER_CONFIG");
+        let mut config: BrokerConfig = mpreg_process::layers::load(&layers, env)?;
         if config.name.is_empty() {
             config.name = format!("broker-{}", std::process::id());
         }
@@ -186,7 +176,7 @@ impl BrokerConfig {
             mpreg_transport::endpoint::validate(&self.advertise_event_endpoint)
                 .map_err(|e| format!("configuration `advertise_event_endpoint`: {e}"))?;
         }
-        check_log_level("log_level", &self.log_level)?;
+        mpreg_process::logging::check_level("log_level", &self.log_level)?;
         check_limits(&self.limits)?;
         let positive = [
             ("heartbeat_ms", self.heartbeat_ms as usize),
@@ -299,22 +289,6 @@ impl BrokerConfig {
     }
 }
 
-/// The log levels the broker and the node accept.
-pub const LOG_LEVELS: [&str; 6] = ["critical", "error", "warning", "info", "debug", "trace"];
-
-/// Checks a log level setting, naming the key when it is not one of [`LOG_LEVELS`] (or
-/// slog's short forms, such as `warn`).
-pub fn check_log_level(key: &str, level: &str) -> Result<(), String> {
-    if level.parse::<slog::Level>().is_ok() {
-        Ok(())
-    } else {
-        Err(format!(
-            "configuration `{key}` = {level:?} is not a log level; use one of {}",
-            LOG_LEVELS.join(", ")
-        ))
-    }
-}
-
 /// Smallest `max_message_bytes` accepted: a smaller one could not carry an error reply.
 pub const MIN_MESSAGE_BYTES: usize = 4096;
 /// Smallest `max_depth` accepted: a plan's step arguments already sit four levels deep.
@@ -368,9 +342,9 @@ mod tests {
             ),
             ("MPREG_BROKER".to_string(), "tcp://ignored:1".to_string()),
         ];
-        let flags = Overrides {
+        let flags = Flags {
             client_endpoint: Some("tcp://127.0.0.1:*".into()),
-            ..Overrides::default()
+            ..Flags::default()
         };
         let c = BrokerConfig::load(file.to_str(), env, &flags).unwrap();
         assert_eq!(c.name, "from-file");
@@ -387,26 +361,26 @@ mod tests {
 
     #[test]
     fn protected_mode_needs_curve_or_insecure_beyond_loopback() {
-        let public = Overrides {
+        let public = Flags {
             client_endpoint: Some("tcp://0.0.0.0:7400".into()),
-            ..Overrides::default()
+            ..Flags::default()
         };
         let err = BrokerConfig::load(None, Vec::new(), &public).unwrap_err();
         assert!(err.to_string().contains("protected mode"), "{err}");
-        let insecure = Overrides {
+        let insecure = Flags {
             insecure: true,
             ..public
         };
         let c = BrokerConfig::load(None, Vec::new(), &insecure).unwrap();
         assert!(c.exposed_without_curve());
-        let local = BrokerConfig::load(None, Vec::new(), &Overrides::default()).unwrap();
+        let local = BrokerConfig::load(None, Vec::new(), &Flags::default()).unwrap();
         assert!(!local.exposed_without_curve());
         // CURVE needs both files.
         let env = vec![(
             "MPREG_BROKER_SECURITY__KEY_FILE".to_string(),
             "/k".to_string(),
         )];
-        let err = BrokerConfig::load(None, env, &Overrides::default()).unwrap_err();
+        let err = BrokerConfig::load(None, env, &Flags::default()).unwrap_err();
         assert!(err.to_string().contains("access_file"), "{err}");
     }
 
@@ -418,7 +392,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();
-            BrokerConfig::load(None, env, &Overrides::default())
+            BrokerConfig::load(None, env, &Flags::default())
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         };
@@ -478,7 +452,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("broker.toml");
         std::fs::write(&file, "[limitz]\nmax_steps = 3\n").unwrap();
-        let err = BrokerConfig::load(file.to_str(), Vec::new(), &Overrides::default())
+        let err = BrokerConfig::load(file.to_str(), Vec::new(), &Flags::default())
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field `limitz`"), "{err}");
@@ -487,16 +461,16 @@ mod tests {
 
     #[test]
     fn defaults_are_valid_and_bad_values_are_refused() {
-        let c = BrokerConfig::load(None, Vec::new(), &Overrides::default()).unwrap();
+        let c = BrokerConfig::load(None, Vec::new(), &Flags::default()).unwrap();
         assert!(c.name.starts_with("broker-"));
         assert_eq!(c.limits(), Limits::default());
         let env = vec![("MPREG_BROKER_HEARTBEAT_MS".to_string(), "0".to_string())];
-        let err = BrokerConfig::load(None, env, &Overrides::default()).unwrap_err();
+        let err = BrokerConfig::load(None, env, &Flags::default()).unwrap_err();
         assert!(err.to_string().contains("heartbeat_ms"), "{err}");
         assert!(BrokerConfig::load(
             Some("/nonexistent/broker.toml"),
             Vec::new(),
-            &Overrides::default()
+            &Flags::default()
         )
         .is_err());
     }

@@ -34,19 +34,6 @@ pub mod registry;
 pub mod resolve;
 pub mod server;
 
-pub use config::{BrokerConfig, Overrides};
+pub use config::{BrokerConfig, Flags};
 pub use engine::{Engine, EngineConfig};
 pub use server::{Broker, StartError};
-
-/// A logger writing to stderr at `level` (`info` if unknown).
-pub fn stderr_logger(level: &str) -> slog::Logger {
-    use slog::Drain;
-    let level = level.parse::<slog::Level>().unwrap_or(slog::Level::Info);
-    let decorator = slog_term::TermDecorator::new().stderr().build();
-    let drain = slog_term::FullFormat::new(decorator).build().fuse();
-    let drain = slog_async::Async::new(drain)
-        .build()
-        .filter_level(level)
-        .fuse();
-    slog::Logger::root(drain, slog::o!())
-}

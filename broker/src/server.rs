@@ -392,6 +392,7 @@ impl Broker {
         let close_linger = Duration::from_millis(config.socket.close_linger_ms);
         let mut engine_config = config.engine();
         let (endpoints_tx, endpoints_rx) = std::sync::mpsc::channel();
+        let server_log = log.new(slog::o!("component" => "server"));
         let engine_log = log.clone();
         let (handle, thread) = spawn("mpreg-broker", ctx, 1024, move |io| {
             // The ZAP handler first: a CURVE socket accepting before it exists would let
@@ -442,7 +443,7 @@ impl Broker {
                 access: handler_access,
                 finished: false,
                 close_linger,
-                log: engine_log,
+                log: server_log,
             })
         })?;
         let (client_endpoint, worker_endpoint, event_endpoint) = endpoints_rx

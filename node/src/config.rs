@@ -1,7 +1,6 @@
 //! Node configuration: embedded defaults (`config/default.toml`), an optional file,
 //! `MPREG_NODE_*` environment variables, then flags.
 
-use config::{Config, Environment, File, FileFormat};
 use serde::Deserialize;
 
 /// The defaults, documented key by key.
@@ -29,80 +28,66 @@ pub struct NodeConfig {
     pub key_file: String,
 }
 
-/// Flag values (highest precedence).
-#[derive(Debug, Clone, Default)]
-pub struct Overrides {
-    /// `--name`.
+/// The command-line flags, each declared once: clap reads the flag, serde names the
+/// configuration key it overrides (flags not given leave the lower layers alone). The same
+/// key is read from the environment by the configuration layers (`--heartbeat-ms` is
+/// `heartbeat_ms`, so `MPREG_..._HEARTBEAT_MS`), which report a bad value by its key.
+#[derive(Debug, Clone, Default, clap::Args, serde::Serialize)]
+pub struct Flags {
+    /// Node name shown by brokers.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// `--broker` (repeatable).
+    /// A broker's worker endpoint (repeat for several brokers; MPREG_NODE_BROKERS takes a
+    /// comma-separated list).
+    #[arg(long = "broker", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub brokers: Vec<String>,
-    /// `--resources a,b`.
+    /// Resources this node holds, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub resources: Option<Vec<String>>,
-    /// `--capacity`.
+    /// Tasks run at once.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub capacity: Option<u32>,
-    /// `--drain-timeout-ms`.
+    /// Drain time at shutdown, milliseconds.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub drain_timeout_ms: Option<u64>,
-    /// `--log-level`.
+    /// Log level (critical, error, warning, info, debug, trace).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub log_level: Option<String>,
-    /// `--server-key`.
+    /// CURVE: the brokers' public key (40 Z85 characters or a key file). Z85 keys may start
+    /// with `-`.
+    #[arg(long, allow_hyphen_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub server_key: Option<String>,
-    /// `--key-file`.
+    /// CURVE: this node's key-pair file (`mpreg keygen`).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub key_file: Option<String>,
 }
 
 impl NodeConfig {
-    /// Loads the layers in order.
+    /// Loads the layers: defaults, `file` (optional), `env` (only `MPREG_NODE_*` is read),
+    /// then `flags`; then validates.
     pub fn load(
         file: Option<&str>,
         env: impl IntoIterator<Item = (String, String)>,
-        flags: &Overrides,
+        flags: &Flags,
     ) -> Result<NodeConfig, config::ConfigError> {
-        let mut b = Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
-        if let Some(path) = file {
-            b = b.add_source(File::with_name(path).required(true));
-        }
-        let env: config::Map<String, String> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("MPREG_NODE_"))
-            .collect();
-        b = b.add_source(
-            Environment::with_prefix("MPREG_NODE")
-                .prefix_separator("_")
-                .try_parsing(true)
-                .list_separator(",")
-                .with_list_parse_key("brokers")
-                .with_list_parse_key("resources")
-                .source(Some(env)),
-        );
-        if let Some(v) = &flags.name {
-            b = b.set_override("name", v.as_str())?;
-        }
-        if !flags.brokers.is_empty() {
-            b = b.set_override("brokers", flags.brokers.clone())?;
-        }
-        if let Some(v) = &flags.resources {
-            b = b.set_override("resources", v.clone())?;
-        }
-        if let Some(v) = flags.capacity {
-            b = b.set_override("capacity", v)?;
-        }
-        if let Some(v) = flags.drain_timeout_ms {
-            b = b.set_override("drain_timeout_ms", v)?;
-        }
-        if let Some(v) = &flags.log_level {
-            b = b.set_override("log_level", v.as_str())?;
-        }
-        if let Some(v) = &flags.server_key {
-            b = b.set_override("server_key", v.as_str())?;
-        }
-        if let Some(v) = &flags.key_file {
-            b = b.set_override("key_file", v.as_str())?;
-        }
-        let mut c: NodeConfig = b.build()?.try_deserialize().map_err(|e| {
-            config::ConfigError::Message(format!(
-                "{e} (check the configuration file and the MPREG_NODE_* variables)"
-            ))
-        })?;
+        let layers = mpreg_process::layers::Layers {
+            defaults: DEFAULT_TOML,
+            file,
+            prefix: "MPREG_NODE",
+            lists: &["brokers", "resources"],
+            flags,
+        };
+        // `MPREG_NODE_CONFIG` names the file; it is not a setting.
+        let env = env.into_iter().filter(|(k, _)| k != "MPREG_NODE_CONFIG");
+        let mut c: NodeConfig = mpreg_process::layers::load(&layers, env)?;
         if c.name.is_empty() {
             c.name = format!("node-{}", std::process::id());
         }
@@ -170,14 +155,8 @@ impl NodeConfig {
                 ),
             );
         }
-        if self.log_level.parse::<slog::Level>().is_err() {
-            return invalid(
-                "log_level",
-                format!(
-                    "`{}` is not one of critical, error, warning, info, debug, trace",
-                    self.log_level
-                ),
-            );
+        if let Err(e) = mpreg_process::logging::check_level("log_level", &self.log_level) {
+            return Err(config::ConfigError::Message(e));
         }
         Ok(())
     }
@@ -229,7 +208,7 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let d = NodeConfig::load(None, Vec::new(), &Overrides::default()).unwrap();
+        let d = NodeConfig::load(None, Vec::new(), &Flags::default()).unwrap();
         assert_eq!(d.name, format!("node-{}", std::process::id()));
         assert_eq!(d.capacity, 64);
         assert_eq!(d.brokers, vec!["tcp://127.0.0.1:7401"]);
@@ -245,7 +224,7 @@ mod tests {
             "name = \"f\"\ncapacity = 3\nresources = [\"x\"]\ndrain_timeout_ms = 7\n",
         );
         // The file overrides the defaults.
-        let c = NodeConfig::load(Some(file.path()), Vec::new(), &Overrides::default()).unwrap();
+        let c = NodeConfig::load(Some(file.path()), Vec::new(), &Flags::default()).unwrap();
         assert_eq!((c.name.as_str(), c.capacity), ("f", 3));
         assert_eq!(
             (c.resources.clone(), c.drain_timeout_ms),
@@ -261,21 +240,21 @@ mod tests {
             ("MPREG_NODE_DRAIN_TIMEOUT_MS", "250"),
             ("UNRELATED_CAPACITY", "1"),
         ]);
-        let c = NodeConfig::load(Some(file.path()), vars.clone(), &Overrides::default()).unwrap();
+        let c = NodeConfig::load(Some(file.path()), vars.clone(), &Flags::default()).unwrap();
         assert_eq!((c.name.as_str(), c.capacity), ("f", 5));
         assert_eq!(c.brokers, vec!["tcp://a:1", "tcp://b:2"]);
         assert_eq!(c.resources, vec!["gpu"]);
         assert_eq!(c.drain_timeout_ms, 250);
 
         // Flags override everything.
-        let flags = Overrides {
+        let flags = Flags {
             name: Some("flag".into()),
             capacity: Some(9),
             resources: Some(vec!["a".into(), "b".into()]),
             brokers: vec!["tcp://c:3".into()],
             drain_timeout_ms: Some(1),
             log_level: Some("debug".into()),
-            ..Overrides::default()
+            ..Flags::default()
         };
         let c = NodeConfig::load(Some(file.path()), vars, &flags).unwrap();
         assert_eq!((c.name.as_str(), c.capacity), ("flag", 9));
@@ -289,47 +268,47 @@ mod tests {
     fn environment_values_keep_their_types() {
         // A numeric name stays a name; an empty resource list is empty.
         let vars = env(&[("MPREG_NODE_NAME", "42"), ("MPREG_NODE_RESOURCES", "")]);
-        let c = NodeConfig::load(None, vars, &Overrides::default()).unwrap();
+        let c = NodeConfig::load(None, vars, &Flags::default()).unwrap();
         assert_eq!(c.name, "42");
         assert!(c.resources.is_empty(), "{:?}", c.resources);
     }
 
     #[test]
     fn errors_name_the_field() {
-        let cases: Vec<(Vec<EnvVar>, Overrides, &str)> = vec![
+        let cases: Vec<(Vec<EnvVar>, Flags, &str)> = vec![
             (
                 env(&[("MPREG_NODE_CAPACITY", "0")]),
-                Overrides::default(),
+                Flags::default(),
                 "capacity",
             ),
             (
                 env(&[("MPREG_NODE_CAPACITY", "many")]),
-                Overrides::default(),
+                Flags::default(),
                 "capacity",
             ),
             (
                 Vec::new(),
-                Overrides {
+                Flags {
                     brokers: vec!["tcp://a:1".into(), "127.0.0.1:7401".into()],
-                    ..Overrides::default()
+                    ..Flags::default()
                 },
                 "brokers[1]",
             ),
             (
                 env(&[("MPREG_NODE_BROKERS", "tcp://127.0.0.1:*")]),
-                Overrides::default(),
+                Flags::default(),
                 "brokers[0]",
             ),
             (
                 env(&[("MPREG_NODE_BROKERS", "")]),
-                Overrides::default(),
+                Flags::default(),
                 "brokers",
             ),
             (
                 Vec::new(),
-                Overrides {
+                Flags {
                     log_level: Some("loud".into()),
-                    ..Overrides::default()
+                    ..Flags::default()
                 },
                 "log_level",
             ),
@@ -343,13 +322,13 @@ mod tests {
         let missing = NodeConfig::load(
             Some("/nonexistent/node.toml"),
             Vec::new(),
-            &Overrides::default(),
+            &Flags::default(),
         )
         .unwrap_err()
         .to_string();
         assert!(missing.contains("/nonexistent/node.toml"), "{missing}");
         let file = TempFile::new("bad", "capacity = \"x\"\n");
-        let err = NodeConfig::load(Some(file.path()), Vec::new(), &Overrides::default())
+        let err = NodeConfig::load(Some(file.path()), Vec::new(), &Flags::default())
             .unwrap_err()
             .to_string();
         assert!(err.contains("capacity"), "{err}");

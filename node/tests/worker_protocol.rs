@@ -12,7 +12,7 @@ use common::{outcome_of, Scripted, PROMPT};
 use mpreg_node::{Node, NodeBuilder, Value};
 use mpreg_protocol::{
     failure_kind, BrokerToWorker, CancelTask, Disconnect, ErrorCode, ErrorReply, Heartbeat,
-    Reconnect, Task, WorkerToBroker,
+    Reconnect, Task, TaskId, WorkerToBroker,
 };
 
 fn node(name: &str, broker: &str) -> NodeBuilder {
@@ -137,7 +137,7 @@ async fn registers_serves_tasks_and_heartbeats() {
         .send(
             r,
             BrokerToWorker::Task(Task {
-                task: 11,
+                task: TaskId(11),
                 fun: "kw".into(),
                 args: Vec::new().into(),
                 kwargs: std::borrow::Cow::Owned(kwargs),
@@ -306,11 +306,11 @@ async fn capacity_bounds_running_tasks_and_extra_tasks_wait() {
         let WorkerToBroker::Result(r) = got.message else {
             panic!("expected a result, got {:?}", got.message);
         };
-        assert_eq!(r.value, Value::from(r.task));
+        assert_eq!(r.value, Value::from(r.task.0));
         done.push((r.task, got.at - sent));
     }
     // Two at a time, in arrival order: rounds end near 200, 400 and 600 ms.
-    let ids: Vec<u64> = done.iter().map(|(id, _)| *id).collect();
+    let ids: Vec<u64> = done.iter().map(|(id, _)| id.0).collect();
     let mut sorted = ids.clone();
     sorted.sort_unstable();
     assert_eq!(sorted, [1, 2, 3, 4, 5]);
@@ -338,7 +338,10 @@ async fn cancel_aborts_running_and_queued_tasks() {
         .await;
     for task in [2, 1] {
         broker
-            .send(&routing, BrokerToWorker::Cancel(CancelTask { task }))
+            .send(
+                &routing,
+                BrokerToWorker::Cancel(CancelTask { task: TaskId(task) }),
+            )
             .await;
     }
     // The aborted task gave its slot back: the next one runs at once, not after 800 ms.
@@ -352,7 +355,10 @@ async fn cancel_aborts_running_and_queued_tasks() {
     assert!(started.elapsed() < Duration::from_millis(500));
     // Cancelling an unknown or finished task is harmless.
     broker
-        .send(&routing, BrokerToWorker::Cancel(CancelTask { task: 3 }))
+        .send(
+            &routing,
+            BrokerToWorker::Cancel(CancelTask { task: TaskId(3) }),
+        )
         .await;
     broker.expect_quiet(Duration::from_millis(1000)).await;
 

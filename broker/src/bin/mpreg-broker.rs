@@ -15,61 +15,40 @@ use std::time::Duration;
 
 use clap::Parser;
 use mpreg_broker::access::AccessList;
-use mpreg_broker::{stderr_logger, Broker, BrokerConfig, Overrides};
+use mpreg_broker::{Broker, BrokerConfig, Flags};
+use mpreg_process::logging::stderr_logger;
 use mpreg_transport::Context;
 use slog::{error, info, warn};
 
 /// MPREG broker: resolves plans and routes their steps to workers.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(
+    version,
+    about,
+    after_help = "Every setting of broker/config/default.toml can also be given as MPREG_BROKER_<KEY> \
+(nested keys joined by __, e.g. MPREG_BROKER_LIMITS__MAX_STEPS=1000). Precedence: defaults < \
+--config file < environment < flags."
+)]
 struct Args {
     /// Configuration file (TOML); see broker/config/default.toml for every key.
     #[arg(long, env = "MPREG_BROKER_CONFIG")]
     config: Option<String>,
-    /// Broker name reported to peers.
-    #[arg(long)]
-    name: Option<String>,
-    /// Client endpoint to bind, e.g. tcp://127.0.0.1:7400 (`*` port: OS chooses).
-    #[arg(long)]
-    client_endpoint: Option<String>,
-    /// Worker endpoint to bind, e.g. tcp://127.0.0.1:7401.
-    #[arg(long)]
-    worker_endpoint: Option<String>,
-    /// Event (topic delivery) endpoint to bind, e.g. tcp://127.0.0.1:7402.
-    #[arg(long)]
-    event_endpoint: Option<String>,
-    /// Heartbeat interval to workers, milliseconds.
-    #[arg(long)]
-    heartbeat_ms: Option<u64>,
-    /// Log level (critical, error, warning, info, debug, trace).
-    #[arg(long)]
-    log_level: Option<String>,
-    /// Allow binding non-loopback endpoints without CURVE keys (anyone who can reach them may
-    /// run anything; a warning is logged).
-    #[arg(long)]
-    insecure: bool,
+    #[command(flatten)]
+    flags: Flags,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let overrides = Overrides {
-        name: args.name,
-        client_endpoint: args.client_endpoint,
-        worker_endpoint: args.worker_endpoint,
-        event_endpoint: args.event_endpoint,
-        heartbeat_ms: args.heartbeat_ms,
-        log_level: args.log_level,
-        insecure: args.insecure,
-    };
-    let env = std::env::vars().filter(|(k, _)| k != "MPREG_BROKER_CONFIG");
-    let config = match BrokerConfig::load(args.config.as_deref(), env, &overrides) {
+    let config = match BrokerConfig::load(args.config.as_deref(), std::env::vars(), &args.flags) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("mpreg-broker: invalid configuration: {e}");
             return ExitCode::from(2);
         }
     };
-    let log = stderr_logger(&config.log_level);
+    // Validated by `load`.
+    let level = config.log_level.parse().unwrap_or(slog::Level::Info);
+    let (log, log_guard) = stderr_logger(level, slog::o!("broker" => config.name.clone()));
     if config.exposed_without_curve() {
         warn!(log, "INSECURE: listening beyond loopback without CURVE; anyone who can reach these endpoints can run functions and read topics";
             "client" => &config.client_endpoint, "worker" => &config.worker_endpoint, "events" => &config.event_endpoint);
@@ -136,9 +115,9 @@ fn main() -> ExitCode {
     broker.shutdown(Duration::from_millis(config.shutdown_timeout_ms));
     let result = broker.join();
     info!(log, "stopped");
-    // Let the async log drain flush.
+    // The guard flushes what is still queued for stderr.
     drop(log);
-    std::thread::sleep(Duration::from_millis(20));
+    drop(log_guard);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

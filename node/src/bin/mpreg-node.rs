@@ -9,69 +9,31 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use mpreg_node::config::{NodeConfig, Overrides};
+use mpreg_node::config::{Flags, NodeConfig};
 use mpreg_node::NodeBuilder;
+use mpreg_process::logging::stderr_logger;
 
 /// MPREG worker node serving the built-in functions.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(
+    version,
+    about,
+    after_help = "Every setting of node/config/default.toml can also be given as MPREG_NODE_<KEY> \
+(lists comma-separated, e.g. MPREG_NODE_BROKERS=tcp://a:7401,tcp://b:7401). Precedence: \
+defaults < --config file < environment < flags."
+)]
 struct Args {
     /// Configuration file (TOML); see node/config/default.toml.
     #[arg(long, env = "MPREG_NODE_CONFIG")]
     config: Option<String>,
-    /// Node name shown by brokers.
-    #[arg(long)]
-    name: Option<String>,
-    /// A broker's worker endpoint (repeat for several brokers).
-    #[arg(long = "broker")]
-    brokers: Vec<String>,
-    /// Resources this node holds, comma-separated.
-    #[arg(long, value_delimiter = ',')]
-    resources: Option<Vec<String>>,
-    /// Tasks run at once.
-    #[arg(long)]
-    capacity: Option<u32>,
-    /// Drain time at shutdown, milliseconds.
-    #[arg(long)]
-    drain_timeout_ms: Option<u64>,
-    /// Log level (critical, error, warning, info, debug, trace).
-    #[arg(long)]
-    log_level: Option<String>,
-    /// CURVE: the brokers' public key (40 Z85 characters or a key file). Z85 keys may start
-    /// with `-`.
-    #[arg(long, allow_hyphen_values = true)]
-    server_key: Option<String>,
-    /// CURVE: this node's key-pair file (`mpreg keygen`).
-    #[arg(long)]
-    key_file: Option<String>,
-}
-
-/// A logger to stderr; the guard flushes pending records when dropped.
-fn logger(level: slog::Level) -> (slog::Logger, slog_async::AsyncGuard) {
-    use slog::Drain;
-    let decorator = slog_term::TermDecorator::new().stderr().build();
-    let drain = slog_term::FullFormat::new(decorator).build().fuse();
-    let (drain, guard) = slog_async::Async::new(drain).build_with_guard();
-    // After the guard is dropped records are discarded, never a panic.
-    let drain = drain.filter_level(level).ignore_res();
-    (slog::Logger::root(drain, slog::o!()), guard)
+    #[command(flatten)]
+    flags: Flags,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let flags = Overrides {
-        name: args.name,
-        brokers: args.brokers,
-        resources: args.resources,
-        capacity: args.capacity,
-        drain_timeout_ms: args.drain_timeout_ms,
-        log_level: args.log_level,
-        server_key: args.server_key,
-        key_file: args.key_file,
-    };
-    let env = std::env::vars().filter(|(k, _)| k != "MPREG_NODE_CONFIG");
-    let config = match NodeConfig::load(args.config.as_deref(), env, &flags) {
+    let config = match NodeConfig::load(args.config.as_deref(), std::env::vars(), &args.flags) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("mpreg-node: invalid configuration: {e}");
@@ -87,7 +49,8 @@ async fn main() -> ExitCode {
         eprintln!("mpreg-node: cannot install signal handlers");
         return ExitCode::from(1);
     };
-    let (log, log_guard) = logger(config.slog_level());
+    let (log, log_guard) =
+        stderr_logger(config.slog_level(), slog::o!("node" => config.name.clone()));
     let name = config.name.clone();
     let mut builder = NodeBuilder::new(&config.name)
         .resources(config.resources.clone())

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use mpreg_node::Value;
 use mpreg_protocol::{
-    parse_envelope, BrokerToWorker, Limits, Register, Registered, Task, WorkerToBroker,
+    parse_envelope, BrokerToWorker, Limits, Register, Registered, Task, TaskId, WorkerToBroker,
 };
 use mpreg_transport::{
     spawn, Context, Handler, Io, ReactorHandle, ReactorThread, SocketId, SocketKind, SocketOptions,
@@ -123,7 +123,7 @@ impl Scripted {
         self.send(
             routing,
             BrokerToWorker::Task(Task {
-                task: id,
+                task: TaskId(id),
                 fun: fun.to_string().into(),
                 args: args.into(),
                 kwargs: std::borrow::Cow::Owned(BTreeMap::new()),
@@ -213,11 +213,11 @@ impl Scripted {
 pub fn outcome_of(got: Got, id: u64) -> Result<Value, (String, String)> {
     match got.message {
         WorkerToBroker::Result(r) => {
-            assert_eq!(r.task, id, "result of another task");
+            assert_eq!(r.task, TaskId(id), "result of another task");
             Ok(r.value)
         }
         WorkerToBroker::Failure(f) => {
-            assert_eq!(f.task, id, "failure of another task");
+            assert_eq!(f.task, TaskId(id), "failure of another task");
             Err((f.kind, f.message))
         }
         other => panic!("expected the outcome of task {id}, got {other:?}"),
