@@ -7,6 +7,8 @@
 //! - [`placement`]: where a ready step goes; [`registry`]: the workers it chooses among.
 //! - [`matcher`], [`exchange`]: the topic exchange (patterns, subscriptions, delivery).
 //! - [`access`]: the access rules of a CURVE broker (keys allowed in, what each may do).
+//! - [`cluster`]: membership (SWIM-style) and the catalogue of what every broker can run;
+//!   [`versions`]: function version requirements.
 //! - [`engine`]: the deterministic state machine over all of them (plans, scheduler, topics,
 //!   access, client liveness), fed typed messages and emitting them through an [`outbox`].
 //! - [`ids`]: where ids come from (seeded; the running broker seeds from the OS).
@@ -20,6 +22,7 @@
 //! -> pure cores -> protocol); nothing below the shell knows a socket.
 
 pub mod access;
+pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod exchange;
@@ -33,6 +36,7 @@ mod quote;
 pub mod registry;
 pub mod resolve;
 pub mod server;
+pub mod versions;
 
 pub use config::{BrokerConfig, Flags};
 pub use engine::{Engine, EngineConfig};

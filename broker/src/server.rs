@@ -87,7 +87,7 @@ fn delivery(result: Result<(), SendError>) -> Delivery {
 }
 
 impl Sockets<'_> {
-    fn to_worker_body(&mut self, to: &WorkerAddr, kind: &str, body: &[u8]) -> Delivery {
+    fn send_worker_body(&mut self, to: &WorkerAddr, kind: &str, body: &[u8]) -> Delivery {
         let routing = &to.routing[..];
         if to.compact {
             let frame = compact_frame(kind.as_bytes(), body);
@@ -127,11 +127,11 @@ impl Outbox for Sockets<'_> {
     }
 
     fn task(&mut self, to: &WorkerAddr, task: &Task<'_>) -> Delivery {
-        self.to_worker_body(to, "task", &encode_body(task))
+        self.send_worker_body(to, "task", &encode_body(task))
     }
 
     fn to_worker(&mut self, to: &WorkerAddr, message: &BrokerToWorker) -> Delivery {
-        self.to_worker_body(to, message.kind(), &message.encode_body())
+        self.send_worker_body(to, message.kind(), &message.encode_body())
     }
 }
 

@@ -8,6 +8,11 @@ use crate::client::{
 use crate::codec::{decode_body, encode_body, DecodeError};
 use crate::envelope::VERSION;
 use crate::limits::Limits;
+use crate::peer::{
+    Bye, CatalogueDelta, CatalogueSnapshot, DeltaAck, Digest, FwdCancel, FwdFailure, FwdPublish,
+    FwdReject, FwdResult, FwdStep, Hello, Probe, ProbeAck, ProbeRequest, Refused, Swim,
+    SyncRequest,
+};
 use crate::plan::{PlanRequest, PlanResult, Progress};
 use crate::topic::{
     Active, EventBatch, Lagging, Publish, PublishBatch, Published, PublishedBatch, Subscribe,
@@ -158,6 +163,105 @@ direction! {
         Messages(EventBatch) = "messages",
         /// The subscriber fell behind; messages were dropped.
         Lagging(Lagging) = "lagging",
+    }
+}
+
+direction! {
+    /// Broker to broker, on the peer links (control and data).
+    PeerMessage {
+        /// Introduction (to a seed or a newly learned member).
+        Hello(Hello) = "hello",
+        /// The answer to `hello`: the receiver and the members it knows.
+        Welcome(Hello) = "welcome",
+        /// Not of this cluster.
+        Refused(Refused) = "refused",
+        /// SWIM probe.
+        Probe(Probe) = "probe",
+        /// SWIM probe answer.
+        ProbeAck(ProbeAck) = "probe_ack",
+        /// SWIM indirect probe request.
+        ProbeRequest(ProbeRequest) = "probe_request",
+        /// Ask for a catalogue snapshot.
+        Sync(SyncRequest) = "sync",
+        /// A catalogue snapshot.
+        Snapshot(CatalogueSnapshot) = "snapshot",
+        /// A catalogue delta that must be acknowledged.
+        Catalogue(CatalogueDelta) = "catalogue",
+        /// A catalogue delta was applied.
+        DeltaAck(DeltaAck) = "delta_ack",
+        /// Run a step on one of your workers.
+        FwdStep(FwdStep) = "fwd_step",
+        /// A forwarded step's value.
+        FwdResult(FwdResult) = "fwd_result",
+        /// A forwarded step failed.
+        FwdFailure(FwdFailure) = "fwd_failure",
+        /// A forwarded step cannot run there.
+        FwdReject(FwdReject) = "fwd_reject",
+        /// A forwarded step is no longer wanted.
+        FwdCancel(FwdCancel) = "fwd_cancel",
+        /// A message for the receiver's own subscribers.
+        FwdPublish(FwdPublish) = "fwd_publish",
+        /// The sender is leaving.
+        Bye(Bye) = "bye",
+    }
+}
+
+direction! {
+    /// Broker to every peer, on the gossip PUB (the topic frame is the message type).
+    Gossip {
+        /// A catalogue delta.
+        Catalogue(CatalogueDelta) = "catalogue",
+        /// An origin's latest change number and load.
+        Digest(Digest) = "digest",
+    }
+}
+
+impl From<Swim> for PeerMessage {
+    fn from(swim: Swim) -> PeerMessage {
+        match swim {
+            Swim::Ping { seq, updates } => PeerMessage::Probe(Probe { seq, updates }),
+            Swim::Ack {
+                seq,
+                target,
+                updates,
+            } => PeerMessage::ProbeAck(ProbeAck {
+                seq,
+                target,
+                updates,
+            }),
+            Swim::PingReq {
+                seq,
+                target,
+                updates,
+            } => PeerMessage::ProbeRequest(ProbeRequest {
+                seq,
+                target,
+                updates,
+            }),
+        }
+    }
+}
+
+impl PeerMessage {
+    /// The SWIM message this is, if it is one (else the message, boxed).
+    pub fn into_swim(self) -> Result<Swim, Box<PeerMessage>> {
+        match self {
+            PeerMessage::Probe(p) => Ok(Swim::Ping {
+                seq: p.seq,
+                updates: p.updates,
+            }),
+            PeerMessage::ProbeAck(a) => Ok(Swim::Ack {
+                seq: a.seq,
+                target: a.target,
+                updates: a.updates,
+            }),
+            PeerMessage::ProbeRequest(r) => Ok(Swim::PingReq {
+                seq: r.seq,
+                target: r.target,
+                updates: r.updates,
+            }),
+            other => Err(Box::new(other)),
+        }
     }
 }
 

@@ -5,9 +5,10 @@
 //! - [`envelope`]: the frames around a body (version tag, message type) and ROUTER prefixes.
 //! - [`codec`]: msgpack bodies as named maps; size, structure and depth checks before decoding.
 //! - [`msgpack_scan`]: the non-recursive structural check behind the codec.
-//! - [`plan`], [`client`], [`worker`], [`topic`]: the message structs.
+//! - [`plan`], [`client`], [`worker`], [`topic`], [`peer`]: the message structs.
 //! - [`direction`]: one enum per direction (`ClientToBroker`, `BrokerToClient`,
-//!   `WorkerToBroker`, `BrokerToWorker`) keyed by the message type frame.
+//!   `WorkerToBroker`, `BrokerToWorker`, `PeerMessage`, `Gossip`) keyed by the message type
+//!   frame.
 //! - [`error_code`]: stable numeric error codes and names.
 //! - [`ids`]: identifier newtypes (plan, task, worker, broker, node).
 //! - [`limits`]: size limits and their defaults.
@@ -24,6 +25,7 @@ pub mod error_code;
 pub mod ids;
 pub mod limits;
 pub mod msgpack_scan;
+pub mod peer;
 pub mod plan;
 pub mod topic;
 pub mod worker;
@@ -33,7 +35,9 @@ pub use client::{
     WorkerStatus,
 };
 pub use codec::{decode_body, encode_body, peek_request_id, DecodeError};
-pub use direction::{BrokerToClient, BrokerToWorker, ClientToBroker, Event, WorkerToBroker};
+pub use direction::{
+    BrokerToClient, BrokerToWorker, ClientToBroker, Event, Gossip, PeerMessage, WorkerToBroker,
+};
 pub use envelope::{
     compact_frame, parse as parse_envelope, router_prefix_len, Envelope, EnvelopeError,
     COMPACT_PREFIX, VERSION,

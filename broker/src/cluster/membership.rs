@@ -1,0 +1,735 @@
+//! Who is in the cluster, SWIM-style (Das, Gupta, Motivala 2002; as in hashicorp/memberlist):
+//! every probe period the broker pings one member directly (members in a shuffled round-robin
+//! order); without an ack within the probe timeout it asks up to `indirect` other members to
+//! ping it on its behalf; without any ack by the end of the period the member becomes
+//! *suspect*, and a suspect not heard from for the suspicion timeout is *dead*. Membership
+//! changes travel piggybacked on pings and acks (each retransmitted a bounded number of
+//! times). A member refutes a suspicion of itself by raising its incarnation number; a higher
+//! incarnation always wins, and at equal incarnations dead > suspect > alive.
+//!
+//! Each broker start is a new member (a new [`BrokerId`]); a new id announcing the same peer
+//! endpoint as an older one retires the older one at once, so a restarted broker never
+//! inherits its former self's routing.
+//!
+//! Pure: time is passed in, randomness comes from a seed, and every effect is returned as an
+//! [`Action`] for the shell (send, connect, disconnect) and the engine (state changes).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use mpreg_protocol::peer::{MemberState, MemberUpdate, PeerEndpoints, Swim};
+use mpreg_protocol::BrokerId;
+
+/// Timing and fan-out of the failure detector.
+#[derive(Debug, Clone)]
+pub struct SwimConfig {
+    /// How often one member is probed.
+    pub probe_interval: Duration,
+    /// How long a direct probe waits before asking others to probe.
+    pub probe_timeout: Duration,
+    /// Members asked to probe indirectly.
+    pub indirect: usize,
+    /// How long a suspect may stay silent before it is declared dead.
+    pub suspicion_timeout: Duration,
+    /// How long a dead member is remembered (so late rumours cannot revive it).
+    pub dead_retention: Duration,
+    /// Times each membership update is piggybacked, times log2 of the cluster size.
+    pub retransmit_factor: usize,
+}
+
+impl Default for SwimConfig {
+    fn default() -> Self {
+        SwimConfig {
+            probe_interval: Duration::from_millis(500),
+            probe_timeout: Duration::from_millis(250),
+            indirect: 3,
+            suspicion_timeout: Duration::from_millis(1_500),
+            dead_retention: Duration::from_secs(60),
+            retransmit_factor: 3,
+        }
+    }
+}
+
+/// One member as this broker knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Its name (stable across restarts).
+    pub name: String,
+    /// Where it listens.
+    pub endpoints: PeerEndpoints,
+    /// Its state here.
+    pub state: MemberState,
+    /// Its incarnation number (raised to refute suspicion).
+    pub incarnation: u64,
+    /// When the state last changed.
+    pub since: Instant,
+}
+
+/// What the failure detector asks of the shell and the engine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Send this SWIM message to that member (over the control link).
+    Send(BrokerId, Swim),
+    /// A new member: open links to it.
+    Connect(BrokerId, PeerEndpoints),
+    /// A member is dead or retired: close its links, re-dispatch what it ran.
+    Disconnect(BrokerId),
+    /// A member's state changed (for logs, metrics and the catalogue).
+    Changed(BrokerId, MemberState),
+}
+
+struct Probe {
+    target: BrokerId,
+    seq: u64,
+    sent: Instant,
+    indirect_sent: bool,
+}
+
+/// An indirect probe this broker runs for someone else.
+struct Relay {
+    requester: BrokerId,
+    requester_seq: u64,
+    target: BrokerId,
+    sent: Instant,
+}
+
+/// A tiny deterministic generator (SplitMix64) for the probe order and indirect helpers.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// The member table and the failure detector.
+pub struct Membership {
+    me: BrokerId,
+    my_name: String,
+    my_endpoints: PeerEndpoints,
+    my_incarnation: u64,
+    config: SwimConfig,
+    members: BTreeMap<BrokerId, Member>,
+    order: Vec<BrokerId>,
+    next_in_order: usize,
+    next_probe: Instant,
+    probe: Option<Probe>,
+    relays: BTreeMap<u64, Relay>,
+    seq: u64,
+    /// Updates to piggyback, with their remaining transmissions.
+    rumours: VecDeque<(MemberUpdate, usize)>,
+    rng: SplitMix,
+}
+
+/// Most updates piggybacked on one message.
+pub const MAX_PIGGYBACK: usize = 16;
+
+impl Membership {
+    /// A cluster of one: this broker.
+    pub fn new(
+        me: BrokerId,
+        name: String,
+        endpoints: PeerEndpoints,
+        config: SwimConfig,
+        seed: u64,
+        now: Instant,
+    ) -> Membership {
+        Membership {
+            me,
+            my_name: name,
+            my_endpoints: endpoints,
+            my_incarnation: 0,
+            next_probe: now + config.probe_interval,
+            config,
+            members: BTreeMap::new(),
+            order: Vec::new(),
+            next_in_order: 0,
+            probe: None,
+            relays: BTreeMap::new(),
+            seq: 0,
+            rumours: VecDeque::new(),
+            rng: SplitMix(seed),
+        }
+    }
+
+    /// This broker as an update about itself.
+    pub fn me(&self) -> MemberUpdate {
+        MemberUpdate {
+            broker: self.me,
+            name: self.my_name.clone(),
+            endpoints: self.my_endpoints.clone(),
+            state: MemberState::Alive,
+            incarnation: self.my_incarnation,
+        }
+    }
+
+    /// Every member (this broker excluded), in id order.
+    pub fn members(&self) -> impl Iterator<Item = (BrokerId, &Member)> {
+        self.members.iter().map(|(&id, m)| (id, m))
+    }
+
+    /// A member.
+    pub fn get(&self, id: BrokerId) -> Option<&Member> {
+        self.members.get(&id)
+    }
+
+    /// Members alive (or only suspected) now: the ones work may be sent to.
+    pub fn is_reachable(&self, id: BrokerId) -> bool {
+        self.members
+            .get(&id)
+            .is_some_and(|m| m.state != MemberState::Dead)
+    }
+
+    /// Everything this broker knows, as updates (for `welcome` and snapshots).
+    pub fn updates(&self) -> Vec<MemberUpdate> {
+        std::iter::once(self.me())
+            .chain(self.members.iter().map(|(&id, m)| update_of(id, m)))
+            .collect()
+    }
+
+    /// Applies an update heard from anyone (a hello, a welcome, a piggybacked rumour).
+    pub fn apply(&mut self, update: MemberUpdate, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        self.merge(update, now, &mut actions);
+        actions
+    }
+
+    fn merge(&mut self, u: MemberUpdate, now: Instant, actions: &mut Vec<Action>) {
+        if u.broker == self.me {
+            // A rumour about this broker: refute anything but alive by a higher incarnation.
+            if u.state != MemberState::Alive && u.incarnation >= self.my_incarnation {
+                self.my_incarnation = u.incarnation + 1;
+                self.spread(self.me());
+            }
+            return;
+        }
+        match self.members.get_mut(&u.broker) {
+            None => {
+                if u.state == MemberState::Dead {
+                    // Remember it dead so that older rumours of it alive lose.
+                    self.members.insert(u.broker, member_of(&u, now));
+                    return;
+                }
+                self.retire_same_endpoint(&u, now, actions);
+                self.members.insert(u.broker, member_of(&u, now));
+                self.order.push(u.broker);
+                actions.push(Action::Connect(u.broker, u.endpoints.clone()));
+                actions.push(Action::Changed(u.broker, u.state));
+                self.spread(u);
+            }
+            Some(m) => {
+                if !supersedes(&u, m) {
+                    return;
+                }
+                let was = m.state;
+                m.incarnation = u.incarnation;
+                m.name = u.name.clone();
+                if m.endpoints != u.endpoints {
+                    m.endpoints = u.endpoints.clone();
+                }
+                if was != u.state {
+                    m.state = u.state;
+                    m.since = now;
+                    actions.push(Action::Changed(u.broker, u.state));
+                    if u.state == MemberState::Dead {
+                        actions.push(Action::Disconnect(u.broker));
+                        self.order.retain(|&id| id != u.broker);
+                    }
+                }
+                self.spread(u);
+            }
+        }
+    }
+
+    /// A new incarnation announcing the peer endpoint of a member we know: the old one is
+    /// gone (it restarted).
+    fn retire_same_endpoint(&mut self, u: &MemberUpdate, now: Instant, actions: &mut Vec<Action>) {
+        let old: Vec<BrokerId> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.state != MemberState::Dead && m.endpoints.peer == u.endpoints.peer)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in old {
+            self.declare(id, MemberState::Dead, now, actions);
+        }
+    }
+
+    fn declare(
+        &mut self,
+        id: BrokerId,
+        state: MemberState,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        let Some(m) = self.members.get_mut(&id) else {
+            return;
+        };
+        if m.state == state {
+            return;
+        }
+        m.state = state;
+        m.since = now;
+        actions.push(Action::Changed(id, state));
+        if state == MemberState::Dead {
+            actions.push(Action::Disconnect(id));
+            self.order.retain(|&o| o != id);
+        }
+        let update = update_of(id, m);
+        self.spread(update);
+    }
+
+    fn spread(&mut self, update: MemberUpdate) {
+        let n = self.members.len() + 1;
+        let times = self.config.retransmit_factor * (usize::BITS - n.leading_zeros()) as usize;
+        self.rumours.retain(|(u, _)| u.broker != update.broker);
+        self.rumours.push_back((update, times.max(1)));
+    }
+
+    /// Updates to piggyback on the next message (each counts one transmission).
+    fn piggyback(&mut self) -> Vec<MemberUpdate> {
+        let mut out = Vec::new();
+        let mut kept = VecDeque::new();
+        while let Some((u, left)) = self.rumours.pop_front() {
+            if out.len() < MAX_PIGGYBACK {
+                out.push(u.clone());
+                if left > 1 {
+                    kept.push_back((u, left - 1));
+                }
+            } else {
+                kept.push_back((u, left));
+            }
+        }
+        self.rumours = kept;
+        out
+    }
+
+    /// A SWIM message from member `from`.
+    pub fn on_message(&mut self, from: BrokerId, message: Swim, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let updates = match &message {
+            Swim::Ping { updates, .. }
+            | Swim::Ack { updates, .. }
+            | Swim::PingReq { updates, .. } => updates.clone(),
+        };
+        for u in updates {
+            self.merge(u, now, &mut actions);
+        }
+        match message {
+            Swim::Ping { seq, .. } => {
+                let updates = self.piggyback();
+                actions.push(Action::Send(
+                    from,
+                    Swim::Ack {
+                        seq,
+                        target: None,
+                        updates,
+                    },
+                ));
+            }
+            Swim::Ack { seq, target, .. } => {
+                let acked = target.unwrap_or(from);
+                if let Some(probe) = &self.probe {
+                    if probe.seq == seq && probe.target == acked {
+                        self.probe = None;
+                    }
+                }
+                if let Some(relay) = self.relays.remove(&seq) {
+                    if relay.target == acked {
+                        let updates = self.piggyback();
+                        actions.push(Action::Send(
+                            relay.requester,
+                            Swim::Ack {
+                                seq: relay.requester_seq,
+                                target: Some(relay.target),
+                                updates,
+                            },
+                        ));
+                    }
+                }
+            }
+            Swim::PingReq { seq, target, .. } => {
+                if self.is_reachable(target) {
+                    self.seq += 1;
+                    self.relays.insert(
+                        self.seq,
+                        Relay {
+                            requester: from,
+                            requester_seq: seq,
+                            target,
+                            sent: now,
+                        },
+                    );
+                    let updates = self.piggyback();
+                    actions.push(Action::Send(
+                        target,
+                        Swim::Ping {
+                            seq: self.seq,
+                            updates,
+                        },
+                    ));
+                }
+            }
+        }
+        actions
+    }
+
+    /// When [`Membership::on_tick`] should next run.
+    pub fn next_deadline(&self) -> Instant {
+        let mut next = self.next_probe;
+        if let Some(p) = &self.probe {
+            if !p.indirect_sent {
+                next = next.min(p.sent + self.config.probe_timeout);
+            }
+        }
+        next
+    }
+
+    /// Advances the failure detector to `now`.
+    pub fn on_tick(&mut self, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        // Indirect probes after the probe timeout.
+        if let Some(p) = &mut self.probe {
+            if !p.indirect_sent && now >= p.sent + self.config.probe_timeout {
+                p.indirect_sent = true;
+                let (target, seq) = (p.target, p.seq);
+                let helpers = self.pick_helpers(target);
+                for helper in helpers {
+                    let updates = self.piggyback();
+                    actions.push(Action::Send(
+                        helper,
+                        Swim::PingReq {
+                            seq,
+                            target,
+                            updates,
+                        },
+                    ));
+                }
+            }
+        }
+        // Suspects past their timeout die; the dead are forgotten after their retention.
+        let suspicion = self.config.suspicion_timeout;
+        let overdue: Vec<BrokerId> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.state == MemberState::Suspect && now >= m.since + suspicion)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in overdue {
+            self.declare(id, MemberState::Dead, now, &mut actions);
+        }
+        let retention = self.config.dead_retention;
+        self.members
+            .retain(|_, m| m.state != MemberState::Dead || now < m.since + retention);
+        let relay_timeout = self.config.probe_interval;
+        self.relays.retain(|_, r| now < r.sent + relay_timeout);
+        if now < self.next_probe {
+            return actions;
+        }
+        self.next_probe = now + self.config.probe_interval;
+        // The previous probe got no answer at all: suspect its target.
+        if let Some(p) = self.probe.take() {
+            self.declare(p.target, MemberState::Suspect, now, &mut actions);
+        }
+        if let Some(target) = self.next_target() {
+            self.seq += 1;
+            self.probe = Some(Probe {
+                target,
+                seq: self.seq,
+                sent: now,
+                indirect_sent: false,
+            });
+            let updates = self.piggyback();
+            actions.push(Action::Send(
+                target,
+                Swim::Ping {
+                    seq: self.seq,
+                    updates,
+                },
+            ));
+        }
+        actions
+    }
+
+    /// The next member to probe: a shuffled round-robin over members not dead.
+    fn next_target(&mut self) -> Option<BrokerId> {
+        self.order.retain(|id| {
+            self.members
+                .get(id)
+                .is_some_and(|m| m.state != MemberState::Dead)
+        });
+        if self.order.is_empty() {
+            return None;
+        }
+        if self.next_in_order >= self.order.len() {
+            self.next_in_order = 0;
+            for i in (1..self.order.len()).rev() {
+                let j = self.rng.below(i + 1);
+                self.order.swap(i, j);
+            }
+        }
+        let target = self.order[self.next_in_order];
+        self.next_in_order += 1;
+        Some(target)
+    }
+
+    fn pick_helpers(&mut self, target: BrokerId) -> Vec<BrokerId> {
+        let mut candidates: Vec<BrokerId> = self
+            .members
+            .iter()
+            .filter(|(&id, m)| id != target && m.state == MemberState::Alive)
+            .map(|(&id, _)| id)
+            .collect();
+        let mut chosen = Vec::new();
+        while chosen.len() < self.config.indirect && !candidates.is_empty() {
+            let i = self.rng.below(candidates.len());
+            chosen.push(candidates.swap_remove(i));
+        }
+        chosen
+    }
+}
+
+fn member_of(u: &MemberUpdate, now: Instant) -> Member {
+    Member {
+        name: u.name.clone(),
+        endpoints: u.endpoints.clone(),
+        state: u.state,
+        incarnation: u.incarnation,
+        since: now,
+    }
+}
+
+fn update_of(id: BrokerId, m: &Member) -> MemberUpdate {
+    MemberUpdate {
+        broker: id,
+        name: m.name.clone(),
+        endpoints: m.endpoints.clone(),
+        state: m.state,
+        incarnation: m.incarnation,
+    }
+}
+
+fn rank(state: MemberState) -> u8 {
+    match state {
+        MemberState::Alive => 0,
+        MemberState::Suspect => 1,
+        MemberState::Dead => 2,
+    }
+}
+
+/// SWIM's precedence: a higher incarnation wins; at the same incarnation dead beats suspect
+/// beats alive. Dead is final for an id (a restart is a new id).
+fn supersedes(u: &MemberUpdate, m: &Member) -> bool {
+    if m.state == MemberState::Dead {
+        return false;
+    }
+    u.incarnation > m.incarnation
+        || (u.incarnation == m.incarnation && rank(u.state) > rank(m.state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u128) -> BrokerId {
+        BrokerId(ulid::Ulid(n))
+    }
+
+    fn endpoints(n: u128) -> PeerEndpoints {
+        PeerEndpoints {
+            peer: format!("tcp://b{n}:7403"),
+            ..PeerEndpoints::default()
+        }
+    }
+
+    /// `n` members on a network that delivers at once, except what `drop` refuses
+    /// (sender, receiver, message number).
+    struct Net {
+        nodes: Vec<(BrokerId, Membership, bool)>,
+        sent: u64,
+    }
+
+    impl Net {
+        fn new(n: u128, now: Instant) -> Net {
+            let nodes = (1..=n)
+                .map(|i| {
+                    let m = Membership::new(
+                        id(i),
+                        format!("b{i}"),
+                        endpoints(i),
+                        SwimConfig::default(),
+                        i as u64,
+                        now,
+                    );
+                    (id(i), m, true)
+                })
+                .collect();
+            Net { nodes, sent: 0 }
+        }
+
+        fn index(&self, who: BrokerId) -> Option<usize> {
+            self.nodes.iter().position(|(i, _, _)| *i == who)
+        }
+
+        /// Everyone hears of `seed` (as if told by `hello`), and the seed of everyone.
+        fn join_all_via(&mut self, seed: usize, now: Instant) {
+            let seed_update = self.nodes[seed].1.me();
+            let all: Vec<MemberUpdate> = self.nodes.iter().map(|(_, m, _)| m.me()).collect();
+            for (k, (_, m, _)) in self.nodes.iter_mut().enumerate() {
+                if k != seed {
+                    m.apply(seed_update.clone(), now);
+                }
+            }
+            for u in all {
+                if u.broker != seed_update.broker {
+                    self.nodes[seed].1.apply(u, now);
+                }
+            }
+        }
+
+        fn run(
+            &mut self,
+            from: Instant,
+            until: Instant,
+            drop: &mut dyn FnMut(BrokerId, BrokerId, u64) -> bool,
+        ) {
+            let mut now = from;
+            while now < until {
+                now += Duration::from_millis(50);
+                let mut queue: VecDeque<(BrokerId, Action)> = VecDeque::new();
+                for (who, m, alive) in self.nodes.iter_mut() {
+                    if *alive {
+                        queue.extend(m.on_tick(now).into_iter().map(|a| (*who, a)));
+                    }
+                }
+                while let Some((from, action)) = queue.pop_front() {
+                    let Action::Send(to, message) = action else {
+                        continue;
+                    };
+                    self.sent += 1;
+                    if drop(from, to, self.sent) {
+                        continue;
+                    }
+                    let Some(k) = self.index(to) else { continue };
+                    if !self.nodes[k].2 {
+                        continue;
+                    }
+                    let out = self.nodes[k].1.on_message(from, message, now);
+                    queue.extend(out.into_iter().map(|a| (to, a)));
+                }
+            }
+        }
+
+        fn state(&self, observer: usize, of: BrokerId) -> Option<MemberState> {
+            self.nodes[observer].1.get(of).map(|m| m.state)
+        }
+    }
+
+    #[test]
+    fn members_learn_of_each_other_through_one_seed() {
+        let t0 = Instant::now();
+        let mut net = Net::new(6, t0);
+        net.join_all_via(0, t0);
+        net.run(t0, t0 + Duration::from_secs(5), &mut |_, _, _| false);
+        for k in 0..6 {
+            let known: Vec<BrokerId> = net.nodes[k].1.members().map(|(i, _)| i).collect();
+            assert_eq!(known.len(), 5, "member {k} knows {known:?}");
+            assert!(net.nodes[k]
+                .1
+                .members()
+                .all(|(_, m)| m.state == MemberState::Alive));
+        }
+    }
+
+    #[test]
+    fn a_dead_member_is_declared_dead_by_all_within_bounded_time() {
+        let t0 = Instant::now();
+        let mut net = Net::new(5, t0);
+        net.join_all_via(0, t0);
+        net.run(t0, t0 + Duration::from_secs(3), &mut |_, _, _| false);
+        net.nodes[4].2 = false;
+        let died = t0 + Duration::from_secs(3);
+        // Each member probes everyone within one round (4 probe periods), then suspicion.
+        net.run(died, died + Duration::from_secs(5), &mut |_, _, _| false);
+        for k in 0..4 {
+            assert_eq!(net.state(k, id(5)), Some(MemberState::Dead), "observer {k}");
+        }
+    }
+
+    #[test]
+    fn loss_alone_does_not_kill_anyone() {
+        let t0 = Instant::now();
+        let mut net = Net::new(5, t0);
+        net.join_all_via(0, t0);
+        // One message in five lost, everywhere, for a minute of simulated time.
+        let mut drop = |_: BrokerId, _: BrokerId, n: u64| n.is_multiple_of(5);
+        net.run(t0, t0 + Duration::from_secs(60), &mut drop);
+        for k in 0..5 {
+            for (_, m) in net.nodes[k].1.members() {
+                assert_ne!(m.state, MemberState::Dead, "observer {k} killed {}", m.name);
+            }
+        }
+    }
+
+    #[test]
+    fn a_partitioned_member_is_dead_and_a_restart_is_a_new_member() {
+        let t0 = Instant::now();
+        let mut net = Net::new(4, t0);
+        net.join_all_via(0, t0);
+        net.run(t0, t0 + Duration::from_secs(2), &mut |_, _, _| false);
+        // Member 4 is cut off from everyone, both ways.
+        let cut = id(4);
+        let later = t0 + Duration::from_secs(2);
+        net.run(later, later + Duration::from_secs(6), &mut |a, b, _| {
+            a == cut || b == cut
+        });
+        assert_eq!(net.state(0, cut), Some(MemberState::Dead));
+        // It comes back as a new incarnation on the same endpoint: the old id stays dead and
+        // the new one is alive everywhere.
+        let reborn = Membership::new(
+            id(40),
+            "b4".into(),
+            endpoints(4),
+            SwimConfig::default(),
+            40,
+            later,
+        );
+        net.nodes[3] = (id(40), reborn, true);
+        let again = later + Duration::from_secs(6);
+        net.join_all_via(0, again);
+        net.run(again, again + Duration::from_secs(5), &mut |_, _, _| false);
+        for k in 0..3 {
+            assert_eq!(
+                net.state(k, id(40)),
+                Some(MemberState::Alive),
+                "observer {k}"
+            );
+            assert_eq!(net.state(k, cut), Some(MemberState::Dead), "observer {k}");
+        }
+    }
+
+    #[test]
+    fn a_suspicion_of_oneself_is_refuted() {
+        let t0 = Instant::now();
+        let mut m = Membership::new(
+            id(1),
+            "b1".into(),
+            endpoints(1),
+            SwimConfig::default(),
+            1,
+            t0,
+        );
+        let mut about_me = m.me();
+        about_me.state = MemberState::Suspect;
+        m.apply(about_me, t0);
+        assert_eq!(m.me().incarnation, 1, "refuted with a higher incarnation");
+    }
+}
