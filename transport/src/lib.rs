@@ -4,6 +4,9 @@
 //! - [`reactor`]: one thread owns a group of sockets and runs a synchronous [`Handler`] over
 //!   them; other threads and tokio tasks reach it through a bounded [`ReactorHandle`] whose
 //!   wake-ups are batched.
+//! - [`monitor`]: a socket's connection events (connected, handshake succeeded, disconnected,
+//!   ...) as typed [`SocketEvent`]s, read by the reactor from libzmq's monitor socket.
+//! - [`socket_spec`]: the libzmq context, socket kinds, and how to open one socket.
 //! - [`socket_options`]: options and per-role presets (HWMs, max frame size, handshake and
 //!   heartbeat timeouts, ROUTER_MANDATORY, LINGER).
 //! - [`curve`]: CURVE keys (Z85, key files with private permissions).
@@ -18,12 +21,15 @@ pub mod baseline;
 pub mod curve;
 pub mod endpoint;
 pub mod error;
+pub mod monitor;
 pub mod raw;
 pub mod reactor;
 pub mod socket_options;
+pub mod socket_spec;
 
 pub use curve::{Key, KeyError, KeyPair};
 pub use error::{SendError, TransportError};
+pub use monitor::{HandshakeFailure, MonitorEvent, SocketEvent};
 pub use raw::{RawDealer, RawSub};
 pub use reactor::{
     spawn, Closed, Context, Handler, Io, ReactorHandle, ReactorThread, SocketId, SocketKind,

@@ -6,6 +6,9 @@
 //!
 //! libzmq sockets are not thread-safe: a socket opened through [`Io::open`] never leaves the
 //! reactor thread.
+//!
+//! A socket may also be monitored ([`SocketSpec::monitored`], [`Io::monitor`]): its connection
+//! events reach [`Handler::on_socket_event`] (see [`crate::monitor`]).
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -18,7 +21,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::error::{SendError, TransportError};
-use crate::socket_options::SocketOptions;
+use crate::monitor::{Monitor, MonitorEvent};
+pub use crate::socket_spec::{Context, SocketKind, SocketSpec};
 
 /// Messages read from one socket before the reactor looks at the others and its timers.
 const MESSAGE_BATCH: usize = 512;
@@ -27,140 +31,27 @@ const COMMAND_BATCH: usize = 1024;
 /// Stack for reactor threads: handlers decode depth-limited msgpack recursively.
 const REACTOR_STACK_BYTES: usize = 8 * 1024 * 1024;
 
-/// One libzmq context per process; cheap to clone.
-#[derive(Clone)]
-pub struct Context {
-    inner: zmq::Context,
-}
-
-impl Context {
-    /// A new context with libzmq's default single I/O thread.
-    pub fn new() -> Self {
-        Context {
-            inner: zmq::Context::new(),
-        }
-    }
-}
-
-impl Context {
-    pub(crate) fn raw(&self) -> &zmq::Context {
-        &self.inner
-    }
-}
-
-impl Default for Context {
-    fn default() -> Self {
-        Context::new()
-    }
-}
-
 /// Identifies a socket inside one reactor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SocketId(usize);
 
-/// The ZeroMQ socket types MPREG uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SocketKind {
-    /// Serves many peers, addressed by routing id.
-    Router,
-    /// Asynchronous client of one or more ROUTERs.
-    Dealer,
-    /// Fan-out publisher.
-    Pub,
-    /// Subscriber with prefix filters.
-    Sub,
-    /// Publisher that sees subscriptions.
-    XPub,
-    /// Synchronous replier (ZAP handler).
-    Rep,
-    /// Synchronous requester.
-    Req,
-}
-
-impl SocketKind {
-    fn raw(self) -> zmq::SocketType {
-        match self {
-            SocketKind::Router => zmq::ROUTER,
-            SocketKind::Dealer => zmq::DEALER,
-            SocketKind::Pub => zmq::PUB,
-            SocketKind::Sub => zmq::SUB,
-            SocketKind::XPub => zmq::XPUB,
-            SocketKind::Rep => zmq::REP,
-            SocketKind::Req => zmq::REQ,
-        }
-    }
-
-    fn readable(self) -> bool {
-        !matches!(self, SocketKind::Pub)
-    }
-}
-
-/// How to create a socket: its type, options, and where it binds and connects.
-#[derive(Debug, Clone)]
-pub struct SocketSpec {
-    /// Socket type.
-    pub kind: SocketKind,
-    /// Options applied before binding or connecting.
-    pub options: SocketOptions,
-    /// Endpoints to bind.
-    pub bind: Vec<String>,
-    /// Endpoints to connect.
-    pub connect: Vec<String>,
-    /// SUB: prefixes to subscribe to.
-    pub subscribe: Vec<Vec<u8>>,
-    /// Read the ZAP `User-Id` of every message received (see [`Io::take_peer_user`]).
-    pub user_ids: bool,
-    /// The libzmq context: 0 is the reactor's; another number is a context of this reactor
-    /// with its own I/O thread (where CURVE encryption runs), shared by the sockets that name
-    /// it. `inproc://` endpoints (such as the ZAP handler) are per context.
-    pub context: u8,
-}
-
-impl SocketSpec {
-    /// A socket of this type with the given options and no endpoints yet.
-    pub fn new(kind: SocketKind, options: SocketOptions) -> Self {
-        SocketSpec {
-            kind,
-            options,
-            bind: Vec::new(),
-            connect: Vec::new(),
-            subscribe: Vec::new(),
-            user_ids: false,
-            context: 0,
-        }
-    }
-
-    /// Puts the socket in context `n` (see [`SocketSpec::context`]).
-    pub fn in_context(mut self, n: u8) -> Self {
-        self.context = n;
-        self
-    }
-
-    /// Reads the ZAP `User-Id` of every message received (CURVE server sockets whose owner
-    /// checks what each peer may do).
-    pub fn with_user_ids(mut self) -> Self {
-        self.user_ids = true;
-        self
-    }
-
-    /// Adds an endpoint to bind.
-    pub fn bind(mut self, endpoint: impl Into<String>) -> Self {
-        self.bind.push(endpoint.into());
-        self
-    }
-
-    /// Adds an endpoint to connect.
-    pub fn connect(mut self, endpoint: impl Into<String>) -> Self {
-        self.connect.push(endpoint.into());
-        self
-    }
-}
-
 struct Slot {
+    /// Declared before `socket`: fields drop in order, and a monitor must be detached from its
+    /// socket while the socket is still open.
+    monitor: Option<Monitor>,
     socket: zmq::Socket,
     kind: SocketKind,
     bound: Vec<String>,
     user_ids: bool,
+    /// The context number the socket lives in (its monitor must live there too).
+    context: u8,
+}
+
+/// Which half of a slot the poll found readable.
+#[derive(Clone, Copy)]
+enum Readable {
+    Socket(usize),
+    Monitor(usize),
 }
 
 /// The reactor's sockets, as a handler sees them during a callback.
@@ -177,23 +68,17 @@ impl Io {
     /// Creates a socket, applies its options, binds and connects it, and adds it to the poll
     /// set. Bound endpoints with a `*` port are resolved (see [`Io::bound_endpoints`]).
     pub fn open(&mut self, spec: &SocketSpec) -> Result<SocketId, TransportError> {
-        let ctx = match spec.context {
-            0 => &self.ctx,
-            n => {
-                if !self.extra.iter().any(|(k, _)| *k == n) {
-                    self.extra.push((n, zmq::Context::new()));
-                }
-                self.extra
-                    .iter()
-                    .find(|(k, _)| *k == n)
-                    .map(|(_, c)| c)
-                    .unwrap_or(&self.ctx)
-            }
-        };
+        let ctx = self.context(spec.context);
         let mut socket = ctx
             .socket(spec.kind.raw())
             .map_err(TransportError::Create)?;
         spec.options.apply(&mut socket, spec.kind.raw())?;
+        // Before any bind or connect, so that no event is missed.
+        let monitor = if spec.monitor {
+            Some(Monitor::attach(&ctx, &mut socket)?)
+        } else {
+            None
+        };
         let mut bound = Vec::new();
         for endpoint in &spec.bind {
             crate::endpoint::validate(endpoint)?;
@@ -230,10 +115,12 @@ impl Io {
             }
         }
         let slot = Slot {
+            monitor,
             socket,
             kind: spec.kind,
             bound,
             user_ids: spec.user_ids,
+            context: spec.context,
         };
         let index = match self.slots.iter().position(Option::is_none) {
             Some(free) => {
@@ -248,10 +135,51 @@ impl Io {
         Ok(SocketId(index))
     }
 
-    /// Closes a socket at once (unsent messages are dropped, LINGER 0).
+    /// The libzmq context number `n` of this reactor (created on first use).
+    fn context(&mut self, n: u8) -> zmq::Context {
+        if n == 0 {
+            return self.ctx.clone();
+        }
+        if let Some((_, ctx)) = self.extra.iter().find(|(k, _)| *k == n) {
+            return ctx.clone();
+        }
+        let ctx = zmq::Context::new();
+        self.extra.push((n, ctx.clone()));
+        ctx
+    }
+
+    /// Starts reporting an open socket's connection events to [`Handler::on_socket_event`]
+    /// (events before this call are not reported: use [`SocketSpec::monitored`] to see them
+    /// all). Does nothing if the socket is already monitored.
+    pub fn monitor(&mut self, id: SocketId) -> Result<(), TransportError> {
+        let Some(context) = self.slot(id).map(|s| s.context) else {
+            return Err(TransportError::Reactor(format!("no open socket {id:?}")));
+        };
+        let ctx = self.context(context);
+        let Some(slot) = self.slots.get_mut(id.0).and_then(Option::as_mut) else {
+            return Err(TransportError::Reactor(format!("no open socket {id:?}")));
+        };
+        if slot.monitor.is_none() {
+            slot.monitor = Some(Monitor::attach(&ctx, &mut slot.socket)?);
+        }
+        Ok(())
+    }
+
+    fn slot(&self, id: SocketId) -> Option<&Slot> {
+        self.slots.get(id.0).and_then(Option::as_ref)
+    }
+
+    /// Closes a socket at once (unsent messages are dropped, LINGER 0), and its monitor.
     pub fn close(&mut self, id: SocketId) {
+        self.close_with_linger(id, Duration::ZERO);
+    }
+
+    /// Closes a socket, letting libzmq's I/O thread go on sending what is still queued for at
+    /// most `linger` (the reactor does not wait: its context does, when the reactor ends, see
+    /// [`ReactorHandle::closed`]).
+    pub fn close_with_linger(&mut self, id: SocketId, linger: Duration) {
         if let Some(slot) = self.slots.get_mut(id.0).and_then(Option::take) {
-            let _ = slot.socket.set_linger(0);
+            let _ = slot.socket.set_linger(linger_ms(linger));
         }
     }
 
@@ -335,6 +263,10 @@ pub trait Handler: Send + 'static {
 
     /// The deadline returned by [`Handler::next_deadline`] passed.
     fn on_timer(&mut self, io: &mut Io);
+
+    /// A monitored socket ([`SocketSpec::monitored`], [`Io::monitor`]) reported a connection
+    /// event. The default ignores it.
+    fn on_socket_event(&mut self, _io: &mut Io, _event: MonitorEvent) {}
 
     /// When `on_timer` should next run, if ever.
     fn next_deadline(&self) -> Option<Instant>;
@@ -446,6 +378,12 @@ impl<C: Send + 'static> ReactorHandle<C> {
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
     }
+
+    /// Waits until the reactor has ended: its sockets are closed and what they still had
+    /// queued was sent, or their LINGER ran out.
+    pub async fn closed(&self) {
+        self.tx.closed().await;
+    }
 }
 
 /// The running reactor thread.
@@ -490,7 +428,7 @@ where
     });
     let (tx, rx) = mpsc::channel(command_capacity.max(1));
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
-    let zctx = ctx.inner.clone();
+    let zctx = ctx.raw().clone();
     let thread_waker = Arc::clone(&waker);
     let join = std::thread::Builder::new()
         .name(name.to_string())
@@ -542,7 +480,7 @@ fn run<H: Handler>(
 ) -> H {
     let mut handles_dropped = false;
     let mut more_commands = false;
-    let mut readable: Vec<usize> = Vec::new();
+    let mut readable: Vec<Readable> = Vec::new();
     while !handler.is_finished() {
         io.now = Instant::now();
         let timeout_ms = if more_commands {
@@ -561,12 +499,17 @@ fn run<H: Handler>(
         readable.clear();
         {
             let mut items: Vec<zmq::PollItem<'_>> = Vec::with_capacity(io.slots.len() + 1);
-            let mut owners: Vec<usize> = Vec::with_capacity(io.slots.len());
+            let mut owners: Vec<Readable> = Vec::with_capacity(io.slots.len());
             items.push(zmq::PollItem::from_fd(wake_rx.as_raw_fd(), zmq::POLLIN));
             for (index, slot) in io.slots.iter().enumerate() {
-                if let Some(slot) = slot.as_ref().filter(|s| s.kind.readable()) {
+                let Some(slot) = slot.as_ref() else { continue };
+                if slot.kind.readable() {
                     items.push(slot.socket.as_poll_item(zmq::POLLIN));
-                    owners.push(index);
+                    owners.push(Readable::Socket(index));
+                }
+                if let Some(monitor) = &slot.monitor {
+                    items.push(monitor.pair.as_poll_item(zmq::POLLIN));
+                    owners.push(Readable::Monitor(index));
                 }
             }
             match zmq::poll(&mut items, timeout_ms) {
@@ -606,7 +549,14 @@ fn run<H: Handler>(
                 }
             }
         }
-        for &index in &readable {
+        for &ready in &readable {
+            let index = match ready {
+                Readable::Socket(index) => index,
+                Readable::Monitor(index) => {
+                    read_monitor(&mut handler, &mut io, index);
+                    continue;
+                }
+            };
             for _ in 0..MESSAGE_BATCH {
                 let Some(slot) = io.slots.get(index).and_then(Option::as_ref) else {
                     break;
@@ -631,13 +581,50 @@ fn run<H: Handler>(
             handler.on_timer(&mut io);
         }
     }
-    let linger = i32::try_from(handler.close_linger().as_millis()).unwrap_or(i32::MAX);
+    let linger = linger_ms(handler.close_linger());
     for slot in io.slots.iter_mut() {
         if let Some(slot) = slot.take() {
             let _ = slot.socket.set_linger(linger);
         }
     }
+    // Dropping the contexts waits for what the sockets still have queued (within their
+    // LINGER); only then is the command channel closed, which is what
+    // `ReactorHandle::closed` waits for.
+    drop(io);
+    drop(rx);
     handler
+}
+
+/// A LINGER in libzmq's unit (milliseconds), saturated.
+fn linger_ms(linger: Duration) -> i32 {
+    i32::try_from(linger.as_millis()).unwrap_or(i32::MAX)
+}
+
+/// Hands the events waiting on slot `index`'s monitor to the handler, at most a batch.
+fn read_monitor<H: Handler>(handler: &mut H, io: &mut Io, index: usize) {
+    for _ in 0..MESSAGE_BATCH {
+        let Some(monitor) = io
+            .slots
+            .get(index)
+            .and_then(Option::as_ref)
+            .and_then(|s| s.monitor.as_ref())
+        else {
+            return;
+        };
+        match monitor.recv() {
+            None => return,
+            // A malformed event (not libzmq's format) is skipped.
+            Some(None) => {}
+            Some(Some((event, endpoint))) => handler.on_socket_event(
+                io,
+                MonitorEvent {
+                    socket: SocketId(index),
+                    event,
+                    endpoint,
+                },
+            ),
+        }
+    }
 }
 
 /// Receives a multipart message frame by frame, keeping the `User-Id` property libzmq
