@@ -6,34 +6,30 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use mpreg_protocol::{
-    BrokerToClient, ClientToBroker, Limits, Ping, Pong, Progress, StatusReply, StatusRequest, Step,
+    compact_frame, BrokerToClient, ClientToBroker, Ping, Pong, Progress, StatusReply,
+    StatusRequest, Step,
 };
-use mpreg_transport::{
-    Context, Curve, Key, KeyPair, ReactorHandle, SocketKind, SocketOptions, SocketSpec,
-};
+use mpreg_transport::{Context, ReactorHandle, SocketKind, SocketOptions, SocketSpec};
 use tokio::sync::{mpsc, oneshot};
 
+pub use crate::client_options::{
+    ClientCounters, ClientOptions, DEFAULT_ACTIVATION_TIMEOUT, DEFAULT_COMMAND_CAPACITY,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEADLINE_MARGIN, DEFAULT_ENDPOINT, DEFAULT_HEARTBEAT,
+    DEFAULT_REQUEST_TIMEOUT,
+};
 use crate::error::Error;
-use crate::link::{unexpected, Command, Link, LinkCounters, PendingReply, Request};
+use crate::link::{Command, Link, LinkConfig, LinkCounters, Request, RequestKind};
+use crate::pending_reply::{unexpected, PendingReply};
 use crate::plan_builder::PlanBuilder;
 use crate::Value;
 
-/// The broker endpoint the CLI and examples use when none is given.
-pub const DEFAULT_ENDPOINT: &str = "tcp://127.0.0.1:7400";
-/// Default time [`Client::connect`] waits for the broker to answer its first ping: long enough
-/// for a TCP connect and a busy broker, short enough that a wrong address fails fast.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default time a request waits for its reply when the plan sets no deadline.
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default extra time the client waits beyond a plan's deadline, so the broker's own
-/// `plan_timeout` reply (which carries partial results) arrives before the client gives up.
-pub const DEFAULT_DEADLINE_MARGIN: Duration = Duration::from_secs(1);
-/// Default capacity of the command channel to the connection's reactor thread. Callers wait for
-/// room when it is full, so it bounds memory, not the number of requests in flight.
-pub const DEFAULT_COMMAND_CAPACITY: usize = 1024;
-/// Default time [`Client::subscribe`] waits for the broker to activate a subscription once it
-/// exists: the broker's own default for discarding a subscription never activated.
-pub const DEFAULT_ACTIVATION_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long what is still queued for the broker (the `cancel` of every plan in flight, the
+/// last publishes) may take to leave when the client closes. Bounded, so closing never hangs on
+/// a broker that is gone.
+pub const CLOSE_LINGER: Duration = Duration::from_millis(500);
+/// How much longer than [`CLOSE_LINGER`] [`Client::close`] waits for the connection's thread
+/// to end, for the thread itself to notice the close.
+const CLOSE_MARGIN: Duration = Duration::from_millis(500);
 /// Longest wait the client tracks: anything longer (`Duration::MAX`) is capped here, which is
 /// as good as no limit and cannot overflow the clock.
 const MAX_WAIT: Duration = Duration::from_secs(365 * 86_400);
@@ -41,124 +37,6 @@ const MAX_WAIT: Duration = Duration::from_secs(365 * 86_400);
 /// with it and a `.`) would be read as a reference to the step itself, so it is a name no one
 /// passes by accident.
 pub const CALL_STEP: &str = "~call";
-
-/// How a [`Client`] waits and what it accepts.
-///
-/// ```
-/// use std::time::Duration;
-/// let options = mpreg::ClientOptions::default()
-///     .with_connect_timeout(Duration::from_secs(1))
-///     .with_request_timeout(Duration::from_secs(10));
-/// assert_eq!(options.request_timeout, Duration::from_secs(10));
-/// ```
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub struct ClientOptions {
-    /// How long [`Client::connect`] waits for the broker's first `pong`.
-    pub connect_timeout: Duration,
-    /// How long a request waits for its reply when no deadline is set.
-    pub request_timeout: Duration,
-    /// How much longer than a plan's deadline the client waits.
-    pub deadline_margin: Duration,
-    /// Limits applied to every reply (size and nesting).
-    pub limits: Limits,
-    /// Capacity of the command channel to the connection's reactor thread.
-    pub command_capacity: usize,
-    /// How long [`Client::subscribe`] waits for the broker's `active` event after the
-    /// subscription was created (the time for the SUB socket to reach the event endpoint).
-    pub activation_timeout: Duration,
-    /// CURVE: the broker's public key and this client's key pair, used on the connection and
-    /// on the event (SUB) socket. `None`: plain connection (a broker on loopback without keys).
-    pub curve: Option<Curve>,
-}
-
-impl Default for ClientOptions {
-    fn default() -> Self {
-        ClientOptions {
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            request_timeout: DEFAULT_REQUEST_TIMEOUT,
-            deadline_margin: DEFAULT_DEADLINE_MARGIN,
-            limits: Limits::default(),
-            command_capacity: DEFAULT_COMMAND_CAPACITY,
-            activation_timeout: DEFAULT_ACTIVATION_TIMEOUT,
-            curve: None,
-        }
-    }
-}
-
-impl ClientOptions {
-    /// Sets [`ClientOptions::connect_timeout`].
-    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// Sets [`ClientOptions::request_timeout`].
-    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
-        self
-    }
-
-    /// Sets [`ClientOptions::deadline_margin`].
-    pub fn with_deadline_margin(mut self, margin: Duration) -> Self {
-        self.deadline_margin = margin;
-        self
-    }
-
-    /// Sets [`ClientOptions::activation_timeout`].
-    pub fn with_activation_timeout(mut self, timeout: Duration) -> Self {
-        self.activation_timeout = timeout;
-        self
-    }
-
-    /// Connects with CURVE to a broker whose public key is `server`, as `own` (whose public
-    /// key must be listed as a client in the broker's access file; docs/SECURITY.md).
-    ///
-    /// ```no_run
-    /// # async fn f() -> Result<(), mpreg::Error> {
-    /// use mpreg::{Client, ClientOptions, Key, KeyPair};
-    /// let server = mpreg::load_public_key("/etc/mpreg/broker.pub")?;
-    /// let own = KeyPair::load("alice.key").map_err(|e| mpreg::Error::Invalid(e.to_string()))?;
-    /// let client = Client::connect_with("tcp://broker:7400", ClientOptions::default().with_curve(server, own)).await?;
-    /// # let _: Key = server; Ok(()) }
-    /// ```
-    pub fn with_curve(mut self, server: Key, own: KeyPair) -> Self {
-        self.curve = Some(Curve::Client { server, own });
-        self
-    }
-
-    /// Sets [`ClientOptions::limits`].
-    pub fn with_limits(mut self, limits: Limits) -> Self {
-        self.limits = limits;
-        self
-    }
-}
-
-/// What the connection has seen, read with [`Client::counters`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub struct ClientCounters {
-    /// Requests waiting for their reply now.
-    pub in_flight: u64,
-    /// Replies that matched no request in flight (late answers to requests that timed out or
-    /// were cancelled, or errors about requests the broker could not read).
-    pub unmatched_replies: u64,
-    /// Replies that could not be decoded.
-    pub malformed_replies: u64,
-    /// Progress events dropped because the plan's progress buffer was full (more events than
-    /// steps: a broker bug).
-    pub progress_dropped: u64,
-    /// Unconfirmed publishes the broker rejected (or that could not be sent); the latest is
-    /// [`Client::last_publish_error`].
-    pub publish_errors: u64,
-    /// Topic deliveries dropped because a subscription's buffer was full (the application did
-    /// not read; each shows as a sequence gap and a client-side lagging notice).
-    pub events_dropped: u64,
-    /// Event frames for no subscription of this client (in flight when it ended).
-    pub unrouted_events: u64,
-    /// Event frames that could not be read.
-    pub malformed_events: u64,
-}
 
 /// A connection to one broker. Cheap to clone: clones share the connection, and many requests
 /// from any number of tasks are in flight on it at once, matched to their replies by id.
@@ -182,7 +60,8 @@ pub struct Client {
 
 struct Inner {
     handle: Arc<ReactorHandle<Command>>,
-    next_id: AtomicU64,
+    /// Shared with the connection, which takes ids for its own requests.
+    next_id: Arc<AtomicU64>,
     endpoint: String,
     broker: OnceLock<String>,
     options: ClientOptions,
@@ -250,14 +129,24 @@ impl Client {
         mpreg_transport::endpoint::validate(endpoint)
             .map_err(|e| Error::Invalid(format!("broker endpoint: {e}")))?;
         let counters = Arc::new(LinkCounters::default());
+        let next_id = Arc::new(AtomicU64::new(1));
         let socket_options = SocketOptions::dealer_client()
             .with_curve(options.curve.clone())
             .with_max_frame_bytes(options.limits.max_message_bytes);
-        let curve = options.curve.clone();
-        let spec = SocketSpec::new(SocketKind::Dealer, socket_options).connect(endpoint);
-        let link_endpoint = endpoint.to_string();
-        let link_counters = Arc::clone(&counters);
-        let limits = options.limits;
+        // Monitored: a lost connection must fail what is in flight at once, not at its timeout.
+        let spec = SocketSpec::new(SocketKind::Dealer, socket_options)
+            .connect(endpoint)
+            .monitored();
+        let config = LinkConfig {
+            endpoint: endpoint.to_string(),
+            limits: options.limits,
+            curve: options.curve.clone(),
+            request_timeout: options.request_timeout.min(MAX_WAIT),
+            activation_timeout: options.activation_timeout.min(MAX_WAIT),
+            heartbeat: options.heartbeat,
+            next_id: Arc::clone(&next_id),
+            counters: Arc::clone(&counters),
+        };
         // Brief: init opens one socket and starts a non-blocking connect.
         let (handle, _thread) = mpreg_transport::spawn(
             "mpreg-client",
@@ -265,13 +154,7 @@ impl Client {
             options.command_capacity,
             move |io| {
                 let socket = io.open(&spec)?;
-                Ok(Link::new(
-                    socket,
-                    link_endpoint,
-                    limits,
-                    curve,
-                    link_counters,
-                ))
+                Ok(Link::new(socket, config, io.now()))
             },
         )
         .map_err(|e| Error::Connect {
@@ -282,7 +165,7 @@ impl Client {
         Ok(Client {
             inner: Arc::new(Inner {
                 handle: Arc::new(handle),
-                next_id: AtomicU64::new(1),
+                next_id,
                 endpoint: endpoint.to_string(),
                 broker: OnceLock::new(),
                 options,
@@ -302,8 +185,10 @@ impl Client {
     ///
     /// # Errors
     /// [`Error::Remote`] when the broker reports a failure (`no_route`, `step_failed`, ...);
-    /// [`Error::Timeout`] when no reply arrives within the request timeout; [`Error::Closed`]
-    /// when the client was closed.
+    /// [`Error::Timeout`] when no reply arrives within the request timeout;
+    /// [`Error::ConnectionLost`] (904) at once when the connection to the broker breaks while
+    /// the call is in flight; [`Error::TooLarge`] (104) when the request is over the broker's
+    /// size limit (not sent); [`Error::Closed`] when the client was closed.
     pub async fn call(&self, fun: impl Into<String>, args: Vec<Value>) -> Result<Value, Error> {
         self.call_with(Step::new(CALL_STEP, fun, args)).await
     }
@@ -344,7 +229,15 @@ impl Client {
         PlanBuilder::new(self.clone())
     }
 
-    /// Asks the broker for its status: workers, counters, limits.
+    /// Asks the broker for its status: workers, counters, limits. A status in flight when the
+    /// connection is lost is sent again once it is back.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: mpreg::Client) -> Result<(), mpreg::Error> {
+    /// let status = client.status().await?;
+    /// println!("{} workers, {} plans in flight", status.workers.len(), status.plans_in_flight);
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// [`Error::Timeout`] when no reply arrives within the request timeout; [`Error::Closed`].
@@ -352,7 +245,10 @@ impl Client {
         let id = self.next_id();
         let message = ClientToBroker::Status(StatusRequest { id });
         let timeout = self.inner.options.request_timeout;
-        match self.request(message, timeout, None).await?.wait().await? {
+        let pending = self
+            .request_as(message, RequestKind::Idempotent, timeout, None)
+            .await?;
+        match pending.wait().await? {
             BrokerToClient::Status(status) => Ok(status),
             BrokerToClient::Error(e) => Err(e.into()),
             other => Err(unexpected("status", &other)),
@@ -369,6 +265,8 @@ impl Client {
     /// # Ok(()) }
     /// ```
     ///
+    /// A ping in flight when the connection is lost is sent again once it is back.
+    ///
     /// # Errors
     /// [`Error::Timeout`] when no reply arrives within the request timeout; [`Error::Closed`].
     pub async fn ping(&self) -> Result<Pong, Error> {
@@ -376,20 +274,46 @@ impl Client {
     }
 
     async fn ping_within(&self, timeout: Duration) -> Result<Pong, Error> {
+        self.ping_as(RequestKind::Idempotent, timeout).await
+    }
+
+    /// A ping that is (`Idempotent`) or is not (`Other`) sent again after a reconnection.
+    pub(crate) async fn ping_as(
+        &self,
+        kind: RequestKind,
+        timeout: Duration,
+    ) -> Result<Pong, Error> {
         let id = self.next_id();
         let message = ClientToBroker::Ping(Ping { id });
-        match self.request(message, timeout, None).await?.wait().await? {
+        match self
+            .request_as(message, kind, timeout, None)
+            .await?
+            .wait()
+            .await?
+        {
             BrokerToClient::Pong(pong) => Ok(pong),
             BrokerToClient::Error(e) => Err(e.into()),
             other => Err(unexpected("pong", &other)),
         }
     }
 
-    /// Closes the connection for every clone: requests in flight fail with [`Error::Closed`],
-    /// and so does every later request. (Dropping the last clone also closes it.)
+    /// Closes the connection for every clone: plans in flight are cancelled at the broker,
+    /// requests in flight fail with [`Error::Closed`], and so does every later request. Returns
+    /// once the cancels have left (or could not within [`CLOSE_LINGER`]).
+    ///
+    /// Dropping the last clone closes the connection the same way, without waiting: call
+    /// `close` before a program exits so that the broker hears about its abandoned plans.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: mpreg::Client) {
+    /// client.close().await;
+    /// assert!(client.is_closed());
+    /// # }
+    /// ```
     pub async fn close(&self) {
         // An error means the reactor is already gone, which is what was asked.
         let _ = self.inner.handle.send(Command::Close).await;
+        let _ = tokio::time::timeout(CLOSE_LINGER + CLOSE_MARGIN, self.inner.handle.closed()).await;
     }
 
     /// The endpoint this client connected to.
@@ -419,6 +343,9 @@ impl Client {
             events_dropped: c.events_dropped.load(Ordering::Relaxed),
             unrouted_events: c.unrouted_events.load(Ordering::Relaxed),
             malformed_events: c.malformed_events.load(Ordering::Relaxed),
+            connections_lost: c.connections_lost.load(Ordering::Relaxed),
+            requests_resent: c.requests_resent.load(Ordering::Relaxed),
+            publishes_in_doubt: c.publishes_in_doubt.load(Ordering::Relaxed),
         }
     }
 
@@ -453,24 +380,44 @@ impl Client {
             .map_err(|_| Error::Closed)
     }
 
-    /// A request whose answer nobody waits for: the reactor matches and discards it (so it is
-    /// not counted as unmatched), or forgets it after the request timeout.
-    pub(crate) fn unanswered_request(&self, message: ClientToBroker) -> Request {
-        let (reply, _) = oneshot::channel();
-        let wait = self.inner.options.request_timeout;
-        Request {
-            id: message.request_id(),
-            frames: message.to_compact_frame(),
-            deadline: Instant::now() + wait.min(MAX_WAIT),
-            wait,
-            is_plan: false,
-            reply,
-            progress: None,
+    pub(crate) fn next_id(&self) -> u64 {
+        self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The largest request body the broker accepts: what its latest `pong` said (the first
+    /// one is [`Client::connect`]'s), else [`ClientOptions::limits`]. A larger request fails
+    /// at once with [`Error::TooLarge`] (104) without being sent.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: mpreg::Client) {
+    /// println!("requests up to {} bytes", client.max_request_bytes());
+    /// # }
+    /// ```
+    pub fn max_request_bytes(&self) -> usize {
+        match self
+            .inner
+            .counters
+            .broker_max_message_bytes
+            .load(Ordering::Relaxed)
+        {
+            0 => self.inner.options.limits.max_message_bytes,
+            said => usize::try_from(said).unwrap_or(usize::MAX),
         }
     }
 
-    pub(crate) fn next_id(&self) -> u64 {
-        self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+    /// Encodes a request in the compact frame, refusing it if its body is over the broker's
+    /// limit (the broker would refuse it anyway, after receiving all of it).
+    pub(crate) fn encode(&self, message: &ClientToBroker) -> Result<Vec<u8>, Error> {
+        let body = message.encode_body();
+        let limit = self.max_request_bytes();
+        if body.len() > limit {
+            return Err(Error::TooLarge {
+                kind: message.kind(),
+                size: body.len(),
+                limit,
+            });
+        }
+        Ok(compact_frame(message.kind().as_bytes(), &body))
     }
 
     /// Sends a request; the returned [`PendingReply`] resolves to its reply. `wait` is how long
@@ -481,16 +428,30 @@ impl Client {
         wait: Duration,
         progress: Option<mpsc::Sender<Progress>>,
     ) -> Result<PendingReply, Error> {
+        let kind = match message {
+            ClientToBroker::Plan(_) => RequestKind::Plan,
+            _ => RequestKind::Other,
+        };
+        self.request_as(message, kind, wait, progress).await
+    }
+
+    /// [`Client::request`] with an explicit [`RequestKind`].
+    pub(crate) async fn request_as(
+        &self,
+        message: ClientToBroker,
+        kind: RequestKind,
+        wait: Duration,
+        progress: Option<mpsc::Sender<Progress>>,
+    ) -> Result<PendingReply, Error> {
         let id = message.request_id();
-        let is_plan = matches!(message, ClientToBroker::Plan(_));
-        let frames = message.to_compact_frame();
+        let frames = self.encode(&message)?;
         let (reply, rx) = oneshot::channel();
         let request = Request {
             id,
             frames,
             deadline: Instant::now() + wait.min(MAX_WAIT),
             wait,
-            is_plan,
+            kind,
             reply,
             progress,
         };
@@ -526,6 +487,7 @@ mod tests {
 
     use super::*;
     use crate::args;
+    use mpreg_protocol::Limits;
 
     /// Nothing listens on the discard port: requests queue and never get an answer.
     const SILENT: &str = "tcp://127.0.0.1:9";
@@ -653,6 +615,51 @@ mod tests {
         assert!(!counters.closed.load(Ordering::Acquire));
         drop(other);
         eventually("reactor closed", || counters.closed.load(Ordering::Acquire)).await;
+    }
+
+    #[tokio::test]
+    async fn requests_over_the_limit_are_refused_without_being_sent() {
+        let limits = Limits {
+            max_message_bytes: 1024,
+            ..Limits::default()
+        };
+        let client = Client::open(SILENT, ClientOptions::default().with_limits(limits)).unwrap();
+        assert_eq!(client.max_request_bytes(), 1024);
+        let started = Instant::now();
+        let err = client
+            .call("echo", args!["x".repeat(2000)])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::TooLarge {
+                    kind: "plan",
+                    limit: 1024,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!((err.code(), err.kind()), (104, "message_too_large"));
+        // Unconfirmed publishes too: refused at once rather than counted later.
+        let err = client.publish("t", vec![0u8; 2000]).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::TooLarge {
+                    kind: "publish",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(client.counters().in_flight, 0);
+        // Under the limit, a request is sent (and waits: nobody answers here).
+        let small =
+            tokio::time::timeout(Duration::from_millis(100), client.call("echo", args!["x"]));
+        assert!(small.await.is_err());
     }
 
     #[test]

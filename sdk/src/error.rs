@@ -1,8 +1,8 @@
 //! The SDK's error type: a broker's `error` reply, or a failure the client saw by itself.
 //!
 //! Every variant has a stable numeric code and snake_case kind from
-//! [`ErrorCode`]: wire codes (100-599) for [`Error::Remote`] and
-//! [`Error::Protocol`], client-side codes (900-903) for the rest. That is what lets the CLI print
+//! [`ErrorCode`]: wire codes (100-599) for [`Error::Remote`], [`Error::Protocol`] and
+//! [`Error::TooLarge`], client-side codes (900-905) for the rest. That is what lets the CLI print
 //! every failure in one shape.
 
 use std::collections::BTreeMap;
@@ -50,6 +50,42 @@ pub enum Error {
     /// `connection_closed`.
     #[error("the client connection is closed")]
     Closed,
+    /// The connection to the broker broke while the request was in flight: the broker died,
+    /// restarted, or went silent past the ZMTP heartbeat timeout. Whether the request ran is
+    /// unknown (a plan still queued on this side is cancelled if it reaches a broker). The
+    /// client reconnects by itself; later requests go through once it is back. Code 904
+    /// `connection_lost`.
+    #[error(
+        "the connection to the broker at {endpoint} was lost while the request was in flight \
+         (the broker died, restarted or went silent); whether it ran is unknown"
+    )]
+    ConnectionLost {
+        /// The broker endpoint.
+        endpoint: String,
+    },
+    /// The program was interrupted by a signal and cancelled its requests in flight (the CLI
+    /// on SIGINT or SIGTERM). Code 905 `interrupted`.
+    #[error("interrupted by {signal}: the requests in flight were cancelled")]
+    Interrupted {
+        /// The signal's name (`SIGINT`, `SIGTERM`).
+        signal: &'static str,
+    },
+    /// The encoded request is larger than the broker accepts (the `max_message_bytes` its
+    /// `pong` announced, or [`ClientOptions::limits`](crate::ClientOptions::limits) before the
+    /// first one): refused without sending it. Code 104 `message_too_large`, as the broker
+    /// would have answered.
+    #[error(
+        "the `{kind}` request is {size} bytes, over the broker's limit of {limit} bytes \
+         (max_message_bytes); it was not sent"
+    )]
+    TooLarge {
+        /// The request's message type (`plan`, `publish`, ...).
+        kind: &'static str,
+        /// Its encoded body, in bytes.
+        size: usize,
+        /// The limit, in bytes.
+        limit: usize,
+    },
     /// The caller's input is not valid (a builder misused, an unreadable plan file, a bad
     /// endpoint). Code 902 `invalid_input`.
     #[error("{0}")]
@@ -132,6 +168,9 @@ impl Error {
             Error::Timeout { .. } | Error::MessagesTimeout { .. } => ErrorCode::RequestTimeout,
             Error::Connect { .. } => ErrorCode::ConnectionFailed,
             Error::Closed => ErrorCode::ConnectionClosed,
+            Error::ConnectionLost { .. } => ErrorCode::ConnectionLost,
+            Error::Interrupted { .. } => ErrorCode::Interrupted,
+            Error::TooLarge { .. } => ErrorCode::MessageTooLarge,
             Error::Invalid(_) => ErrorCode::InvalidInput,
             Error::Protocol { code, .. } => *code,
         }
@@ -264,6 +303,23 @@ mod tests {
                 "request_timeout",
             ),
             (Error::Closed, 903, "connection_closed"),
+            (
+                Error::ConnectionLost {
+                    endpoint: "tcp://h:1".into(),
+                },
+                904,
+                "connection_lost",
+            ),
+            (Error::Interrupted { signal: "SIGINT" }, 905, "interrupted"),
+            (
+                Error::TooLarge {
+                    kind: "plan",
+                    size: 20,
+                    limit: 10,
+                },
+                104,
+                "message_too_large",
+            ),
             (Error::Invalid("bad".into()), 902, "invalid_input"),
             (
                 Error::Protocol {
@@ -307,6 +363,33 @@ mod tests {
         let err = Error::from(future);
         assert_eq!((err.code(), err.kind()), (599, "from_the_future"));
         assert_eq!(err.error_code(), None);
+    }
+
+    #[test]
+    fn client_side_messages_name_what_happened() {
+        let lost = Error::ConnectionLost {
+            endpoint: "tcp://h:1".into(),
+        };
+        assert!(lost.message().contains("tcp://h:1"), "{lost}");
+        assert!(
+            lost.message().contains("whether it ran is unknown"),
+            "{lost}"
+        );
+        let big = Error::TooLarge {
+            kind: "plan",
+            size: 52_428_900,
+            limit: 16_777_216,
+        };
+        assert_eq!(
+            big.message(),
+            "the `plan` request is 52428900 bytes, over the broker's limit of 16777216 bytes \
+             (max_message_bytes); it was not sent"
+        );
+        let interrupted = Error::Interrupted { signal: "SIGTERM" };
+        assert_eq!(
+            interrupted.message(),
+            "interrupted by SIGTERM: the requests in flight were cancelled"
+        );
     }
 
     #[test]

@@ -1,93 +1,101 @@
-//! Topic deliveries on the connection's reactor: the SUB socket(s) connected to the broker's
-//! event endpoint, and the routing of event frames `[token, VERSION, type, body]` to each
-//! subscription's bounded buffer by token.
+//! Topic subscriptions on the connection's reactor: their life-cycle, the SUB socket(s)
+//! connected to the broker's event endpoint, and the routing of event frames
+//! `[token, VERSION, type, body]` to each subscription's bounded buffer by token.
 //!
-//! Never blocks: a full buffer drops the delivery for that subscription only and owes it a
-//! [`Lagging`] notice (see [`crate::subscription`]). A buffer whose receiver is gone (the
-//! [`Subscription`](crate::Subscription) was dropped) is detached at its next event.
+//! A subscription is known by a [`SubscriptionKey`] the client chose, which outlives its
+//! tokens: a token dies with the broker that gave it. The life-cycle of one subscription:
+//!
+//! ```text
+//! Subscribing --subscribed--> Activating --active--> Active
+//!      ^                           |                    |
+//!      |                           +-- connection lost -+--> Lost (re-subscribed when the
+//!      +-------------------- connection back -----------------+   connection is back)
+//! ```
+//!
+//! The first `Subscribing -> Active` answers the caller of `subscribe`; any failure then is the
+//! caller's error. Later, losing the connection yields a [`Delivery::ConnectionLost`] notice,
+//! and the next activation a [`Delivery::Resubscribed`] one; a re-subscription the broker
+//! refuses (or that is never activated) yields its error and ends the stream. Nothing here
+//! blocks: deliveries go through each subscription's [`DeliveryBuffer`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use mpreg_protocol::{parse_envelope, Event, Limits};
 use mpreg_transport::{Io, SocketId, SocketKind, SocketOptions, SocketSpec};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
+use crate::delivery_buffer::{DeliveryBuffer, DeliverySender};
 use crate::error::Error;
 use crate::link::LinkCounters;
 use crate::subscription::{Delivery, LagSource, Lagging, Message};
 
-/// Where a subscription's deliveries go.
-pub(crate) type DeliverySender = mpsc::Sender<Result<Delivery, Error>>;
+/// How soon notices owed to a full subscription buffer are tried again (the application may
+/// have read in the meantime; nothing else wakes the reactor for it).
+pub(crate) const OWED_RETRY: Duration = Duration::from_millis(100);
 
-/// Start routing a subscription's events: subscribe the SUB socket for `endpoint` to `token`
-/// and answer `active` with the announced backlog once the broker activates it.
-pub(crate) struct Attach {
+/// A subscription as this client knows it, whatever token the broker gave it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct SubscriptionKey(pub u64);
+
+/// The first activation of a subscription, for the caller of `subscribe`.
+#[derive(Debug)]
+pub(crate) struct Activated {
     pub token: String,
-    pub endpoint: String,
+    pub backlog: u64,
+}
+
+/// Where the caller of `subscribe` waits for the first activation.
+pub(crate) type ActivatedSender = oneshot::Sender<Result<Activated, Error>>;
+
+/// A subscription to make.
+pub(crate) struct NewSubscription {
+    pub key: SubscriptionKey,
+    pub patterns: Vec<String>,
+    /// Ask for the retained backlog (again at each re-subscription).
+    pub backlog: bool,
     pub deliveries: DeliverySender,
-    pub active: oneshot::Sender<Result<u64, Error>>,
+    pub activated: ActivatedSender,
+}
+
+/// Where one subscription is in its life.
+enum RouteState {
+    /// `subscribe` sent; no token yet.
+    Subscribing,
+    /// The SUB filter is set for `token`; the broker's `active` is due by `deadline`.
+    Activating {
+        token: String,
+        socket: SocketId,
+        endpoint: String,
+        deadline: Instant,
+    },
+    /// Events for `token` are delivered.
+    Active { token: String, socket: SocketId },
+    /// The connection was lost: subscribe again once it is back.
+    Lost,
+    /// Failed for good: kept only until the error it owes is delivered.
+    Ending,
 }
 
 struct Route {
-    socket: SocketId,
-    active: Option<oneshot::Sender<Result<u64, Error>>>,
+    patterns: Vec<String>,
+    backlog: bool,
+    state: RouteState,
+    /// The caller of `subscribe`, until the first activation.
+    first: Option<ActivatedSender>,
     buffer: DeliveryBuffer,
 }
 
-/// The sending side of one subscription's buffer, with its drop accounting.
-struct DeliveryBuffer {
-    deliveries: DeliverySender,
-    /// Deliveries dropped since the last client-side notice.
-    dropped_pending: u64,
-    dropped_total: u64,
-}
-
-impl DeliveryBuffer {
-    fn new(deliveries: DeliverySender) -> Self {
-        DeliveryBuffer {
-            deliveries,
-            dropped_pending: 0,
-            dropped_total: 0,
-        }
-    }
-
-    /// Queues one delivery, preceded by a notice if some were dropped before. Returns false
-    /// once the receiver is gone.
-    fn push(&mut self, item: Result<Delivery, Error>, counters: &LinkCounters) -> bool {
-        if self.deliveries.is_closed() {
-            return false;
-        }
-        if self.dropped_pending > 0 {
-            // The notice and the item go together or not at all; this thread is the only
-            // sender, so the room cannot shrink in between.
-            if self.deliveries.capacity() < 2 {
-                self.drop_one(counters);
-                return true;
+impl Route {
+    fn token(&self) -> Option<(&str, SocketId)> {
+        match &self.state {
+            RouteState::Activating { token, socket, .. } | RouteState::Active { token, socket } => {
+                Some((token, *socket))
             }
-            let notice = Lagging {
-                dropped: self.dropped_pending,
-                dropped_total: self.dropped_total,
-                source: LagSource::Client,
-            };
-            let _ = self.deliveries.try_send(Ok(Delivery::Lagging(notice)));
-            self.dropped_pending = 0;
+            _ => None,
         }
-        match self.deliveries.try_send(item) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.drop_one(counters);
-                true
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
-    }
-
-    fn drop_one(&mut self, counters: &LinkCounters) {
-        self.dropped_pending += 1;
-        self.dropped_total += 1;
-        counters.events_dropped.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -95,7 +103,15 @@ impl DeliveryBuffer {
 pub(crate) struct EventRoutes {
     /// One SUB per event endpoint (in practice one: the broker's).
     sockets: Vec<(String, SocketId)>,
-    routes: HashMap<String, Route>,
+    routes: HashMap<SubscriptionKey, Route>,
+    by_token: HashMap<String, SubscriptionKey>,
+    /// Activation deadlines of the routes in `Activating`.
+    activations: BTreeSet<(Instant, SubscriptionKey)>,
+    /// Routes whose buffer owes notices, and when to try them again.
+    owing: BTreeSet<SubscriptionKey>,
+    owed_retry: Option<Instant>,
+    /// How long a subscription may take to be activated.
+    activation_timeout: Duration,
     limits: Limits,
     /// The connection's CURVE keys: the broker delivers a subscription's events only to a SUB
     /// with the same identity as the connection that subscribed.
@@ -107,11 +123,17 @@ impl EventRoutes {
     pub(crate) fn new(
         limits: Limits,
         curve: Option<mpreg_transport::Curve>,
+        activation_timeout: Duration,
         counters: Arc<LinkCounters>,
     ) -> Self {
         EventRoutes {
             sockets: Vec::new(),
             routes: HashMap::new(),
+            by_token: HashMap::new(),
+            activations: BTreeSet::new(),
+            owing: BTreeSet::new(),
+            owed_retry: None,
+            activation_timeout,
             limits,
             curve,
             counters,
@@ -121,6 +143,195 @@ impl EventRoutes {
     /// True when `socket` is one of the SUB sockets.
     pub(crate) fn owns(&self, socket: SocketId) -> bool {
         self.sockets.iter().any(|&(_, s)| s == socket)
+    }
+
+    /// Starts a subscription; the connection sends its `subscribe`
+    /// ([`EventRoutes::subscribe_request`]).
+    pub(crate) fn add(&mut self, new: NewSubscription) {
+        let route = Route {
+            patterns: new.patterns,
+            backlog: new.backlog,
+            state: RouteState::Subscribing,
+            first: Some(new.activated),
+            buffer: DeliveryBuffer::new(new.deliveries),
+        };
+        self.routes.insert(new.key, route);
+    }
+
+    /// The patterns and backlog flag of a subscription to (re-)subscribe, marking it
+    /// `Subscribing`; `None` if it is gone.
+    pub(crate) fn subscribe_request(
+        &mut self,
+        key: SubscriptionKey,
+    ) -> Option<(Vec<String>, bool)> {
+        let route = self.routes.get_mut(&key)?;
+        route.state = RouteState::Subscribing;
+        Some((route.patterns.clone(), route.backlog))
+    }
+
+    /// The subscriptions waiting to be made again after a lost connection.
+    pub(crate) fn lost(&self) -> Vec<SubscriptionKey> {
+        let mut keys: Vec<SubscriptionKey> = self
+            .routes
+            .iter()
+            .filter(|(_, r)| matches!(r.state, RouteState::Lost))
+            .map(|(&k, _)| k)
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// The broker answered `subscribed` with `token`: set the SUB filter and wait for
+    /// `active`. Returns a token the connection should unsubscribe because nobody wants it
+    /// any more (the subscription ended meanwhile, or its SUB socket cannot be used).
+    #[must_use]
+    pub(crate) fn on_subscribed(
+        &mut self,
+        io: &mut Io,
+        key: SubscriptionKey,
+        token: String,
+        endpoint: String,
+        now: Instant,
+    ) -> Option<String> {
+        if !matches!(
+            self.routes.get(&key).map(|r| &r.state),
+            Some(RouteState::Subscribing)
+        ) {
+            return Some(token);
+        }
+        let socket = match self.socket_for(io, &endpoint) {
+            Ok(socket) => socket,
+            Err(e) => {
+                self.fail(io, key, e);
+                return Some(token);
+            }
+        };
+        if let Err(e) = io.subscribe(socket, token.as_bytes()) {
+            let error = Error::Connect {
+                endpoint,
+                reason: format!("cannot subscribe the event socket: {e}"),
+            };
+            self.fail(io, key, error);
+            return Some(token);
+        }
+        let deadline = now + self.activation_timeout;
+        self.activations.insert((deadline, key));
+        self.by_token.insert(token.clone(), key);
+        if let Some(route) = self.routes.get_mut(&key) {
+            route.state = RouteState::Activating {
+                token,
+                socket,
+                endpoint,
+                deadline,
+            };
+        }
+        None
+    }
+
+    /// The `subscribe` request failed: the broker refused it, it timed out, or the connection
+    /// was lost before the answer (then it is made again once the connection is back, unless
+    /// it was the first attempt, whose caller gets the error).
+    pub(crate) fn on_subscribe_failed(&mut self, io: &mut Io, key: SubscriptionKey, error: Error) {
+        let Some(route) = self.routes.get_mut(&key) else {
+            return;
+        };
+        if !matches!(route.state, RouteState::Subscribing) {
+            return;
+        }
+        if route.first.is_none() && matches!(error, Error::ConnectionLost { .. }) {
+            route.state = RouteState::Lost;
+            return;
+        }
+        self.fail(io, key, error);
+    }
+
+    /// The connection to the broker was lost: every token is dead. Active subscriptions are
+    /// told and wait to be made again; subscriptions not activated yet fail with `error`
+    /// (their caller is still waiting) or wait too (a re-subscription).
+    pub(crate) fn on_lost(&mut self, io: &mut Io, error: &Error) {
+        let keys: Vec<SubscriptionKey> = self.routes.keys().copied().collect();
+        for key in keys {
+            let Some(route) = self.routes.get_mut(&key) else {
+                continue;
+            };
+            let was_active = matches!(route.state, RouteState::Active { .. });
+            if route.token().is_none() {
+                continue;
+            }
+            if route.first.is_some() {
+                self.fail(io, key, error.clone());
+                continue;
+            }
+            self.forget_token(io, key);
+            let Some(route) = self.routes.get_mut(&key) else {
+                continue;
+            };
+            route.state = RouteState::Lost;
+            // A re-subscription that was not active yet already told of this loss.
+            if was_active && !route.buffer.notify(Ok(Delivery::ConnectionLost)) {
+                self.routes.remove(&key);
+            }
+            self.track_owing(key);
+        }
+    }
+
+    /// Ends a subscription (unsubscribed or dropped): removes its SUB filter and returns its
+    /// token, if it had one, for the connection to send `unsubscribe`.
+    pub(crate) fn remove(&mut self, io: &mut Io, key: SubscriptionKey) -> Option<String> {
+        let token = self.forget_token(io, key);
+        self.routes.remove(&key);
+        self.owing.remove(&key);
+        token
+    }
+
+    /// Removes `key`'s token: SUB filter, routing entry, activation deadline.
+    fn forget_token(&mut self, io: &mut Io, key: SubscriptionKey) -> Option<String> {
+        let route = self.routes.get(&key)?;
+        let (token, socket) = route.token()?;
+        let token = token.to_string();
+        if let RouteState::Activating { deadline, .. } = route.state {
+            self.activations.remove(&(deadline, key));
+        }
+        // Only fails for a closed socket, which has no filter left to remove. Removing the
+        // filter also ends the subscription at the broker.
+        let _ = io.unsubscribe(socket, token.as_bytes());
+        self.by_token.remove(&token);
+        Some(token)
+    }
+
+    /// The subscription failed for good: its caller gets `error` if it is still waiting for
+    /// the first activation, else the stream yields `error` and ends.
+    fn fail(&mut self, io: &mut Io, key: SubscriptionKey, error: Error) {
+        self.forget_token(io, key);
+        let Some(mut route) = self.routes.remove(&key) else {
+            return;
+        };
+        self.owing.remove(&key);
+        if let Some(first) = route.first.take() {
+            let _ = first.send(Err(error));
+            return;
+        }
+        if route.buffer.notify(Err(error)) && route.buffer.owes() {
+            // Dropping the route closes the stream: only once the error is out.
+            route.state = RouteState::Ending;
+            self.routes.insert(key, route);
+            self.track_owing(key);
+        }
+    }
+
+    fn track_owing(&mut self, key: SubscriptionKey) {
+        match self.routes.get(&key) {
+            Some(route) if route.buffer.owes() => {
+                self.owing.insert(key);
+            }
+            Some(route) if matches!(route.state, RouteState::Ending) => {
+                self.routes.remove(&key);
+                self.owing.remove(&key);
+            }
+            _ => {
+                self.owing.remove(&key);
+            }
+        }
     }
 
     fn socket_for(&mut self, io: &mut Io, endpoint: &str) -> Result<SocketId, Error> {
@@ -139,40 +350,6 @@ impl EventRoutes {
         Ok(socket)
     }
 
-    pub(crate) fn attach(&mut self, io: &mut Io, attach: Attach) {
-        let socket = match self.socket_for(io, &attach.endpoint) {
-            Ok(socket) => socket,
-            Err(e) => {
-                let _ = attach.active.send(Err(e));
-                return;
-            }
-        };
-        if let Err(e) = io.subscribe(socket, attach.token.as_bytes()) {
-            let _ = attach.active.send(Err(Error::Connect {
-                endpoint: attach.endpoint,
-                reason: format!("cannot subscribe the event socket: {e}"),
-            }));
-            return;
-        }
-        self.routes.insert(
-            attach.token,
-            Route {
-                socket,
-                active: Some(attach.active),
-                buffer: DeliveryBuffer::new(attach.deliveries),
-            },
-        );
-    }
-
-    /// Stops routing `token` and removes its SUB filter (which the broker also takes as the
-    /// end of the subscription).
-    pub(crate) fn detach(&mut self, io: &mut Io, token: &str) {
-        if let Some(route) = self.routes.remove(token) {
-            // Only fails for a closed socket, which has no filter left to remove.
-            let _ = io.unsubscribe(route.socket, token.as_bytes());
-        }
-    }
-
     /// An event frame from a SUB socket.
     pub(crate) fn on_event(&mut self, io: &mut Io, frames: Vec<Vec<u8>>) {
         let Some((token, protocol)) = frames.split_first() else {
@@ -181,17 +358,17 @@ impl EventRoutes {
                 .fetch_add(1, Ordering::Relaxed);
             return;
         };
-        let Some(token) = std::str::from_utf8(token)
+        let Some(key) = std::str::from_utf8(token)
             .ok()
-            .filter(|t| self.routes.contains_key(*t))
+            .and_then(|t| self.by_token.get(t))
+            .copied()
         else {
-            // Events still in flight for a subscription just detached land here.
+            // Events still in flight for a subscription just ended land here.
             self.counters
                 .unrouted_events
                 .fetch_add(1, Ordering::Relaxed);
             return;
         };
-        let token = token.to_string();
         let event = parse_envelope(protocol)
             .map_err(|e| (e.code(), e.to_string()))
             .and_then(|envelope| {
@@ -200,7 +377,7 @@ impl EventRoutes {
                     (e.code(), format!("`{kind}` event: {e}"))
                 })
             });
-        let Some(route) = self.routes.get_mut(&token) else {
+        let Some(route) = self.routes.get_mut(&key) else {
             return;
         };
         let counters = &self.counters;
@@ -212,10 +389,35 @@ impl EventRoutes {
                     .push(Err(Error::Protocol { code, message }), counters)
             }
             Ok(Event::Active(active)) => {
-                if let Some(tx) = route.active.take() {
-                    let _ = tx.send(Ok(active.backlog));
+                let RouteState::Activating {
+                    token,
+                    socket,
+                    deadline,
+                    ..
+                } = &route.state
+                else {
+                    return;
+                };
+                self.activations.remove(&(*deadline, key));
+                let token = token.clone();
+                route.state = RouteState::Active {
+                    token: token.clone(),
+                    socket: *socket,
+                };
+                match route.first.take() {
+                    Some(first) => {
+                        // If the caller is gone, its `Subscription`'s drop ends this one.
+                        let _ = first.send(Ok(Activated {
+                            token,
+                            backlog: active.backlog,
+                        }));
+                        !route.buffer.is_closed()
+                    }
+                    None => route.buffer.notify(Ok(Delivery::Resubscribed {
+                        id: token,
+                        backlog: active.backlog,
+                    })),
                 }
-                !route.buffer.deliveries.is_closed()
             }
             Ok(Event::Message(message)) => route
                 .buffer
@@ -234,93 +436,84 @@ impl EventRoutes {
                 route.buffer.push(Ok(Delivery::Lagging(notice)), counters)
             }
         };
-        if !open {
-            self.detach(io, &token);
+        if open {
+            self.track_owing(key);
+        } else {
+            // The subscription was dropped: removing its filter ends it at the broker.
+            self.remove(io, key);
         }
     }
 
-    /// Closes every SUB socket; subscriptions waiting for `active` fail with
+    /// Subscriptions not activated in time fail; owed notices are tried again. Returns the
+    /// tokens of the failed ones, for the connection to send `unsubscribe`.
+    #[must_use]
+    pub(crate) fn on_timer(&mut self, io: &mut Io, now: Instant) -> Vec<String> {
+        let mut expired = Vec::new();
+        while let Some(&(deadline, key)) = self.activations.first() {
+            if deadline > now {
+                break;
+            }
+            self.activations.remove(&(deadline, key));
+            let Some(RouteState::Activating {
+                token, endpoint, ..
+            }) = self.routes.get(&key).map(|r| &r.state)
+            else {
+                continue;
+            };
+            let error = Error::Connect {
+                endpoint: endpoint.clone(),
+                reason: format!(
+                    "the subscription was not activated within {:.3}s: the SUB socket did not \
+                     reach the broker's event endpoint",
+                    self.activation_timeout.as_secs_f64()
+                ),
+            };
+            expired.push(token.clone());
+            self.fail(io, key, error);
+        }
+        if self.owed_retry.is_some_and(|at| at <= now) || self.owed_retry.is_none() {
+            let owing: Vec<SubscriptionKey> = self.owing.iter().copied().collect();
+            for key in owing {
+                let open = self
+                    .routes
+                    .get_mut(&key)
+                    .is_some_and(|route| route.buffer.flush());
+                if open {
+                    self.track_owing(key);
+                } else {
+                    self.remove(io, key);
+                }
+            }
+            self.owed_retry = (!self.owing.is_empty()).then(|| now + OWED_RETRY);
+        }
+        expired
+    }
+
+    /// When [`EventRoutes::on_timer`] should next run.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        let activation = self.activations.first().map(|&(at, _)| at);
+        let owed = if self.owing.is_empty() {
+            None
+        } else {
+            // Right away the first time, then every OWED_RETRY.
+            Some(self.owed_retry.unwrap_or_else(Instant::now))
+        };
+        activation.into_iter().chain(owed).min()
+    }
+
+    /// Closes every SUB socket; subscriptions waiting for their first activation fail with
     /// [`Error::Closed`], and every stream ends.
     pub(crate) fn close_all(&mut self, io: &mut Io) {
         for (_, route) in self.routes.drain() {
-            if let Some(tx) = route.active {
+            if let Some(tx) = route.first {
                 let _ = tx.send(Err(Error::Closed));
             }
         }
+        self.by_token.clear();
+        self.activations.clear();
+        self.owing.clear();
         for (_, socket) in self.sockets.drain(..) {
             io.close(socket);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-
-    use super::*;
-    use std::collections::BTreeMap;
-
-    fn message(seq: u64) -> Result<Delivery, Error> {
-        Ok(Delivery::Message(Message {
-            topic: "t".into(),
-            headers: BTreeMap::new(),
-            payload: 0.into(),
-            seq,
-            id: String::new(),
-            retained: false,
-        }))
-    }
-
-    fn seq(item: Option<Result<Delivery, Error>>) -> u64 {
-        match item {
-            Some(Ok(Delivery::Message(m))) => m.seq,
-            other => panic!("expected a message, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn a_full_buffer_drops_then_reports_before_the_next_delivery() {
-        let counters = LinkCounters::default();
-        let (tx, mut rx) = mpsc::channel(2);
-        let mut buffer = DeliveryBuffer::new(tx);
-        for n in 1..=5 {
-            assert!(buffer.push(message(n), &counters));
-        }
-        assert_eq!(counters.events_dropped.load(Ordering::Relaxed), 3);
-        assert_eq!(seq(rx.try_recv().ok()), 1);
-        // One slot free is not enough for the notice and the message: dropped too.
-        assert!(buffer.push(message(6), &counters));
-        assert_eq!(buffer.dropped_pending, 4);
-        assert_eq!(seq(rx.try_recv().ok()), 2);
-        assert!(buffer.push(message(7), &counters));
-        match rx.try_recv() {
-            Ok(Ok(Delivery::Lagging(l))) => assert_eq!(
-                l,
-                Lagging {
-                    dropped: 4,
-                    dropped_total: 4,
-                    source: LagSource::Client
-                }
-            ),
-            other => panic!("expected a notice, got {other:?}"),
-        }
-        assert_eq!(seq(rx.try_recv().ok()), 7);
-        assert_eq!(buffer.dropped_pending, 0);
-        // The next drop starts a new count; the total goes on.
-        assert!(buffer.push(message(8), &counters));
-        assert!(buffer.push(message(9), &counters));
-        assert!(buffer.push(message(10), &counters));
-        assert_eq!((buffer.dropped_pending, buffer.dropped_total), (1, 5));
-    }
-
-    #[test]
-    fn a_dropped_receiver_is_reported() {
-        let counters = LinkCounters::default();
-        let (tx, rx) = mpsc::channel(4);
-        let mut buffer = DeliveryBuffer::new(tx);
-        assert!(buffer.push(message(1), &counters));
-        drop(rx);
-        assert!(!buffer.push(message(2), &counters));
-        assert_eq!(counters.events_dropped.load(Ordering::Relaxed), 0);
     }
 }

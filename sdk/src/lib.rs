@@ -28,18 +28,44 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # When the broker fails
+//!
+//! The connection watches its socket (libzmq's monitor, through `mpreg-transport`):
+//! - **A lost connection** (the broker was killed, restarted, or went silent for the 3 s ZMTP
+//!   heartbeat timeout) fails every request in flight at once with
+//!   [`Error::ConnectionLost`] (`904 connection_lost`: whether it ran is unknown), instead of
+//!   leaving it to its timeout; [`Client::ping`] and [`Client::status`] are sent again once the
+//!   connection is back instead. The client reconnects by itself: later requests wait in its
+//!   queue and go out when a broker is back.
+//! - **Subscriptions survive a restart**: the SDK subscribes again with the same patterns (and
+//!   the backlog, if asked for) and says so in the stream ([`Delivery::ConnectionLost`], then
+//!   [`Delivery::Resubscribed`]; messages published in between may be missing).
+//! - **Heartbeats**: while otherwise idle, the client sends a `heartbeat` every
+//!   [`ClientOptions::heartbeat`] (1 s), so a broker cancels the plans of a client that was
+//!   killed (after three silent intervals). [`Client::close`] cancels its plans in flight
+//!   itself.
+//! - **Oversized requests** are refused before they are sent ([`Error::TooLarge`],
+//!   `104 message_too_large`), against the limit the broker announced in its `pong`.
+//!
 //! Layout:
-//! - [`client`]: [`Client`] (connect, call, plan, status, ping) and [`ClientOptions`].
+//! - [`client`]: [`Client`] (connect, call, plan, status, ping, close) and [`ClientOptions`].
 //! - [`plan_builder`]: [`PlanBuilder`] and the progress stream of a running plan.
 //! - [`publish`]: [`Client::publish`], [`PublishOptions`] (headers, confirm), [`Client::flush`].
 //! - [`subscription`]: [`Client::subscribe`] and the [`Subscription`] stream of [`Delivery`]
-//!   items ([`Message`] or [`Lagging`]); what happens when the application does not read.
+//!   items ([`Message`], [`Lagging`] and connection notices); what happens when the
+//!   application does not read, and across a broker restart.
 //! - [`error`]: [`Error`], with a stable code and kind for every failure, and [`RemoteError`].
 //! - [`json`]: JSON <-> msgpack value conversion (what the CLI reads and prints).
 //! - [`cli`]: the `mpreg` command-line client (`src/bin/mpreg.rs` only calls [`cli::main`]).
-//! - `link` (private): the reactor handler that owns the socket and matches replies to requests.
-//! - `event_routes` (private): the SUB socket on the same reactor, routing topic deliveries
-//!   to subscriptions by token.
+//! - `link` (private): the reactor handler that owns the socket, matches replies to requests,
+//!   fails or resends them when the connection breaks, and sends heartbeats.
+//! - `connection` (private): the connection's life-cycle from the socket's monitor events, and
+//!   when a heartbeat is due (pure).
+//! - `pending_reply` (private): the caller's side of a request in flight.
+//! - `event_routes` (private): subscriptions on the same reactor: their life-cycle across
+//!   reconnections, the SUB socket, and routing deliveries to them by token.
+//! - `delivery_buffer` (private): one subscription's bounded buffer, where messages may be
+//!   dropped (and counted) but notices never are (pure).
 //!
 //! The one rule: one [`Client`] is one connection owned by one reactor thread; every clone,
 //! every request and every subscription goes through it, and the reactor answers callers
@@ -47,17 +73,22 @@
 
 pub mod cli;
 pub mod client;
+mod client_options;
+mod connection;
+mod delivery_buffer;
 pub mod error;
 mod event_routes;
 pub mod json;
 mod link;
+mod pending_reply;
 pub mod plan_builder;
 pub mod publish;
 pub mod subscription;
 
 pub use client::{
-    Client, ClientCounters, ClientOptions, CALL_STEP, DEFAULT_ACTIVATION_TIMEOUT,
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEADLINE_MARGIN, DEFAULT_ENDPOINT, DEFAULT_REQUEST_TIMEOUT,
+    Client, ClientCounters, ClientOptions, CALL_STEP, CLOSE_LINGER, DEFAULT_ACTIVATION_TIMEOUT,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEADLINE_MARGIN, DEFAULT_ENDPOINT, DEFAULT_HEARTBEAT,
+    DEFAULT_REQUEST_TIMEOUT,
 };
 pub use error::{Error, RemoteError};
 pub use mpreg_protocol::{

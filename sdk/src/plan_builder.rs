@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 use crate::client::Client;
 use crate::error::Error;
-use crate::link::{unexpected, PendingReply};
+use crate::pending_reply::{unexpected, PendingReply};
 use crate::Value;
 
 /// A plan under construction, from [`Client::plan`].
@@ -201,8 +201,13 @@ impl PlanBuilder {
     ///   steps that finished are in [`RemoteError::partial`](crate::RemoteError::partial).
     /// - [`Error::Timeout`]: no reply within the deadline plus margin, or the request timeout;
     ///   the plan is cancelled at the broker.
+    /// - [`Error::ConnectionLost`] (904): the connection to the broker broke while the plan was
+    ///   in flight (the broker died, restarted or went silent), reported at once; whether it
+    ///   ran is unknown.
+    /// - [`Error::TooLarge`] (104): the encoded plan is over the broker's `max_message_bytes`;
+    ///   nothing was sent.
     /// - [`Error::Invalid`]: the builder was misused.
-    /// - [`Error::Closed`]: the client was closed.
+    /// - [`Error::Closed`]: the client was closed (its plans in flight are cancelled).
     pub async fn run(self) -> Result<BTreeMap<String, Value>, Error> {
         let pending = self.send(None).await?;
         plan_results(pending.wait().await?)

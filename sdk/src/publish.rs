@@ -14,7 +14,8 @@ use mpreg_protocol::{BatchItem, BrokerToClient, ClientToBroker, Publish, Publish
 
 use crate::client::Client;
 use crate::error::Error;
-use crate::link::{unexpected, Command};
+use crate::link::{Command, RequestKind};
+use crate::pending_reply::unexpected;
 use crate::Value;
 
 /// How to publish.
@@ -114,8 +115,9 @@ impl Client {
     /// ```
     ///
     /// # Errors
-    /// [`Error::Closed`] when the client was closed. Nothing else: a rejected publish is
-    /// counted, not returned.
+    /// [`Error::TooLarge`] (104) when the message is larger than the broker accepts: it is not
+    /// sent. [`Error::Closed`] when the client was closed. Nothing else: a publish the broker
+    /// rejects is counted, not returned.
     pub async fn publish(
         &self,
         topic: impl Into<String>,
@@ -139,8 +141,10 @@ impl Client {
     /// ```
     ///
     /// # Errors
-    /// With `confirm`: [`Error::Remote`] `invalid_topic` (600) or `message_too_large` (104),
-    /// [`Error::Timeout`], [`Error::Closed`]. Without: as [`Client::publish`].
+    /// With `confirm`: [`Error::Remote`] `invalid_topic` (600), [`Error::TooLarge`] (104, not
+    /// sent), [`Error::Timeout`], [`Error::ConnectionLost`] (904: the connection broke before
+    /// the answer; the message may or may not have been routed), [`Error::Closed`]. Without:
+    /// as [`Client::publish`].
     pub async fn publish_with(
         &self,
         topic: impl Into<String>,
@@ -156,7 +160,7 @@ impl Client {
             confirm: options.confirm,
         });
         if !options.confirm {
-            let frames = message.to_compact_frame();
+            let frames = self.encode(&message)?;
             self.command(Command::Publish { id, frames }).await?;
             return Ok(None);
         }
@@ -187,8 +191,8 @@ impl Client {
     /// ```
     ///
     /// # Errors
-    /// [`Error::Remote`] `invalid_topic` (600) or `message_too_large` (104),
-    /// [`Error::Timeout`], [`Error::Closed`].
+    /// [`Error::Remote`] `invalid_topic` (600), [`Error::TooLarge`] (104, not sent),
+    /// [`Error::Timeout`], [`Error::ConnectionLost`] (904), [`Error::Closed`].
     pub async fn publish_batch(
         &self,
         messages: impl IntoIterator<Item = Outgoing>,
@@ -223,9 +227,13 @@ impl Client {
     /// [`ClientCounters::publish_errors`](crate::ClientCounters::publish_errors).
     ///
     /// # Errors
-    /// [`Error::Timeout`] when no answer arrives within the request timeout; [`Error::Closed`].
+    /// [`Error::ConnectionLost`] (904) when the connection broke before the answer: earlier
+    /// publishes may not have reached the broker (unlike [`Client::ping`], this is not sent
+    /// again). [`Error::Timeout`] when no answer arrives within the request timeout;
+    /// [`Error::Closed`].
     pub async fn flush(&self) -> Result<(), Error> {
-        self.ping().await.map(|_| ())
+        let timeout = self.options().request_timeout;
+        self.ping_as(RequestKind::Other, timeout).await.map(|_| ())
     }
 
     /// The latest error the broker reported about an unconfirmed publish, if any.

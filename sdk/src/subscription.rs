@@ -1,5 +1,6 @@
 //! Subscribing to topics: [`Client::subscribe`], the [`Subscription`] stream and what it
-//! yields ([`Delivery`]: a [`Message`] or a [`Lagging`] notice).
+//! yields ([`Delivery`]: a [`Message`], or a notice: [`Lagging`], [`Delivery::ConnectionLost`],
+//! [`Delivery::Resubscribed`]).
 //!
 //! A subscription is created on the client connection (`subscribe` -> `subscribed` with a
 //! token), then the connection's SUB socket subscribes to the token on the broker's event
@@ -18,23 +19,32 @@
 //! client as a whole falls behind the broker, the SUB socket's queue fills and the broker drops
 //! instead: it counts the drops (`topic_dropped_hwm` in its status) and sends a `lagging`
 //! notice ([`LagSource::Broker`]). Either way the dropped messages leave a gap in
-//! [`Message::seq`], which is the authoritative signal: a notice that itself finds the buffer
-//! full is dropped too.
+//! [`Message::seq`], which is the authoritative signal: a lagging notice that itself finds the
+//! buffer full is merged into the next one.
+//!
+//! # A broker restart
+//!
+//! A subscription's token dies with the broker that gave it. When the client's connection is
+//! lost (the broker died, restarted or went silent), the stream yields
+//! [`Delivery::ConnectionLost`]; once the connection is back, the SDK subscribes again with the
+//! same patterns (and the backlog, if the subscription asked for it), and the stream yields
+//! [`Delivery::Resubscribed`] with the new token when the broker activated it. Messages
+//! published in between may be missing; sequence numbers start again at 1. If the broker
+//! refuses the new subscription (or it is not activated in time), the stream yields that error
+//! and ends. These notices are never dropped: when the buffer is full they wait for room, ahead
+//! of any later message.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::Duration;
 
-use mpreg_protocol::{
-    BrokerToClient, ClientToBroker, ErrorCode, EventItem, Subscribe, TopicMessage, Unsubscribe,
-};
+use mpreg_protocol::{EventItem, TopicMessage};
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::client::Client;
 use crate::error::Error;
-use crate::event_routes::Attach;
-use crate::link::{unexpected, Command};
+use crate::event_routes::{NewSubscription, SubscriptionKey};
+use crate::link::Command;
 use crate::Value;
 
 /// Default [`SubscribeOptions::buffer`]: deliveries held per subscription before the SDK drops
@@ -192,9 +202,24 @@ pub enum Delivery {
     Message(Message),
     /// Messages were dropped before the next one.
     Lagging(Lagging),
+    /// The connection to the broker was lost (it died, restarted or went silent): nothing is
+    /// delivered until [`Delivery::Resubscribed`]. The SDK reconnects and subscribes again by
+    /// itself.
+    ConnectionLost,
+    /// Subscribed again after a lost connection, with the same patterns: deliveries go on.
+    /// Messages published while the connection was down may be missing, and
+    /// [`Message::seq`] starts again at 1.
+    Resubscribed {
+        /// The new token the broker gave the subscription (now [`Subscription::id`]).
+        id: String,
+        /// Retained messages announced before the live ones (0 without
+        /// [`SubscribeOptions::backlog`]).
+        backlog: u64,
+    },
 }
 
-/// A live subscription: a stream of [`Delivery`] items, in the order the broker sent them.
+/// A live subscription: a stream of [`Delivery`] items, in the order the broker sent them. It
+/// survives broker restarts (see the [module docs](self#a-broker-restart)).
 ///
 /// Dropping it ends the subscription at the broker (the request is sent without waiting for
 /// the answer); [`Subscription::unsubscribe`] does the same and waits. It keeps the client's
@@ -208,6 +233,8 @@ pub enum Delivery {
 ///     match delivery? {
 ///         Delivery::Message(m) => println!("{} #{}: {:?}", m.topic, m.seq, m.payload),
 ///         Delivery::Lagging(l) => eprintln!("{} messages dropped", l.dropped),
+///         Delivery::ConnectionLost => eprintln!("broker connection lost, waiting"),
+///         Delivery::Resubscribed { .. } => eprintln!("back; messages may be missing"),
 ///         _ => {}
 ///     }
 /// }
@@ -216,6 +243,9 @@ pub enum Delivery {
 #[must_use = "dropping the subscription ends it"]
 pub struct Subscription {
     client: Client,
+    /// How the connection knows this subscription, whatever its token.
+    key: SubscriptionKey,
+    /// The latest token, as the stream has told it.
     token: String,
     patterns: Vec<String>,
     deliveries: mpsc::Receiver<Result<Delivery, Error>>,
@@ -237,7 +267,9 @@ impl fmt::Debug for Subscription {
 }
 
 impl Subscription {
-    /// The subscription token the broker gave it (unique per broker).
+    /// The subscription token the broker gave it (unique per broker). It changes when the
+    /// subscription is made again after a lost connection: the latest one the stream yielded
+    /// ([`Delivery::Resubscribed`]).
     pub fn id(&self) -> &str {
         &self.token
     }
@@ -258,21 +290,28 @@ impl Subscription {
         self.dropped
     }
 
-    /// The next delivery, waiting for it. `None` once the client connection is closed.
+    /// The next delivery, waiting for it. `None` once the client connection is closed, or
+    /// after an error that ended the subscription.
     ///
     /// # Errors
     /// An item is [`Error::Protocol`] when an event for this subscription could not be read
-    /// (the stream goes on).
+    /// (the stream goes on). After a lost connection, the error the broker answered the new
+    /// `subscribe` with ([`Error::Remote`]: `too_many_subscriptions`, ...), or
+    /// [`Error::Connect`] / [`Error::Timeout`] when it could not be made: the stream ends after
+    /// it.
     pub async fn next(&mut self) -> Option<Result<Delivery, Error>> {
         let item = self.deliveries.recv().await?;
-        if let Ok(Delivery::Lagging(lagging)) = &item {
-            self.dropped += lagging.dropped;
+        match &item {
+            Ok(Delivery::Lagging(lagging)) => self.dropped += lagging.dropped,
+            Ok(Delivery::Resubscribed { id, .. }) => self.token.clone_from(id),
+            _ => {}
         }
         Some(item)
     }
 
-    /// The next message, skipping [`Lagging`] notices (their counts add up in
-    /// [`Subscription::dropped`]; gaps in [`Message::seq`] show where).
+    /// The next message, skipping notices ([`Lagging`] counts add up in
+    /// [`Subscription::dropped`]; gaps in [`Message::seq`] show where; a broker restart shows
+    /// only as `seq` starting again at 1: use [`Subscription::next`] to see it).
     ///
     /// ```no_run
     /// # async fn demo(client: mpreg::Client) -> Result<(), mpreg::Error> {
@@ -290,14 +329,15 @@ impl Subscription {
         loop {
             match self.next().await? {
                 Ok(Delivery::Message(message)) => return Some(Ok(message)),
-                Ok(Delivery::Lagging(_)) => {}
+                Ok(_) => {}
                 Err(e) => return Some(Err(e)),
             }
         }
     }
 
     /// Ends the subscription and waits for the broker to confirm. A subscription the broker
-    /// no longer knows (it already ended it) counts as ended.
+    /// no longer knows (it already ended it, or it was lost with a restarted broker) counts as
+    /// ended.
     ///
     /// # Errors
     /// [`Error::Timeout`] when the broker does not answer within the request timeout (the
@@ -305,34 +345,13 @@ impl Subscription {
     /// [`Error::Closed`].
     pub async fn unsubscribe(mut self) -> Result<(), Error> {
         self.attached = false;
-        let id = self.client.next_id();
-        let message = ClientToBroker::Unsubscribe(Unsubscribe {
-            id,
-            sub: self.token.clone(),
-        });
-        let timeout = self.client.options().request_timeout;
-        let result = match self.client.request(message, timeout, None).await {
-            Ok(pending) => match pending.wait().await {
-                Ok(BrokerToClient::Unsubscribed(_)) => Ok(()),
-                Ok(BrokerToClient::Error(e))
-                    if e.error_code() == Some(ErrorCode::UnknownSubscription) =>
-                {
-                    Ok(())
-                }
-                Ok(BrokerToClient::Error(e)) => Err(e.into()),
-                Ok(other) => Err(unexpected("unsubscribed", &other)),
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
+        let (done, answer) = oneshot::channel();
+        let command = Command::Unsubscribe {
+            key: self.key,
+            done: Some(done),
         };
-        // After the answer, so the SUB filter going away cannot race the request into an
-        // `unknown_subscription` error.
-        let detach = Command::Detach {
-            token: self.token.clone(),
-            unsubscribe: None,
-        };
-        let _ = self.client.command(detach).await;
-        result
+        self.client.command(command).await?;
+        answer.await.unwrap_or(Err(Error::Closed))
     }
 }
 
@@ -341,16 +360,12 @@ impl Drop for Subscription {
         if !self.attached {
             return;
         }
-        let message = ClientToBroker::Unsubscribe(Unsubscribe {
-            id: self.client.next_id(),
-            sub: self.token.clone(),
-        });
-        let unsubscribe = self.client.unanswered_request(message);
         // If the command channel is full, the reactor notices the closed buffer at the next
-        // event for this token and removes the SUB filter, which ends it at the broker too.
-        let _ = self.client.try_command(Command::Detach {
-            token: std::mem::take(&mut self.token),
-            unsubscribe: Some(unsubscribe),
+        // event for this subscription and removes its SUB filter, which ends it at the broker
+        // too.
+        let _ = self.client.try_command(Command::Unsubscribe {
+            key: self.key,
+            done: None,
         });
     }
 }
@@ -375,6 +390,8 @@ impl Client {
     ///   patterns or too many), `too_many_subscriptions` (406).
     /// - [`Error::Connect`]: the event endpoint the broker announced could not be reached
     ///   within [`ClientOptions::activation_timeout`](crate::ClientOptions::activation_timeout).
+    /// - [`Error::ConnectionLost`] (904): the connection broke before the subscription was
+    ///   active (once it is, a lost connection shows in its stream instead).
     /// - [`Error::Timeout`], [`Error::Closed`].
     pub async fn subscribe<I, S>(&self, patterns: I) -> Result<Subscription, Error>
     where
@@ -408,58 +425,35 @@ impl Client {
         S: Into<String>,
     {
         let patterns: Vec<String> = patterns.into_iter().map(Into::into).collect();
-        let request = ClientToBroker::Subscribe(Subscribe {
-            id: self.next_id(),
-            patterns: patterns.clone(),
-            backlog: options.backlog,
-        });
-        let timeout = self.options().request_timeout;
-        let subscribed = match self.request(request, timeout, None).await?.wait().await? {
-            BrokerToClient::Subscribed(subscribed) => subscribed,
-            BrokerToClient::Error(e) => return Err(e.into()),
-            other => return Err(unexpected("subscribed", &other)),
-        };
+        let key = SubscriptionKey(self.next_id());
         let (deliveries_tx, deliveries) = mpsc::channel(options.buffer.max(2));
-        let (active_tx, active) = oneshot::channel();
-        let endpoint = events_endpoint(self.endpoint(), &subscribed.events);
-        // Built before the attach, so any failure below ends the subscription through `Drop`.
+        let (activated_tx, activated) = oneshot::channel();
+        // Built before the command, so that giving up (an error below, or the caller dropping
+        // this future) ends the subscription through `Drop`.
         let mut subscription = Subscription {
             client: self.clone(),
-            token: subscribed.sub.clone(),
-            patterns,
+            key,
+            token: String::new(),
+            patterns: patterns.clone(),
             deliveries,
             backlog: 0,
             dropped: 0,
             attached: true,
         };
-        self.command(Command::Attach(Attach {
-            token: subscribed.sub,
-            endpoint: endpoint.clone(),
+        self.command(Command::Subscribe(NewSubscription {
+            key,
+            patterns,
+            backlog: options.backlog,
             deliveries: deliveries_tx,
-            active: active_tx,
+            activated: activated_tx,
         }))
         .await?;
-        let wait = self.options().activation_timeout;
-        subscription.backlog = match tokio::time::timeout(wait, active).await {
-            Ok(Ok(result)) => result?,
-            Ok(Err(_)) => return Err(Error::Closed),
-            Err(_) => {
-                return Err(Error::Connect {
-                    endpoint,
-                    reason: format!(
-                        "the subscription was not activated within {}: the SUB socket did \
-                         not reach the broker's event endpoint",
-                        seconds(wait)
-                    ),
-                })
-            }
-        };
+        // The connection answers within the request timeout plus the activation timeout.
+        let activated = activated.await.unwrap_or(Err(Error::Closed))?;
+        subscription.token = activated.token;
+        subscription.backlog = activated.backlog;
         Ok(subscription)
     }
-}
-
-fn seconds(d: Duration) -> String {
-    format!("{:.3}s", d.as_secs_f64())
 }
 
 /// The event endpoint to connect to: the one the broker announced, except that a wildcard

@@ -13,7 +13,10 @@ use crate::Value;
 /// Call functions, run plans, publish and subscribe on an MPREG cluster.
 ///
 /// Prints results as lines of JSON on stdout. On any error, prints one line
-/// `{"error": {"code", "kind", "message", "step"}}` on stderr and exits with status 1.
+/// `{"error": {"code", "kind", "message", "step"}}` on stderr and exits with status 1. If the
+/// connection to the broker breaks while a command waits, it fails at once with code 904
+/// (connection_lost). On SIGINT or SIGTERM, cancels what is in flight at the broker, prints
+/// the error line of code 905 (interrupted) and exits with 130 (SIGINT) or 143 (SIGTERM).
 #[derive(Debug, Clone, PartialEq, Parser)]
 #[command(name = "mpreg", version, color = ColorChoice::Never, max_term_width = 100)]
 pub struct Cli {
@@ -99,7 +102,9 @@ pub enum Command {
         confirm: bool,
     },
     /// Subscribe and print one JSON line per message: {"topic", "payload", "headers", "seq",
-    /// "id"}. Lagging notices go to stderr as {"lagging": {...}}.
+    /// "id"}. Notices go to stderr, one JSON line each: {"lagging": {...}} when messages were
+    /// dropped; {"connection_lost": {...}} when the broker went away, then
+    /// {"resubscribed": {...}} once subscribed again (messages in between may be missing).
     Sub {
         /// Topic patterns: `*` matches one word, `#` zero or more.
         #[arg(required = true, value_name = "PATTERN")]
@@ -112,7 +117,7 @@ pub enum Command {
         backlog: bool,
     },
     /// Write a new CURVE key pair: BASE.key (public and secret) and BASE.pub (public), both
-    /// mode 0600, never overwriting. Prints {"public": "<Z85>", "key_file", "public_file"}.
+    /// mode 0600, never overwriting. Prints `{"public": "<Z85>", "key_file", "public_file"}`.
     Keygen {
         /// Path and name of the files, without extension.
         base: String,

@@ -12,25 +12,34 @@
 //! - `mpreg sub PATTERN... [--count N] [--backlog]`: prints one line per message (see
 //!   [`message_line`]), flushed at once; exits 0 after N messages, or when `--timeout` runs
 //!   out without `--count`, and runs until killed without either. With `--count` and
-//!   `--timeout`, running out first is an error (901 `request_timeout`). Lagging notices go to
-//!   stderr as one line each ([`lagging_line`]) and the command goes on.
+//!   `--timeout`, running out first is an error (901 `request_timeout`). Notices go to stderr
+//!   as one line each and the command goes on: lagging ([`lagging_line`]), the connection to
+//!   the broker lost ([`connection_lost_line`]) and the subscription made again once it is
+//!   back ([`resubscribed_line`]).
 //! - Every command takes `--broker ENDPOINT` (env `MPREG_BROKER`, default
 //!   `tcp://127.0.0.1:7400`) and `--timeout SECONDS`.
 //!
 //! On any error the exit status is 1 and stderr gets exactly one line (see [`error_line`]);
 //! nothing is printed on stdout (except, for `sub`, the messages that arrived before it).
 //!
+//! On SIGINT or SIGTERM a command cancels what it has in flight at the broker (its plan, its
+//! subscription), waits briefly for the cancel to leave, prints the error line of
+//! `905 interrupted` and exits with 130 (SIGINT) or 143 (SIGTERM).
+//!
 //! Layout: [`args`] (the command line), [`plan_file`] (the plan file format),
-//! `topic_commands` (`pub` and `sub`), and here the other commands and the output lines.
+//! `topic_commands` (`pub` and `sub`), `interrupt` (the signals), and here the other commands
+//! and the output lines.
 
 pub mod args;
+mod interrupt;
 pub mod plan_file;
 mod topic_commands;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io::{Read, Write};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value as Json};
 
@@ -42,7 +51,8 @@ use crate::json::to_json;
 use crate::{Progress, Step, Value};
 
 pub use args::{parse, Cli, Command, Usage};
-pub use topic_commands::{lagging_line, message_line};
+pub use interrupt::exit_status;
+pub use topic_commands::{connection_lost_line, lagging_line, message_line, resubscribed_line};
 
 /// The whole program: parses `std::env::args_os()`, runs the command, prints, and returns the
 /// exit status.
@@ -73,8 +83,17 @@ where
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    match runtime.block_on(execute(cli, &mut out)) {
+    let outcome = runtime.block_on(async {
+        // Inside the runtime: the handlers need its signal driver.
+        let mut interrupts = interrupt::Interrupts::listen();
+        execute_until(cli, &mut out, interrupts.next()).await
+    });
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err @ Error::Interrupted { signal }) => {
+            fail(&err);
+            ExitCode::from(exit_status(signal))
+        }
         Err(err) => fail(&err),
     }
 }
@@ -133,6 +152,21 @@ pub fn results_line(results: &BTreeMap<String, Value>) -> String {
 /// # Errors
 /// Whatever the command failed with; nothing has been written to stdout then.
 pub async fn execute(cli: Cli, out: &mut impl Write) -> Result<(), Error> {
+    execute_until(cli, out, std::future::pending()).await
+}
+
+/// [`execute`], stopped when `interrupt` resolves (to the name of a signal): what is in
+/// flight is abandoned and cancelled at the broker, the connection is closed once the cancel
+/// has left (or could not within the client's close linger), and the result is
+/// [`Error::Interrupted`].
+///
+/// # Errors
+/// As [`execute`], and [`Error::Interrupted`].
+pub async fn execute_until(
+    cli: Cli,
+    out: &mut impl Write,
+    interrupt: impl Future<Output = &'static str>,
+) -> Result<(), Error> {
     let started = Instant::now();
     // Read and check the input before connecting, so bad input never waits on the network.
     let work = match cli.command {
@@ -202,12 +236,32 @@ pub async fn execute(cli: Cli, out: &mut impl Write) -> Result<(), Error> {
             .with_request_timeout(timeout)
             .with_activation_timeout(timeout.min(DEFAULT_ACTIVATION_TIMEOUT));
     }
-    let client = Client::connect_with(&cli.broker, options).await?;
+    let mut interrupt = std::pin::pin!(interrupt);
+    let client = tokio::select! {
+        client = Client::connect_with(&cli.broker, options) => client?,
+        signal = &mut interrupt => return Err(Error::Interrupted { signal }),
+    };
+    let result = tokio::select! {
+        result = perform(&client, work, cli.timeout, started, out) => result,
+        signal = &mut interrupt => Err(Error::Interrupted { signal }),
+    };
+    // Also what makes an interrupted command's cancel leave before the process exits.
+    client.close().await;
+    result
+}
 
+/// Runs the command's work on a connected client.
+async fn perform(
+    client: &Client,
+    work: Work,
+    timeout: Option<Duration>,
+    started: Instant,
+    out: &mut impl Write,
+) -> Result<(), Error> {
     match work {
         Work::Call(step) => {
             let mut plan = client.plan().step_with(step);
-            if let Some(timeout) = cli.timeout {
+            if let Some(timeout) = timeout {
                 plan = plan.deadline(timeout);
             }
             let value = run_one(plan, CALL_STEP).await?;
@@ -222,7 +276,7 @@ pub async fn execute(cli: Cli, out: &mut impl Write) -> Result<(), Error> {
             for step in steps {
                 plan = plan.step_with(step);
             }
-            if let Some(timeout) = cli.timeout {
+            if let Some(timeout) = timeout {
                 plan = plan.deadline(timeout);
             }
             if all {
@@ -253,14 +307,14 @@ pub async fn execute(cli: Cli, out: &mut impl Write) -> Result<(), Error> {
             payload,
             headers,
             confirm,
-        } => topic_commands::publish(&client, topic, payload, headers, confirm, out).await,
+        } => topic_commands::publish(client, topic, payload, headers, confirm, out).await,
         Work::Subscribe {
             patterns,
             count,
             backlog,
         } => {
-            let deadline = cli.timeout.map(|t| (started + t, t));
-            topic_commands::subscribe(&client, patterns, count, backlog, deadline, out).await
+            let deadline = timeout.map(|t| (started + t, t));
+            topic_commands::subscribe(client, patterns, count, backlog, deadline, out).await
         }
     }
 }

@@ -73,13 +73,18 @@ pub(crate) async fn subscribe(
                 emit(out, &message_line(&message))?;
                 received += 1;
             }
-            Delivery::Lagging(lagging) => {
-                // Diagnostics only: if stderr is gone there is no one to tell.
-                let _ = writeln!(std::io::stderr().lock(), "{}", lagging_line(&lagging));
-            }
+            Delivery::Lagging(lagging) => notice(&lagging_line(&lagging)),
+            Delivery::ConnectionLost => notice(&connection_lost_line()),
+            Delivery::Resubscribed { id, backlog } => notice(&resubscribed_line(&id, backlog)),
         }
     }
     Ok(())
+}
+
+/// Writes a notice line on stderr.
+fn notice(line: &str) {
+    // Diagnostics only: if stderr is gone there is no one to tell.
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 /// The line `mpreg sub` prints for a message: `{"topic", "payload", "headers", "seq", "id"}`,
@@ -129,6 +134,35 @@ pub fn lagging_line(lagging: &Lagging) -> String {
     .to_string()
 }
 
+/// The line `mpreg sub` prints on stderr when the connection to the broker is lost:
+/// `{"connection_lost": {"message"}}`. The subscription is made again once it is back.
+///
+/// ```
+/// assert!(mpreg::cli::connection_lost_line().starts_with(r#"{"connection_lost":{"message":"#));
+/// ```
+pub fn connection_lost_line() -> String {
+    json!({
+        "connection_lost": {
+            "message": "the connection to the broker was lost; subscribing again once it is back",
+        }
+    })
+    .to_string()
+}
+
+/// The line `mpreg sub` prints on stderr once its subscription was made again after a lost
+/// connection: `{"resubscribed": {"sub", "backlog", "message"}}`.
+pub fn resubscribed_line(sub: &str, backlog: u64) -> String {
+    json!({
+        "resubscribed": {
+            "sub": sub,
+            "backlog": backlog,
+            "message": "subscribed again: messages published while the connection was down may \
+                        be missing, and seq starts again at 1",
+        }
+    })
+    .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -159,6 +193,12 @@ mod tests {
         assert_eq!(
             lagging_line(&lagging),
             r#"{"lagging":{"dropped":2,"dropped_total":5,"source":"broker"}}"#
+        );
+        let lost: Json = serde_json::from_str(&connection_lost_line()).unwrap();
+        assert!(lost["connection_lost"]["message"].is_string());
+        assert_eq!(
+            resubscribed_line("s01", 3),
+            r#"{"resubscribed":{"sub":"s01","backlog":3,"message":"subscribed again: messages published while the connection was down may be missing, and seq starts again at 1"}}"#
         );
     }
 }

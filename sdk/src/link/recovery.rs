@@ -1,0 +1,85 @@
+//! What the connection does when it breaks and when it is back: fail or keep the requests in
+//! flight, tell the subscriptions, send again what may be sent twice, subscribe again.
+
+use std::sync::atomic::Ordering;
+
+use mpreg_transport::Io;
+
+use super::{Link, RequestKind};
+use crate::error::Error;
+
+impl Link {
+    /// The connection broke: what the broker was doing for us is gone.
+    pub(super) fn on_lost(&mut self, io: &mut Io) {
+        self.counters
+            .connections_lost
+            .fetch_add(1, Ordering::Relaxed);
+        let error = Error::ConnectionLost {
+            endpoint: self.endpoint.clone(),
+        };
+        let mut ids: Vec<u64> = self.waiters.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            if let Some(waiter) = self.waiters.get_mut(&id).filter(|w| w.frames.is_some()) {
+                waiter.resend = true;
+                continue;
+            }
+            let Some(waiter) = self.take_waiter(id) else {
+                continue;
+            };
+            if waiter.kind == RequestKind::Plan {
+                // If the plan is still queued here, it reaches the next broker, and this
+                // cancel right behind it; if not, the cancel is ignored.
+                self.send_cancel(io, id);
+            }
+            self.fail_waiter(io, waiter, error.clone());
+        }
+        let in_doubt = self.unconfirmed.report_in_doubt() as u64;
+        self.counters
+            .publishes_in_doubt
+            .fetch_add(in_doubt, Ordering::Relaxed);
+        self.events.on_lost(io, &error);
+    }
+
+    /// The connection is back after a loss, maybe to a broker that knows nothing of us.
+    pub(super) fn on_restored(&mut self, io: &mut Io) {
+        self.send_heartbeat(io);
+        let mut resend: Vec<u64> = self
+            .waiters
+            .iter()
+            .filter(|(_, w)| w.resend)
+            .map(|(&id, _)| id)
+            .collect();
+        resend.sort_unstable();
+        for id in resend {
+            let Some(socket) = self.socket else {
+                return;
+            };
+            let Some(frames) = self.waiters.get_mut(&id).and_then(|w| {
+                w.resend = false;
+                w.frames.take()
+            }) else {
+                continue;
+            };
+            let sent = self.send_frames(io, socket, &frames);
+            self.counters
+                .requests_resent
+                .fetch_add(1, Ordering::Relaxed);
+            match (sent, self.waiters.get_mut(&id)) {
+                (Ok(sent), Some(waiter)) => {
+                    waiter.sent = sent;
+                    waiter.frames = Some(frames);
+                }
+                (Err(e), Some(_)) => {
+                    if let Some(waiter) = self.take_waiter(id) {
+                        self.fail_waiter(io, waiter, e);
+                    }
+                }
+                (_, None) => {}
+            }
+        }
+        for key in self.events.lost() {
+            self.send_subscribe(io, key);
+        }
+    }
+}
