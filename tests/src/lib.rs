@@ -352,3 +352,33 @@ pub fn raw_error(
         other => panic!("expected an error, got {other:?}"),
     }
 }
+
+/// Starts the `mpreg` CLI against `broker` as a process a test can signal or kill: its stdout
+/// lines are collected ([`Proc::next_line`]), its stderr goes to its log ([`Proc::log`]).
+pub fn spawn_cli(broker: &str, args: &[&str]) -> Proc {
+    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    all.push("--broker".into());
+    all.push(broker.into());
+    Proc::spawn("mpreg", &bin("mpreg"), &all, &[])
+}
+
+/// Polls `check` every 20 ms until it holds; panics with `what` after `within`.
+pub fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts a broker on given endpoints with `env` (to restart one on the same ports with
+/// another configuration).
+pub fn start_broker_at_with_env(
+    client: &str,
+    worker: &str,
+    events: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> BrokerProc {
+    launch_broker(client, worker, events, extra, env)
+}
