@@ -133,6 +133,22 @@ pub fn echos(args: Args, kwargs: Kwargs) -> Outcome {
     Ok(Value::Array(args))
 }
 
+/// `echokw(**kwargs)`: returns its keyword arguments as a map (it takes no positional ones).
+pub fn echokw(args: Args, kwargs: Kwargs) -> Outcome {
+    if !args.is_empty() {
+        return Err(Failure::bad_arguments(format!(
+            "echokw takes keyword arguments only, got {} positional",
+            args.len()
+        )));
+    }
+    Ok(Value::Map(
+        kwargs
+            .into_iter()
+            .map(|(k, v)| (Value::from(k), v))
+            .collect(),
+    ))
+}
+
 /// `fail(message)`: fails with that message.
 pub fn fail(args: Args, kwargs: Kwargs) -> Outcome {
     no_kwargs(&kwargs, "fail")?;
@@ -166,6 +182,7 @@ pub fn builtins() -> Vec<(&'static str, Function)> {
     vec![
         ("echo", Function::Inline(Arc::new(echo))),
         ("echos", Function::Inline(Arc::new(echos))),
+        ("echokw", Function::Inline(Arc::new(echokw))),
         ("fail", Function::Inline(Arc::new(fail))),
         ("sleep", Function::Async(Arc::new(sleep))),
     ]
@@ -258,7 +275,16 @@ mod tests {
         assert_eq!(echos(vec![], Kwargs::new()), Ok(Value::Array(vec![])));
         let mut names: Vec<&str> = builtins().into_iter().map(|(n, _)| n).collect();
         names.sort_unstable();
-        assert_eq!(names, ["echo", "echos", "fail", "sleep"]);
+        assert_eq!(names, ["echo", "echokw", "echos", "fail", "sleep"]);
+        let kw = Kwargs::from([("a".to_string(), Value::from(1))]);
+        assert_eq!(
+            echokw(vec![], kw),
+            Ok(Value::Map(vec![(Value::from("a"), Value::from(1))]))
+        );
+        assert_eq!(
+            echokw(vec![Value::Nil], Kwargs::new()).unwrap_err().kind,
+            failure_kind::BAD_ARGUMENTS
+        );
     }
 
     #[tokio::test]

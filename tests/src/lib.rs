@@ -100,6 +100,30 @@ impl Proc {
         self.child.id()
     }
 
+    /// Stops the process (SIGSTOP) and returns once every one of its threads is stopped: a
+    /// signal is delivered asynchronously, and a process that still runs for a moment can
+    /// answer one more message.
+    pub fn pause(&self) {
+        self.signal("STOP");
+        let tasks = format!("/proc/{}/task", self.pid());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let stopped = std::fs::read_dir(&tasks).map(|entries| {
+                entries.flatten().all(|task| {
+                    std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+                        // The state follows the command name's closing parenthesis.
+                        stat.rsplit_once(')')
+                            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['T', 't']))
+                    })
+                })
+            });
+            if stopped.unwrap_or(true) || Instant::now() > deadline {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     /// Waits for a stdout line that is JSON with `"event": event`.
     pub fn wait_event(&mut self, event: &str, timeout: Duration) -> Json {
         let deadline = Instant::now() + timeout;

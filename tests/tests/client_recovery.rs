@@ -200,7 +200,7 @@ async fn a_request_in_flight_when_the_broker_dies_fails_at_once_and_a_status_is_
     .await
     .unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    broker.proc.signal("STOP");
+    broker.proc.pause();
     let asking = client.clone();
     let status = tokio::spawn(async move { asking.status().await });
     // An unconfirmed publish and a flush (a ping that must not be sent again: after a lost
@@ -259,7 +259,7 @@ async fn a_silent_broker_is_given_up_after_the_zmtp_heartbeat_timeout() {
     })
     .await
     .unwrap();
-    broker.proc.signal("STOP");
+    broker.proc.pause();
     let stopped = Instant::now();
     let err = within("the call's error", STEP, call)
         .await

@@ -461,7 +461,7 @@ fn a_lost_step_names_the_resources_nobody_else_holds() {
             .iter()
             .any(|w| w.name == "holder" && w.outstanding == 1)
     });
-    paused.signal("STOP");
+    paused.pause();
     let reply = c.reply();
     paused.signal("CONT");
     match reply {

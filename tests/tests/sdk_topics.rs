@@ -55,7 +55,7 @@ async fn confirm(client: &Client, topic: &str, payload: impl Into<Value>) -> mpr
 
 async fn subscriptions(client: &Client) -> u64 {
     let status = within("status", client.status()).await.unwrap();
-    status.counters["subscriptions"]
+    status.gauges["subscriptions"]
 }
 
 fn remote_code(e: &Error) -> Option<ErrorCode> {
