@@ -54,14 +54,14 @@ mod link;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use functions::{Args, Failure, Function, Kwargs, Outcome};
 pub use mpreg_protocol::Value;
-use mpreg_transport::{spawn, Context, ReactorHandle, ReactorThread, TransportError};
+use mpreg_transport::{spawn_with_handle, Context, ReactorHandle, ReactorThread, TransportError};
 
-use crate::link::{Command, HandleCell, NodeHandler, NodeSetup, OnRegistered};
+use crate::link::{Command, NodeHandler, NodeSetup, OnRegistered};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -224,7 +224,6 @@ impl NodeBuilder {
         }
         let (registered_tx, registered) = tokio::sync::watch::channel(0usize);
         let (refused_tx, refused) = tokio::sync::watch::channel(None);
-        let handle_cell: HandleCell = Arc::new(OnceLock::new());
         let ctx = Context::new();
         let setup = NodeSetup {
             name: self.name,
@@ -234,17 +233,15 @@ impl NodeBuilder {
             brokers: self.brokers,
             curve: self.curve,
             runtime,
-            handle: Arc::clone(&handle_cell),
             on_registered: self.on_registered,
             registered: registered_tx,
             refused: refused_tx,
             log: self.log,
         };
-        let (handle, thread) = spawn("mpreg-node", &ctx, COMMAND_CAPACITY, move |io| {
-            NodeHandler::new(setup, io)
-        })?;
-        // Only this call sets the cell, and it runs once.
-        let _ = handle_cell.set(handle.clone());
+        let (handle, thread) =
+            spawn_with_handle("mpreg-node", &ctx, COMMAND_CAPACITY, move |io, own| {
+                NodeHandler::new(setup, own, io)
+            })?;
         Ok(Node {
             handle,
             thread: Some(thread),

@@ -8,7 +8,7 @@
 //! reply is ever sent for them.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mpreg_protocol::{
@@ -16,7 +16,7 @@ use mpreg_protocol::{
     Heartbeat, Limits, Register, Task, TaskFailure, TaskId, TaskResult,
 };
 use mpreg_transport::{
-    Handler, Io, ReactorHandle, SocketId, SocketKind, SocketOptions, SocketSpec,
+    Handler, Io, SocketId, SocketKind, SocketOptions, SocketSpec, WeakReactorHandle,
 };
 use slog::{debug, error, info, warn, Logger};
 use tokio::task::{AbortHandle, JoinHandle};
@@ -71,9 +71,6 @@ pub enum Command {
 
 /// Called with a broker endpoint each time the node registers with it.
 pub type OnRegistered = Arc<dyn Fn(&str) + Send + Sync>;
-
-/// Where the reactor's handle will be once `spawn` has returned it.
-pub type HandleCell = Arc<OnceLock<ReactorHandle<Command>>>;
 
 struct Link {
     endpoint: String,
@@ -161,7 +158,6 @@ pub(crate) struct NodeSetup {
     /// CURVE: the brokers' public key and this node's key pair.
     pub(crate) curve: Option<mpreg_transport::Curve>,
     pub(crate) runtime: tokio::runtime::Handle,
-    pub(crate) handle: HandleCell,
     pub(crate) on_registered: Option<OnRegistered>,
     /// Number of brokers the node is registered with now.
     pub(crate) registered: tokio::sync::watch::Sender<usize>,
@@ -180,12 +176,15 @@ pub struct NodeHandler {
     queue: VecDeque<Queued>,
     phase: Phase,
     limits: Limits,
+    /// The reactor's own handle, for the tasks that report back to it.
+    own: WeakReactorHandle<Command>,
 }
 
 impl NodeHandler {
     /// A handler for these brokers; one socket per broker opens now.
     pub(crate) fn new(
         setup: NodeSetup,
+        own: WeakReactorHandle<Command>,
         io: &mut Io,
     ) -> Result<NodeHandler, mpreg_transport::TransportError> {
         let now = io.now();
@@ -213,6 +212,7 @@ impl NodeHandler {
             queue: VecDeque::new(),
             phase: Phase::Serving,
             limits: Limits::default(),
+            own,
         };
         for i in 0..handler.links.len() {
             handler.open(io, i)?;
@@ -468,14 +468,15 @@ impl NodeHandler {
             );
             // The function runs in its own task, so a panic or an abort ends only that task;
             // the watcher always reports, so the capacity slot is always given back.
-            let cell = Arc::clone(&self.setup.handle);
+            let own = self.own.clone();
             self.setup.runtime.spawn(async move {
                 let outcome = match join.await {
                     Ok(outcome) => Some(outcome),
                     Err(e) if e.is_panic() => Some(Err(panicked(e.into_panic().as_ref()))),
                     Err(_) => None,
                 };
-                if let Some(handle) = reactor_handle(&cell).await {
+                // None: the node is gone, and so is the slot to give back.
+                if let Some(handle) = own.upgrade() {
                     let _ = handle.send(Command::Done { key, outcome }).await;
                 }
             });
@@ -545,21 +546,6 @@ impl NodeHandler {
         self.phase = Phase::Draining { deadline };
         self.check_drained(io.now());
     }
-}
-
-/// The reactor's handle, set by `start` right after the reactor thread is spawned. A task can
-/// only finish after a broker round trip, long after that, so the loop is a formality; it
-/// yields instead of sleeping so that it needs no timer in the caller's runtime.
-async fn reactor_handle(
-    cell: &OnceLock<ReactorHandle<Command>>,
-) -> Option<&ReactorHandle<Command>> {
-    for _ in 0..1_000_000 {
-        if let Some(handle) = cell.get() {
-            return Some(handle);
-        }
-        tokio::task::yield_now().await;
-    }
-    None
 }
 
 impl Handler for NodeHandler {

@@ -151,7 +151,10 @@ async fn registers_prints_its_line_and_drains_on_sigterm() {
     assert_eq!(register.node, "bin-node");
     assert_eq!(register.capacity, 3);
     assert_eq!(register.resources, ["x", "y"]);
-    assert_eq!(register.functions, ["echo", "echos", "fail", "sleep"]);
+    assert_eq!(
+        register.functions,
+        ["echo", "echokw", "echos", "fail", "sleep"]
+    );
 
     let line = tokio::time::timeout(PROMPT, lines.recv())
         .await

@@ -65,6 +65,7 @@ async fn registers_serves_tasks_and_heartbeats() {
             "boom_early",
             "boom_inline",
             "echo",
+            "echokw",
             "echos",
             "fail",
             "kw",

@@ -32,8 +32,8 @@ pub use error::{SendError, TransportError};
 pub use monitor::{HandshakeFailure, MonitorEvent, SocketEvent};
 pub use raw::{RawDealer, RawSub};
 pub use reactor::{
-    spawn, Closed, Context, Handler, Io, ReactorHandle, ReactorThread, SocketId, SocketKind,
-    SocketSpec, TrySendError,
+    spawn, spawn_with_handle, Closed, Context, Handler, Io, ReactorHandle, ReactorThread, SocketId,
+    SocketKind, SocketSpec, TrySendError, WeakReactorHandle,
 };
 pub use socket_options::{Curve, SocketOptions};
 

@@ -386,6 +386,44 @@ impl<C: Send + 'static> ReactorHandle<C> {
     }
 }
 
+impl<C> ReactorHandle<C> {
+    /// A handle that does not keep the reactor's channel open (see [`WeakReactorHandle`]).
+    pub fn downgrade(&self) -> WeakReactorHandle<C> {
+        WeakReactorHandle {
+            tx: self.tx.downgrade(),
+            waker: Arc::clone(&self.waker.0),
+        }
+    }
+}
+
+/// A handle a reactor's own handler (and the tasks it starts) can keep without keeping the
+/// reactor alive: once every [`ReactorHandle`] is gone, [`WeakReactorHandle::upgrade`]
+/// returns `None` and the reactor sees its handles dropped. Given to the handler at start by
+/// [`spawn_with_handle`].
+pub struct WeakReactorHandle<C> {
+    tx: mpsc::WeakSender<C>,
+    waker: Arc<Waker>,
+}
+
+impl<C> Clone for WeakReactorHandle<C> {
+    fn clone(&self) -> Self {
+        WeakReactorHandle {
+            tx: self.tx.clone(),
+            waker: Arc::clone(&self.waker),
+        }
+    }
+}
+
+impl<C> WeakReactorHandle<C> {
+    /// A full handle, while any other full handle exists.
+    pub fn upgrade(&self) -> Option<ReactorHandle<C>> {
+        Some(ReactorHandle {
+            tx: self.tx.upgrade()?,
+            waker: WakeOnDrop(Arc::clone(&self.waker)),
+        })
+    }
+}
+
 /// The running reactor thread.
 pub struct ReactorThread<H> {
     join: JoinHandle<Option<H>>,
@@ -419,6 +457,21 @@ where
     H: Handler,
     F: FnOnce(&mut Io) -> Result<H, TransportError> + Send + 'static,
 {
+    spawn_with_handle(name, ctx, command_capacity, move |io, _| init(io))
+}
+
+/// [`spawn`], with the handler's own (weak) handle given to `init`: a handler whose tasks
+/// report back to it (a worker's functions running off the reactor) keeps it from the start.
+pub fn spawn_with_handle<H, F>(
+    name: &str,
+    ctx: &Context,
+    command_capacity: usize,
+    init: F,
+) -> Result<(ReactorHandle<H::Command>, ReactorThread<H>), TransportError>
+where
+    H: Handler,
+    F: FnOnce(&mut Io, WeakReactorHandle<H::Command>) -> Result<H, TransportError> + Send + 'static,
+{
     let (wake_tx, wake_rx) = UnixStream::pair()?;
     wake_tx.set_nonblocking(true)?;
     wake_rx.set_nonblocking(true)?;
@@ -430,6 +483,10 @@ where
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
     let zctx = ctx.raw().clone();
     let thread_waker = Arc::clone(&waker);
+    let weak = WeakReactorHandle {
+        tx: tx.downgrade(),
+        waker: Arc::clone(&waker),
+    };
     let join = std::thread::Builder::new()
         .name(name.to_string())
         .stack_size(REACTOR_STACK_BYTES)
@@ -441,7 +498,7 @@ where
                 now: Instant::now(),
                 peer_user: None,
             };
-            match init(&mut io) {
+            match init(&mut io, weak) {
                 Ok(handler) => {
                     let _ = ready_tx.send(Ok(()));
                     Some(run(handler, io, rx, wake_rx, &thread_waker))
