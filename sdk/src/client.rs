@@ -465,8 +465,12 @@ impl Client {
 }
 
 /// Runs a plan of one step named `name` and returns that step's result; an error about a step
-/// named [`CALL_STEP`] loses the step name, which the caller never chose.
-pub(crate) async fn run_one(plan: PlanBuilder, name: &str) -> Result<Value, Error> {
+/// named [`CALL_STEP`] loses the step name, which the caller never chose (what
+/// [`Client::call`] does, for callers that need the builder's settings, such as a deadline).
+///
+/// # Errors
+/// As [`PlanBuilder::run`].
+pub async fn run_one(plan: PlanBuilder, name: &str) -> Result<Value, Error> {
     let mut results = plan.run().await.map_err(|mut err| {
         if let Error::Remote(remote) = &mut err {
             if remote.step.as_deref() == Some(CALL_STEP) {

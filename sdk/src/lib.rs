@@ -56,7 +56,6 @@
 //!   application does not read, and across a broker restart.
 //! - [`error`]: [`Error`], with a stable code and kind for every failure, and [`RemoteError`].
 //! - [`json`]: JSON <-> msgpack value conversion (what the CLI reads and prints).
-//! - [`cli`]: the `mpreg` command-line client (`src/bin/mpreg.rs` only calls [`cli::main`]).
 //! - `link` (private): the reactor handler that owns the socket, matches replies to requests,
 //!   fails or resends them when the connection breaks, and sends heartbeats.
 //! - `connection` (private): the connection's life-cycle from the socket's monitor events, and
@@ -67,11 +66,13 @@
 //! - `delivery_buffer` (private): one subscription's bounded buffer, where messages may be
 //!   dropped (and counted) but notices never are (pure).
 //!
+//! The `mpreg` command-line client is the `mpreg-cli` crate (`sdk/cli/`), so that an SDK user
+//! does not compile a command-line parser.
+//!
 //! The one rule: one [`Client`] is one connection owned by one reactor thread; every clone,
 //! every request and every subscription goes through it, and the reactor answers callers
 //! directly.
 
-pub mod cli;
 pub mod client;
 mod client_options;
 mod connection;

@@ -79,7 +79,7 @@ async fn references_at_depth_field_paths_kwargs_and_literals() {
         s("rows"),
         Value::Array(vec![s("r0"), Value::Map(vec![(s("k"), Value::from(7))])]),
     )]);
-    let mut use_it = Step::new(
+    let use_it = Step::new(
         "use",
         "echos",
         vec![

@@ -10,16 +10,16 @@
 //!
 //! `args`, `kwargs`, `locs`, `timeout_ms` and `retries` are optional (`null` counts as absent);
 //! any other field is an error, so a typo is reported instead of ignored. Values are converted
-//! with [`crate::json::from_json`].
+//! with [`mpreg::json::from_json`].
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::{Map, Value as Json};
 
-use crate::error::Error;
-use crate::json::from_json;
-use crate::Step;
+use mpreg::error::Error;
+use mpreg::json::from_json;
+use mpreg::Step;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -50,7 +50,7 @@ pub fn parse_plan(text: &str, source: &str) -> Result<Vec<Step>, Error> {
         .into_iter()
         .enumerate()
         .map(|(index, step)| {
-            let at = |what: String, e: crate::json::JsonError| {
+            let at = |what: String, e: mpreg::json::JsonError| {
                 Error::Invalid(format!(
                     "plan file {source}: step {index} (`{}`) {what}: {e}",
                     step.name
@@ -83,7 +83,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
-    use crate::{args, Value};
+    use mpreg::{args, Value};
 
     #[test]
     fn reads_the_seed_plan() {

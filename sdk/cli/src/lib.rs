@@ -43,12 +43,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value as Json};
 
-use crate::client::{
+use mpreg::client::{
     run_one, Client, ClientOptions, CALL_STEP, DEFAULT_ACTIVATION_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
 };
-use crate::error::Error;
-use crate::json::to_json;
-use crate::{Progress, Step, Value};
+use mpreg::error::Error;
+use mpreg::json::to_json;
+use mpreg::{Progress, Step, Value};
 
 pub use args::{parse, Cli, Command, Usage};
 pub use interrupt::exit_status;
@@ -108,7 +108,7 @@ fn fail(err: &Error) -> ExitCode {
 /// `{"error": {"code": <int>, "kind": "<snake_case>", "message": "...", "step": "<name>"|null}}`.
 ///
 /// ```
-/// let line = mpreg::cli::error_line(&mpreg::Error::Closed);
+/// let line = mpreg_cli::error_line(&mpreg::Error::Closed);
 /// assert_eq!(
 ///     line,
 ///     r#"{"error":{"code":903,"kind":"connection_closed","message":"the client connection is closed","step":null}}"#
@@ -219,9 +219,9 @@ pub async fn execute_until(
     match (&cli.server_key, &cli.key_file) {
         (None, None) => {}
         (Some(server), Some(file)) => {
-            let server = crate::load_public_key(server)?;
+            let server = mpreg::load_public_key(server)?;
             let own =
-                crate::KeyPair::load(file).map_err(|e| Error::Invalid(format!("key file: {e}")))?;
+                mpreg::KeyPair::load(file).map_err(|e| Error::Invalid(format!("key file: {e}")))?;
             options = options.with_curve(server, own);
         }
         _ => {
@@ -342,7 +342,7 @@ enum Work {
 
 /// `mpreg keygen BASE`: writes the pair and prints where.
 fn keygen(base: &str, out: &mut impl Write) -> Result<(), Error> {
-    let pair = crate::KeyPair::generate().map_err(|e| Error::Invalid(e.to_string()))?;
+    let pair = mpreg::KeyPair::generate().map_err(|e| Error::Invalid(e.to_string()))?;
     let (key_file, public_file) = pair
         .write(base)
         .map_err(|e| Error::Invalid(format!("keygen: {e}")))?;
@@ -380,7 +380,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
-    use crate::ErrorCode;
+    use mpreg::ErrorCode;
     use mpreg_protocol::ErrorReply;
 
     #[test]

@@ -5,11 +5,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value as Json};
 
-use crate::client::Client;
-use crate::error::Error;
-use crate::json::to_json;
-use crate::subscription::{Delivery, Lagging, Message, SubscribeOptions};
-use crate::{PublishOptions, Value};
+use mpreg::client::Client;
+use mpreg::error::Error;
+use mpreg::json::to_json;
+use mpreg::subscription::{Delivery, Lagging, Message, SubscribeOptions};
+use mpreg::{PublishOptions, Value};
 
 use super::emit;
 
@@ -76,6 +76,8 @@ pub(crate) async fn subscribe(
             Delivery::Lagging(lagging) => notice(&lagging_line(&lagging)),
             Delivery::ConnectionLost => notice(&connection_lost_line()),
             Delivery::Resubscribed { id, backlog } => notice(&resubscribed_line(&id, backlog)),
+            // A notice this version of the CLI does not know: nothing to print.
+            _ => {}
         }
     }
     Ok(())
@@ -101,7 +103,7 @@ fn notice(line: &str) {
 ///     retained: false,
 /// };
 /// assert_eq!(
-///     mpreg::cli::message_line(&message),
+///     mpreg_cli::message_line(&message),
 ///     r#"{"topic":"orders.1.eu","payload":3,"headers":{"k":"v"},"seq":1,"id":"01J"}"#
 /// );
 /// ```
@@ -138,7 +140,7 @@ pub fn lagging_line(lagging: &Lagging) -> String {
 /// `{"connection_lost": {"message"}}`. The subscription is made again once it is back.
 ///
 /// ```
-/// assert!(mpreg::cli::connection_lost_line().starts_with(r#"{"connection_lost":{"message":"#));
+/// assert!(mpreg_cli::connection_lost_line().starts_with(r#"{"connection_lost":{"message":"#));
 /// ```
 pub fn connection_lost_line() -> String {
     json!({
@@ -168,7 +170,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
-    use crate::LagSource;
+    use mpreg::LagSource;
     use std::collections::BTreeMap;
 
     #[test]

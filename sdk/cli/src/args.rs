@@ -5,10 +5,10 @@ use std::time::Duration;
 use clap::{ColorChoice, Parser, Subcommand};
 use serde_json::Value as Json;
 
-use crate::client::DEFAULT_ENDPOINT;
-use crate::error::Error;
-use crate::json::from_json;
-use crate::Value;
+use mpreg::client::DEFAULT_ENDPOINT;
+use mpreg::error::Error;
+use mpreg::json::from_json;
+use mpreg::Value;
 
 /// Call functions, run plans, publish and subscribe on an MPREG cluster.
 ///
