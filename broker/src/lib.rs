@@ -7,6 +7,8 @@
 //! - [`placement`]: where a ready step goes; [`registry`]: the workers it chooses among.
 //! - [`matcher`], [`exchange`]: the topic exchange (patterns, subscriptions, delivery).
 //! - [`access`]: the access rules of a CURVE broker (keys allowed in, what each may do).
+//! - [`cache`]: the result cache (call keys, byte-bounded LRU and S4LRU with TTL, invalidation
+//!   along dependencies, single flight).
 //! - [`cluster`]: membership (SWIM-style) and the catalogue of what every broker can run;
 //!   [`versions`]: function version requirements.
 //! - [`engine`]: the deterministic state machine over all of them (plans, scheduler, topics,
@@ -22,6 +24,7 @@
 //! -> pure cores -> protocol); nothing below the shell knows a socket.
 
 pub mod access;
+pub mod cache;
 pub mod cluster;
 pub mod config;
 pub mod engine;
