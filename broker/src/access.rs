@@ -308,6 +308,8 @@ impl AccessList {
                 }),
             ClientToBroker::Cancel(_)
             | ClientToBroker::Heartbeat(_)
+            | ClientToBroker::Cluster(_)
+            | ClientToBroker::Functions(_)
             | ClientToBroker::Ping(_)
             | ClientToBroker::Status(_)
             | ClientToBroker::Unsubscribe(_) => None,

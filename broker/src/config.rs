@@ -55,6 +55,30 @@ pub struct BrokerConfig {
     pub topics: TopicsConfig,
     /// CURVE, access rules, protected mode.
     pub security: SecurityConfig,
+    /// Membership of a cluster of brokers.
+    pub cluster: ClusterSettings,
+}
+
+/// `[cluster]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// The cluster's name.
+    pub name: String,
+    /// Peer ROUTER endpoint; empty: not in a cluster.
+    pub peer_endpoint: String,
+    /// Gossip PUB endpoint.
+    pub gossip_endpoint: String,
+    /// Seed peer endpoints.
+    pub peers: Vec<String>,
+    /// SWIM probe period, milliseconds.
+    pub probe_interval_ms: u64,
+    /// SWIM direct probe timeout, milliseconds.
+    pub probe_timeout_ms: u64,
+    /// SWIM suspicion timeout, milliseconds.
+    pub suspicion_timeout_ms: u64,
+    /// Digest period, milliseconds.
+    pub digest_interval_ms: u64,
 }
 
 /// `[security]`.
@@ -140,6 +164,28 @@ pub struct Flags {
         skip_serializing_if = "std::ops::Not::not"
     )]
     pub insecure: bool,
+    /// A seed broker of the cluster to join, by its peer endpoint (repeatable).
+    #[arg(long = "peer")]
+    #[serde(rename = "cluster.peers", skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<String>,
+    /// Peer endpoint to bind (joins this broker to a cluster), e.g. tcp://127.0.0.1:7403.
+    #[arg(long)]
+    #[serde(
+        rename = "cluster.peer_endpoint",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub peer_endpoint: Option<String>,
+    /// Gossip endpoint to bind, e.g. tcp://127.0.0.1:7404.
+    #[arg(long)]
+    #[serde(
+        rename = "cluster.gossip_endpoint",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub gossip_endpoint: Option<String>,
+    /// The cluster's name (brokers of another cluster are refused).
+    #[arg(long = "cluster")]
+    #[serde(rename = "cluster.name", skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
 }
 
 impl BrokerConfig {
@@ -154,7 +200,7 @@ impl BrokerConfig {
             defaults: DEFAULT_TOML,
             file,
             prefix: "MPREG_BROKER",
-            lists: &[],
+            lists: &["cluster.peers"],
             flags,
         };
         // `MPREG_BROKER_CONFIG` names the file; it is not a setting.
@@ -171,6 +217,25 @@ impl BrokerConfig {
         for (key, endpoint) in self.endpoints() {
             mpreg_transport::endpoint::validate(endpoint)
                 .map_err(|e| format!("configuration `{key}`: {e}"))?;
+        }
+        if self.clustered() {
+            if self.cluster.gossip_endpoint.is_empty() {
+                return Err(
+                    "configuration `cluster.gossip_endpoint` is needed with `cluster.peer_endpoint`"
+                        .into(),
+                );
+            }
+            for (i, seed) in self.cluster.peers.iter().enumerate() {
+                mpreg_transport::endpoint::validate(seed)
+                    .map_err(|e| format!("configuration `cluster.peers[{i}]`: {e}"))?;
+            }
+            if self.cluster.name.is_empty() {
+                return Err("configuration `cluster.name` must not be empty".into());
+            }
+        } else if !self.cluster.gossip_endpoint.is_empty() || !self.cluster.peers.is_empty() {
+            return Err(
+                "configuration `cluster.peer_endpoint` is needed to join a cluster (with `cluster.gossip_endpoint`)".into(),
+            );
         }
         if !self.advertise_event_endpoint.is_empty() {
             mpreg_transport::endpoint::validate(&self.advertise_event_endpoint)
@@ -248,12 +313,32 @@ impl BrokerConfig {
                 .any(|(_, e)| !mpreg_transport::endpoint::is_local_only(e))
     }
 
-    fn endpoints(&self) -> [(&'static str, &str); 3] {
-        [
-            ("client_endpoint", &self.client_endpoint),
-            ("worker_endpoint", &self.worker_endpoint),
-            ("event_endpoint", &self.event_endpoint),
-        ]
+    /// True when this broker joins (or can be joined by) a cluster.
+    pub fn clustered(&self) -> bool {
+        !self.cluster.peer_endpoint.is_empty()
+    }
+
+    fn endpoints(&self) -> Vec<(&'static str, &str)> {
+        let mut all = vec![
+            ("client_endpoint", self.client_endpoint.as_str()),
+            ("worker_endpoint", self.worker_endpoint.as_str()),
+            ("event_endpoint", self.event_endpoint.as_str()),
+        ];
+        if self.clustered() {
+            all.push(("cluster.peer_endpoint", &self.cluster.peer_endpoint));
+            all.push(("cluster.gossip_endpoint", &self.cluster.gossip_endpoint));
+        }
+        all
+    }
+
+    /// The failure detector's timing.
+    pub fn swim(&self) -> crate::cluster::membership::SwimConfig {
+        crate::cluster::membership::SwimConfig {
+            probe_interval: Duration::from_millis(self.cluster.probe_interval_ms),
+            probe_timeout: Duration::from_millis(self.cluster.probe_timeout_ms),
+            suspicion_timeout: Duration::from_millis(self.cluster.suspicion_timeout_ms),
+            ..crate::cluster::membership::SwimConfig::default()
+        }
     }
 
     /// The protocol limits.
@@ -285,6 +370,7 @@ impl BrokerConfig {
             },
             max_worker_capacity: self.security.max_worker_capacity,
             client_liveness: self.client_liveness,
+            cluster: None,
         }
     }
 }

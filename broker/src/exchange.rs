@@ -151,6 +151,15 @@ impl Exchange {
         self.subs.len()
     }
 
+    /// The distinct patterns of the subscriptions (pending or active): what this broker's
+    /// subscribers want from the rest of the cluster.
+    pub fn patterns(&self) -> std::collections::BTreeSet<String> {
+        self.subs
+            .values()
+            .flat_map(|s| s.patterns.iter().cloned())
+            .collect()
+    }
+
     /// Creates a pending subscription and returns its token.
     #[allow(clippy::too_many_arguments)]
     pub fn subscribe(
@@ -392,8 +401,22 @@ impl Exchange {
         payload: Value,
         now: Instant,
     ) -> (String, u64) {
-        self.counters.published += 1;
         let id = ids.message(now).to_string();
+        self.publish_as(out, id, topic, headers, payload, now)
+    }
+
+    /// Routes a message that already has its id (one published at a peer broker, delivered
+    /// here to this broker's subscribers only, with the id its publisher's broker gave it).
+    pub fn publish_as(
+        &mut self,
+        out: &mut impl EventSink,
+        id: String,
+        topic: &str,
+        headers: BTreeMap<String, String>,
+        payload: Value,
+        now: Instant,
+    ) -> (String, u64) {
+        self.counters.published += 1;
         let mut keys = std::mem::take(&mut self.scratch);
         keys.clear();
         self.matcher.matches(topic, &mut keys);

@@ -193,6 +193,29 @@ impl Frontend {
     }
 }
 
+impl Frontend {
+    /// Reads a message from the peer ROUTER: its sender (from the link's routing id) and the
+    /// message. `None`: not from a peer link, or not a readable message (dropped: peers run
+    /// the same protocol, and a peer that sends garbage gets no answer to mislead it).
+    pub fn peer(
+        &self,
+        frames: &[Vec<u8>],
+    ) -> Option<(mpreg_protocol::BrokerId, mpreg_protocol::PeerMessage)> {
+        let (routing, rest) = frames.split_first()?;
+        let (from, _link) = crate::peer_links::PeerLinks::sender(routing)?;
+        let envelope = parse_envelope(rest).ok()?;
+        let message =
+            mpreg_protocol::PeerMessage::decode(envelope.kind, envelope.body, &self.limits).ok()?;
+        Some((from, message))
+    }
+
+    /// Reads a message from the gossip SUB.
+    pub fn gossip(&self, frames: &[Vec<u8>]) -> Option<mpreg_protocol::Gossip> {
+        let envelope = parse_envelope(frames).ok()?;
+        mpreg_protocol::Gossip::decode(envelope.kind, envelope.body, &self.limits).ok()
+    }
+}
+
 /// Decodes a client socket message and hands it to the engine.
 pub fn feed_client(
     frontend: &Frontend,

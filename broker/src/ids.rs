@@ -59,6 +59,12 @@ impl IdSource {
         }
     }
 
+    /// A seed for another deterministic generator (the failure detector's).
+    pub fn seed(&mut self) -> u64 {
+        use rand::RngCore;
+        self.rng.next_u64()
+    }
+
     /// A new plan id (also the plan's trace id).
     pub fn plan(&mut self, now: Instant) -> PlanId {
         PlanId(self.monotonic(now))

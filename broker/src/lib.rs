@@ -33,6 +33,7 @@ pub mod frontend;
 pub mod ids;
 pub mod matcher;
 pub mod outbox;
+pub mod peer_links;
 pub mod placement;
 pub mod plan_graph;
 mod quote;

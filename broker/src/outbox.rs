@@ -2,7 +2,8 @@
 //! test, or the simulator) implements to carry typed messages out. The engine never encodes a
 //! frame; the implementation encodes and reports what happened to each message.
 
-use mpreg_protocol::{BrokerToClient, BrokerToWorker, EventRef, Task};
+use mpreg_protocol::peer::PeerEndpoints;
+use mpreg_protocol::{BrokerToClient, BrokerToWorker, EventRef, Gossip, PeerMessage, Task};
 
 /// A connection's routing id on one of the broker's ROUTER sockets.
 pub type RoutingId = Vec<u8>;
@@ -56,7 +57,38 @@ pub trait EventSink {
     fn drop_subscription(&mut self, _token: &[u8]) {}
 }
 
-/// Where the engine's messages go: the broker's client, worker and event sockets.
+/// Which of the two links to a peer a message takes: control traffic (membership, catalogue
+/// sync) never queues behind bulk payloads (forwarded arguments and results).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Link {
+    /// Probes, introductions, catalogue snapshots and acknowledgements.
+    Control,
+    /// Forwarded steps, their results, forwarded publishes.
+    Data,
+}
+
+impl Link {
+    /// The byte that ends a link's routing id (the sender's broker id comes first).
+    pub fn tag(self) -> u8 {
+        match self {
+            Link::Control => b'c',
+            Link::Data => b'd',
+        }
+    }
+
+    /// The link a routing id's last byte names.
+    pub fn of_tag(tag: u8) -> Option<Link> {
+        match tag {
+            b'c' => Some(Link::Control),
+            b'd' => Some(Link::Data),
+            _ => None,
+        }
+    }
+}
+
+/// Where the engine's messages go: the broker's client, worker and event sockets, and (in a
+/// cluster) the peer links and the gossip socket. The peer methods do nothing by default, for
+/// outboxes of a broker without peers.
 pub trait Outbox: EventSink {
     /// A reply (or progress event) to a client.
     fn reply(&mut self, to: &ClientAddr, message: &BrokerToClient) -> Delivery;
@@ -64,4 +96,26 @@ pub trait Outbox: EventSink {
     fn task(&mut self, to: &WorkerAddr, task: &Task<'_>) -> Delivery;
     /// Any other message to a worker.
     fn to_worker(&mut self, to: &WorkerAddr, message: &BrokerToWorker) -> Delivery;
+
+    /// A message to the peer broker listening at `peer_endpoint`, on one of its two links
+    /// (opened by [`Outbox::connect_peer`], or on demand for a seed known only by endpoint).
+    fn to_peer(&mut self, peer_endpoint: &str, link: Link, message: &PeerMessage) -> Delivery {
+        let _ = (peer_endpoint, link, message);
+        Delivery::Gone
+    }
+
+    /// A message to every peer, on the gossip socket.
+    fn gossip(&mut self, message: &Gossip) {
+        let _ = message;
+    }
+
+    /// A new member: open the links to it and subscribe to its gossip.
+    fn connect_peer(&mut self, endpoints: &PeerEndpoints) {
+        let _ = endpoints;
+    }
+
+    /// A member is gone: close its links and its gossip subscription.
+    fn disconnect_peer(&mut self, endpoints: &PeerEndpoints) {
+        let _ = endpoints;
+    }
 }

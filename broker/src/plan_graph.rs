@@ -130,6 +130,18 @@ impl PlanGraph {
         Ok(graph)
     }
 
+    /// The graph of one step whose arguments are plain data: a step forwarded by a peer, its
+    /// references already resolved by the plan's owner (a result that happens to equal the
+    /// step's name is a value here, not a reference).
+    pub fn single_resolved(name: &str) -> PlanGraph {
+        PlanGraph {
+            deps: vec![Vec::new()],
+            dependents: vec![Vec::new()],
+            has_refs: vec![false],
+            index: HashMap::from([(name.to_string(), 0)]),
+        }
+    }
+
     /// Steps no other step references: their results form the reply by default.
     pub fn is_sink(&self, step: usize) -> bool {
         self.dependents[step].is_empty()

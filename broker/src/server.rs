@@ -3,8 +3,10 @@
 
 use std::time::{Duration, Instant};
 
+use mpreg_protocol::peer::PeerEndpoints;
 use mpreg_protocol::{
-    compact_frame, encode_body, BrokerToClient, BrokerToWorker, EventRef, Task, VERSION,
+    compact_frame, encode_body, BrokerId, BrokerToClient, BrokerToWorker, EventRef, Gossip,
+    PeerMessage, Task, VERSION,
 };
 use mpreg_transport::{
     spawn, Context, Curve, Handler, Io, Key, KeyPair, ReactorHandle, ReactorThread, SendError,
@@ -14,10 +16,11 @@ use slog::{info, warn, Logger};
 
 use crate::access::{AccessList, Role, CLIENT_DOMAIN, EVENT_DOMAIN, WORKER_DOMAIN};
 use crate::config::BrokerConfig;
-use crate::engine::Engine;
+use crate::engine::{ClusterConfig, Engine};
 use crate::frontend::{feed_client, feed_worker, Frontend};
 use crate::ids::IdSource;
-use crate::outbox::{ClientAddr, Delivery, EventSink, Outbox, WorkerAddr};
+use crate::outbox::{ClientAddr, Delivery, EventSink, Link, Outbox, WorkerAddr};
+use crate::peer_links::PeerLinks;
 
 /// Commands to a running broker.
 #[derive(Debug)]
@@ -55,6 +58,8 @@ struct Sockets<'a> {
     events: SocketId,
     /// Replies larger than this are not sent (the engine answers `104` instead).
     max_reply_bytes: usize,
+    /// The cluster's sockets, when the broker is in one.
+    peers: Option<&'a mut PeerLinks>,
 }
 
 impl EventSink for Sockets<'_> {
@@ -133,6 +138,31 @@ impl Outbox for Sockets<'_> {
     fn to_worker(&mut self, to: &WorkerAddr, message: &BrokerToWorker) -> Delivery {
         self.send_worker_body(to, message.kind(), &message.encode_body())
     }
+
+    fn to_peer(&mut self, endpoint: &str, link: Link, message: &PeerMessage) -> Delivery {
+        match self.peers.as_deref_mut() {
+            Some(peers) => peers.send(self.io, endpoint, link, message),
+            None => Delivery::Gone,
+        }
+    }
+
+    fn gossip(&mut self, message: &Gossip) {
+        if let Some(peers) = self.peers.as_deref_mut() {
+            peers.gossip(self.io, message);
+        }
+    }
+
+    fn connect_peer(&mut self, endpoints: &PeerEndpoints) {
+        if let Some(peers) = self.peers.as_deref_mut() {
+            peers.connect(self.io, endpoints);
+        }
+    }
+
+    fn disconnect_peer(&mut self, endpoints: &PeerEndpoints) {
+        if let Some(peers) = self.peers.as_deref_mut() {
+            peers.disconnect(self.io, endpoints);
+        }
+    }
 }
 
 struct BrokerHandler {
@@ -148,6 +178,8 @@ struct BrokerHandler {
     finished: bool,
     /// LINGER when the sockets close (`socket.close_linger_ms`).
     close_linger: Duration,
+    /// The cluster's sockets.
+    peers: Option<PeerLinks>,
     log: Logger,
 }
 
@@ -190,20 +222,32 @@ impl BrokerHandler {
         let _ = io.send(zap, &reply);
     }
 
-    fn sockets<'a>(&self, io: &'a mut Io) -> Sockets<'a> {
-        Sockets {
+    /// The outbox over the sockets, and the engine to feed (borrowed apart).
+    fn split<'a>(&'a mut self, io: &'a mut Io) -> (&'a mut Engine, Sockets<'a>) {
+        let (engine, _, out) = self.split_with_frontend(io);
+        (engine, out)
+    }
+
+    fn split_with_frontend<'a>(
+        &'a mut self,
+        io: &'a mut Io,
+    ) -> (&'a mut Engine, &'a Frontend, Sockets<'a>) {
+        let out = Sockets {
             io,
             client: self.client,
             worker: self.worker,
             events: self.events,
             max_reply_bytes: self.frontend.limits.max_message_bytes,
-        }
+            peers: self.peers.as_mut(),
+        };
+        (&mut self.engine, &self.frontend, out)
     }
 
     fn check_drained(&mut self, io: &mut Io) {
         if !self.finished && self.engine.is_drained() {
-            let mut out = self.sockets(io);
-            self.engine.disconnect_workers(&mut out);
+            let (engine, mut out) = self.split(io);
+            engine.leave_cluster(&mut out);
+            engine.disconnect_workers(&mut out);
             info!(self.log, "shut down"; "plans_completed" => self.engine.counter("plans_completed"));
             self.finished = true;
         }
@@ -219,28 +263,23 @@ impl Handler for BrokerHandler {
         }
         let now = io.now();
         let user = io.take_peer_user();
-        let mut out = self.sockets(io);
-        if socket == self.client {
-            feed_client(
-                &self.frontend,
-                &mut self.engine,
-                &mut out,
-                &frames,
-                user,
-                now,
-            );
-        } else if socket == self.worker {
-            feed_worker(
-                &self.frontend,
-                &mut self.engine,
-                &mut out,
-                &frames,
-                user,
-                now,
-            );
+        let peer_router = self.peers.as_ref().map(|p| (p.router, p.gossip_sub));
+        let (client, worker) = (self.client, self.worker);
+        let (engine, frontend, mut out) = self.split_with_frontend(io);
+        if socket == client {
+            feed_client(frontend, engine, &mut out, &frames, user, now);
+        } else if socket == worker {
+            feed_worker(frontend, engine, &mut out, &frames, user, now);
+        } else if peer_router.is_some_and(|(router, _)| router == socket) {
+            if let Some((from, message)) = frontend.peer(&frames) {
+                engine.on_peer(&mut out, from, message, now);
+            }
+        } else if peer_router.is_some_and(|(_, sub)| sub == socket) {
+            if let Some(message) = frontend.gossip(&frames) {
+                engine.on_gossip(&mut out, message, now);
+            }
         } else if let Some(frame) = frames.first() {
-            self.engine
-                .on_event_frame(&mut out, frame, user.as_deref(), now);
+            engine.on_event_frame(&mut out, frame, user.as_deref(), now);
         }
         if self.engine.is_drained() {
             self.check_drained(io);
@@ -263,8 +302,8 @@ impl Handler for BrokerHandler {
                 info!(self.log, "access rules reloaded"; "clients" => clients, "workers" => workers);
                 self.access = Some((*access).clone());
                 let now = io.now();
-                let mut out = self.sockets(io);
-                self.engine.set_access(&mut out, *access, now);
+                let (engine, mut out) = self.split(io);
+                engine.set_access(&mut out, *access, now);
             }
         }
     }
@@ -272,8 +311,8 @@ impl Handler for BrokerHandler {
     fn on_timer(&mut self, io: &mut Io) {
         let now = io.now();
         let workers = self.engine.worker_count();
-        let mut out = self.sockets(io);
-        self.engine.on_tick(&mut out, now);
+        let (engine, mut out) = self.split(io);
+        engine.on_tick(&mut out, now);
         let after = self.engine.worker_count();
         if after < workers {
             warn!(self.log, "expired silent workers"; "expired" => workers - after, "remaining" => after);
@@ -290,8 +329,8 @@ impl Handler for BrokerHandler {
         if !self.finished && !self.engine.is_shutting_down() {
             self.engine.begin_shutdown(io.now());
             let now = io.now();
-            let mut out = self.sockets(io);
-            self.engine.on_tick(&mut out, now);
+            let (engine, mut out) = self.split(io);
+            engine.on_tick(&mut out, now);
             self.check_drained(io);
         }
     }
@@ -315,6 +354,8 @@ pub struct Broker {
     pub worker_endpoint: String,
     /// The event endpoint actually bound.
     pub event_endpoint: String,
+    /// In a cluster: this broker's incarnation id and its peer and gossip endpoints, bound.
+    pub cluster: Option<(BrokerId, String, String)>,
     handle: ReactorHandle<Command>,
     thread: ReactorThread<BrokerHandler>,
 }
@@ -392,6 +433,19 @@ impl Broker {
         let close_linger = Duration::from_millis(config.socket.close_linger_ms);
         let mut engine_config = config.engine();
         let (endpoints_tx, endpoints_rx) = std::sync::mpsc::channel();
+        // A new incarnation at every start: a restarted broker inherits nothing.
+        let me = BrokerId(ulid::Ulid::new());
+        let cluster = config.clustered().then(|| {
+            (
+                config.cluster.peer_endpoint.clone(),
+                config.cluster.gossip_endpoint.clone(),
+                config.cluster.name.clone(),
+                config.cluster.peers.clone(),
+                config.swim(),
+                Duration::from_millis(config.cluster.digest_interval_ms),
+            )
+        });
+        let max_frame = limits.max_message_bytes.saturating_add(1 << 20);
         let server_log = log.new(slog::o!("component" => "server"));
         let engine_log = log.clone();
         let (handle, thread) = spawn("mpreg-broker", ctx, 1024, move |io| {
@@ -404,10 +458,30 @@ impl Broker {
             let client = io.open(&client_spec)?;
             let worker = io.open(&worker_spec)?;
             let events = io.open(&event_spec)?;
+            let mut peers = None;
+            let mut cluster_endpoints = None;
+            if let Some((peer, gossip, name, seeds, swim, digest)) = cluster {
+                let links = PeerLinks::open(io, me, &peer, &gossip, max_frame)?;
+                let (peer, gossip) = links.bound(io);
+                let endpoints = PeerEndpoints {
+                    client: io.bound_endpoints(client)[0].clone(),
+                    worker: io.bound_endpoints(worker)[0].clone(),
+                    event: io.bound_endpoints(events)[0].clone(),
+                    peer: peer.clone(),
+                    gossip: gossip.clone(),
+                };
+                let mut cluster = ClusterConfig::new(name, me, endpoints, seeds);
+                cluster.swim = swim;
+                cluster.digest_interval = digest;
+                engine_config.cluster = Some(cluster);
+                peers = Some(links);
+                cluster_endpoints = Some((me, peer, gossip));
+            }
             let endpoints = (
                 io.bound_endpoints(client)[0].clone(),
                 io.bound_endpoints(worker)[0].clone(),
                 io.bound_endpoints(events)[0].clone(),
+                cluster_endpoints,
             );
             engine_config.client_endpoint = endpoints.0.clone();
             engine_config.worker_endpoint = endpoints.1.clone();
@@ -430,6 +504,7 @@ impl Broker {
                     worker,
                     events,
                     max_reply_bytes: frontend.limits.max_message_bytes,
+                    peers: None,
                 };
                 engine.set_access(&mut out, access, now);
             }
@@ -443,16 +518,18 @@ impl Broker {
                 access: handler_access,
                 finished: false,
                 close_linger,
+                peers,
                 log: server_log,
             })
         })?;
-        let (client_endpoint, worker_endpoint, event_endpoint) = endpoints_rx
+        let (client_endpoint, worker_endpoint, event_endpoint, cluster) = endpoints_rx
             .recv()
             .map_err(|_| TransportError::Reactor("broker reactor ended during start".into()))?;
         Ok(Broker {
             client_endpoint,
             worker_endpoint,
             event_endpoint,
+            cluster,
             handle,
             thread,
         })

@@ -176,3 +176,76 @@ impl ErrorReply {
         self
     }
 }
+
+/// `cluster`: ask how this broker sees its cluster. Answered by `cluster`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterRequest {
+    /// Request id.
+    pub id: u64,
+}
+
+/// One member of the cluster as the answering broker sees it (itself included).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMember {
+    /// Its name.
+    pub name: String,
+    /// Its incarnation id (a ULID minted at its start).
+    pub incarnation: String,
+    /// `alive`, `suspect` or `dead`.
+    pub state: crate::peer::MemberState,
+    /// Where it listens.
+    pub endpoints: crate::peer::PeerEndpoints,
+    /// The functions its workers serve, sorted.
+    #[serde(default, deserialize_with = "crate::codec::nil_as_default")]
+    pub functions: Vec<String>,
+}
+
+/// `cluster` reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterReply {
+    /// The request id.
+    pub id: u64,
+    /// The cluster's name (empty for a broker on its own).
+    pub cluster: String,
+    /// The answering broker's name.
+    #[serde(rename = "self")]
+    pub self_name: String,
+    /// Every member, the answering broker included, by name.
+    #[serde(default, deserialize_with = "crate::codec::nil_as_default")]
+    pub members: Vec<ClusterMember>,
+}
+
+/// `functions`: ask for the cluster's catalogue. Answered by `functions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionsRequest {
+    /// Request id.
+    pub id: u64,
+}
+
+/// One function of the catalogue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionEntry {
+    /// The function.
+    pub fun: String,
+    /// Versions registered (empty string: unversioned), sorted.
+    #[serde(default, deserialize_with = "crate::codec::nil_as_default")]
+    pub versions: Vec<String>,
+    /// The distinct resource sets of the workers serving it, each sorted.
+    #[serde(default, deserialize_with = "crate::codec::nil_as_default")]
+    pub resources: Vec<Vec<String>>,
+    /// The brokers whose workers serve it, by name.
+    #[serde(default, deserialize_with = "crate::codec::nil_as_default")]
+    pub brokers: Vec<String>,
+    /// Tasks those workers run at once, summed.
+    pub capacity: u64,
+}
+
+/// `functions` reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionsReply {
+    /// The request id.
+    pub id: u64,
+    /// The functions, sorted by name.
+    #[serde(default, deserialize_with = "crate::codec::nil_as_default")]
+    pub functions: Vec<FunctionEntry>,
+}

@@ -3,7 +3,8 @@
 //! Frame 2 of every message (the type) selects the variant; the body decodes into its struct.
 
 use crate::client::{
-    CancelRequest, ClientHeartbeat, ErrorReply, Ping, Pong, StatusReply, StatusRequest,
+    CancelRequest, ClientHeartbeat, ClusterReply, ClusterRequest, ErrorReply, FunctionsReply,
+    FunctionsRequest, Ping, Pong, StatusReply, StatusRequest,
 };
 use crate::codec::{decode_body, encode_body, DecodeError};
 use crate::envelope::VERSION;
@@ -89,6 +90,10 @@ direction! {
         PublishBatch(PublishBatch) = "publish_batch",
         /// The client is alive (not answered).
         Heartbeat(ClientHeartbeat) = "heartbeat",
+        /// How the broker sees its cluster.
+        Cluster(ClusterRequest) = "cluster",
+        /// The cluster's catalogue.
+        Functions(FunctionsRequest) = "functions",
     }
 }
 
@@ -113,6 +118,10 @@ direction! {
         Published(Published) = "published",
         /// The batch was routed.
         PublishedBatch(PublishedBatch) = "published_batch",
+        /// Answer to `cluster`.
+        Cluster(ClusterReply) = "cluster",
+        /// Answer to `functions`.
+        Functions(FunctionsReply) = "functions",
     }
 }
 
@@ -278,6 +287,8 @@ impl ClientToBroker {
             ClientToBroker::Publish(m) => m.id,
             ClientToBroker::PublishBatch(m) => m.id,
             ClientToBroker::Heartbeat(m) => m.id,
+            ClientToBroker::Cluster(m) => m.id,
+            ClientToBroker::Functions(m) => m.id,
         }
     }
 }
@@ -295,6 +306,8 @@ impl BrokerToClient {
             BrokerToClient::Unsubscribed(m) => Some(m.id),
             BrokerToClient::Published(m) => Some(m.id),
             BrokerToClient::PublishedBatch(m) => Some(m.id),
+            BrokerToClient::Cluster(m) => Some(m.id),
+            BrokerToClient::Functions(m) => Some(m.id),
         }
     }
 }

@@ -31,7 +31,8 @@ pub mod topic;
 pub mod worker;
 
 pub use client::{
-    CancelRequest, ClientHeartbeat, ErrorReply, Ping, Pong, StatusReply, StatusRequest,
+    CancelRequest, ClientHeartbeat, ClusterMember, ClusterReply, ClusterRequest, ErrorReply,
+    FunctionEntry, FunctionsReply, FunctionsRequest, Ping, Pong, StatusReply, StatusRequest,
     WorkerStatus,
 };
 pub use codec::{decode_body, encode_body, peek_request_id, DecodeError};

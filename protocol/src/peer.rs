@@ -250,6 +250,8 @@ pub struct FwdStep {
     /// The step's own timeout, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// The owner's peer endpoint: where the answer goes.
+    pub owner: String,
 }
 
 /// `fwd_result`: a forwarded step's value.

@@ -113,6 +113,9 @@ pub struct PlanResult {
 pub struct Progress {
     /// The plan's request id.
     pub id: u64,
+    /// The plan's id at the broker (its trace id). Absent from brokers before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanId>,
     /// The step that finished.
     pub step: String,
     /// Its function.

@@ -20,6 +20,9 @@ fn v(s: &str) -> Value {
 /// (file stem, type frame, body bytes, check that decoding the bytes gives the sample back).
 type Sample = (&'static str, Vec<u8>, Vec<u8>, Box<dyn Fn(&[u8]) -> bool>);
 
+#[path = "golden_samples/cluster.rs"]
+mod cluster;
+
 fn samples() -> Vec<Sample> {
     let limits = Limits::default();
     let mut out: Vec<Sample> = Vec::new();
@@ -132,6 +135,7 @@ fn samples() -> Vec<Sample> {
         BrokerToClient,
         BrokerToClient::Progress(Progress {
             id: 42,
+            plan: Some("01JQ4Y5VJ7T0D8S3R5Y2M6W8XB".parse().unwrap()),
             step: "first".into(),
             fun: "echo".into(),
             worker: "node-1".into(),
@@ -452,7 +456,8 @@ fn fixture_dir() -> PathBuf {
 fn every_message_matches_its_golden_bytes() {
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
     let dir = fixture_dir();
-    let all = samples();
+    let mut all = samples();
+    all.extend(cluster::samples());
     for (name, kind, body, decodes_back) in &all {
         let bin_path = dir.join(format!("{name}.msgpack"));
         let json_path = dir.join(format!("{name}.json"));
@@ -482,6 +487,8 @@ fn every_message_matches_its_golden_bytes() {
         ("broker_to_client", BrokerToClient::KINDS),
         ("worker_to_broker", WorkerToBroker::KINDS),
         ("broker_to_worker", BrokerToWorker::KINDS),
+        ("peer", PeerMessage::KINDS),
+        ("gossip", Gossip::KINDS),
     ] {
         for kind in kinds {
             let name = format!("{dir_name}.{kind}");

@@ -6,8 +6,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use mpreg_protocol::{
-    compact_frame, BrokerToClient, ClientToBroker, Ping, Pong, Progress, StatusReply,
-    StatusRequest, Step,
+    compact_frame, BrokerToClient, ClientToBroker, ClusterReply, ClusterRequest, FunctionsReply,
+    FunctionsRequest, Ping, Pong, Progress, StatusReply, StatusRequest, Step,
 };
 use mpreg_transport::{Context, ReactorHandle, SocketKind, SocketOptions, SocketSpec};
 use tokio::sync::{mpsc, oneshot};
@@ -252,6 +252,52 @@ impl Client {
             BrokerToClient::Status(status) => Ok(status),
             BrokerToClient::Error(e) => Err(e.into()),
             other => Err(unexpected("status", &other)),
+        }
+    }
+
+    /// How the broker sees its cluster: every member (itself included) with its state,
+    /// endpoints and functions. A broker on its own answers with itself only.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: mpreg::Client) -> Result<(), mpreg::Error> {
+    /// for member in client.cluster().await?.members {
+    ///     println!("{} {:?} {}", member.name, member.state, member.endpoints.client);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Timeout`], [`Error::Closed`], as for [`Client::status`].
+    pub async fn cluster(&self) -> Result<ClusterReply, Error> {
+        let id = self.next_id();
+        let message = ClientToBroker::Cluster(ClusterRequest { id });
+        let timeout = self.inner.options.request_timeout;
+        let pending = self
+            .request_as(message, RequestKind::Idempotent, timeout, None)
+            .await?;
+        match pending.wait().await? {
+            BrokerToClient::Cluster(reply) => Ok(reply),
+            BrokerToClient::Error(e) => Err(e.into()),
+            other => Err(unexpected("cluster", &other)),
+        }
+    }
+
+    /// The cluster's catalogue: every function the cluster's workers serve, with its versions,
+    /// resource sets, brokers and capacity.
+    ///
+    /// # Errors
+    /// As [`Client::status`].
+    pub async fn functions(&self) -> Result<FunctionsReply, Error> {
+        let id = self.next_id();
+        let message = ClientToBroker::Functions(FunctionsRequest { id });
+        let timeout = self.inner.options.request_timeout;
+        let pending = self
+            .request_as(message, RequestKind::Idempotent, timeout, None)
+            .await?;
+        match pending.wait().await? {
+            BrokerToClient::Functions(reply) => Ok(reply),
+            BrokerToClient::Error(e) => Err(e.into()),
+            other => Err(unexpected("functions", &other)),
         }
     }
 

@@ -169,6 +169,27 @@ impl Io {
         self.slots.get(id.0).and_then(Option::as_ref)
     }
 
+    /// Connects an open socket to one more endpoint (a SUB following a new publisher).
+    pub fn connect(&mut self, id: SocketId, endpoint: &str) -> Result<(), TransportError> {
+        crate::endpoint::validate(endpoint)?;
+        let slot = self
+            .slot(id)
+            .ok_or_else(|| TransportError::Reactor(format!("no open socket {id:?}")))?;
+        slot.socket
+            .connect(endpoint)
+            .map_err(|source| TransportError::Connect {
+                endpoint: endpoint.to_string(),
+                source,
+            })
+    }
+
+    /// Disconnects an open socket from an endpoint it connected to (nothing if it did not).
+    pub fn disconnect(&mut self, id: SocketId, endpoint: &str) {
+        if let Some(slot) = self.slot(id) {
+            let _ = slot.socket.disconnect(endpoint);
+        }
+    }
+
     /// Closes a socket at once (unsent messages are dropped, LINGER 0), and its monitor.
     pub fn close(&mut self, id: SocketId) {
         self.close_with_linger(id, Duration::ZERO);

@@ -62,13 +62,19 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let line = serde_json::json!({
+    let mut line = serde_json::json!({
         "event": "listening",
         "name": config.name,
         "client": broker.client_endpoint,
         "worker": broker.worker_endpoint,
         "events": broker.event_endpoint,
     });
+    if let Some((id, peer, gossip)) = &broker.cluster {
+        line["id"] = serde_json::json!(id.to_string());
+        line["peer"] = serde_json::json!(peer);
+        line["gossip"] = serde_json::json!(gossip);
+        line["cluster"] = serde_json::json!(config.cluster.name);
+    }
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{line}");
     let _ = stdout.flush();

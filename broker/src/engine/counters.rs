@@ -45,8 +45,14 @@ counters! {
     steps_timed_out,
     /// Tasks sent to workers.
     tasks_dispatched,
-    /// Tasks re-dispatched after their worker was lost.
+    /// Tasks re-dispatched after their worker (or peer) was lost.
     tasks_retried,
+    /// Steps forwarded to a peer broker.
+    tasks_forwarded,
+    /// Steps run here for a peer broker.
+    forwards_served,
+    /// Publishes a peer with interest could not be sent (its link was down or full).
+    publishes_not_forwarded,
     /// Steps whose resolved arguments exceeded the limits.
     tasks_too_large,
     /// Registrations accepted.

@@ -158,12 +158,33 @@ pub enum Failure {
         /// The step of the original error, if any.
         step: Option<String>,
     },
+    /// A step forwarded to a peer broker failed there.
+    Remote(Box<RemoteFailure>),
     /// A worker's registration cannot be accepted.
     RegistrationRefused(String),
     /// A worker's key is not (or no longer) allowed.
     WorkerNotAllowed,
     /// A worker's key was removed from the access file.
     WorkerRevoked,
+}
+
+/// What a peer broker reported about a forwarded step that failed there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteFailure {
+    /// The step.
+    pub step: String,
+    /// Its function.
+    pub fun: String,
+    /// The code the peer reported.
+    pub code: u16,
+    /// The worker's failure kind, when its function failed.
+    pub cause: Option<String>,
+    /// The worker, if any.
+    pub worker: Option<String>,
+    /// The peer's message.
+    pub message: String,
+    /// The peer's name.
+    pub peer: String,
 }
 
 fn in_brackets(locs: &[String]) -> String {
@@ -203,6 +224,7 @@ impl Failure {
             Unresolved { .. } => ErrorCode::UnresolvedReference,
             ReplyTooLarge { .. } => ErrorCode::MessageTooLarge,
             RegistrationRefused(_) => ErrorCode::InvalidBody,
+            Remote(r) => ErrorCode::from_code(r.code).unwrap_or(ErrorCode::StepFailed),
         }
     }
 
@@ -395,6 +417,24 @@ impl Failure {
                 ))
             },
             RegistrationRefused(problem) => reply(format!("register refused: {problem}")),
+            Remote(r) => {
+                let RemoteFailure {
+                    step,
+                    fun,
+                    cause,
+                    worker,
+                    message,
+                    peer,
+                    ..
+                } = *r;
+                ErrorReply {
+                    step: Some(step),
+                fun: Some(fun),
+                cause,
+                worker,
+                    ..reply(format!("on broker {peer}: {message}"))
+                }
+            }
             WorkerNotAllowed => {
                 reply("this key is not (or no longer) allowed as a worker".into())
             }

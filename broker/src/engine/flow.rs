@@ -35,6 +35,12 @@ impl Engine {
                     self.scheduler.wait(&fun, plan, step);
                 }
                 Placement::NoRoute(reason) => {
+                    if self.forward_step(out, plan, step, now) {
+                        continue;
+                    }
+                    let Some(def) = self.plans.get(plan).map(|p| p.step(step)) else {
+                        continue;
+                    };
                     let failure = if self.plans.was_retried(plan, step) {
                         Failure::WorkerLostNoOther {
                             step: def.name.clone(),
@@ -120,34 +126,46 @@ impl Engine {
         if plan.is_done(state.step) {
             return;
         }
-        if plan.request.progress || plan.request.progress_topic.is_some() {
-            let Runner::Worker(worker) = state.runner;
-            let worker = self
+        let worker = match state.runner {
+            Runner::Worker(worker) => self
                 .scheduler
                 .registry()
                 .get(worker)
                 .map(|w| w.name.clone())
-                .unwrap_or_default();
+                .unwrap_or_default(),
+            // Set from the peer's answer before this call.
+            Runner::Peer(_) => plan.ran_on.clone(),
+        };
+        if matches!(plan.reply_to, ReplyTo::Peer { .. }) {
+            self.plans.ran_on(state.plan, &worker);
+        }
+        let Some(plan) = self.plans.get(state.plan) else {
+            return;
+        };
+        if plan.request.progress || plan.request.progress_topic.is_some() {
             let def = plan.step(state.step);
             let event = Progress {
                 id: plan.request_id,
+                plan: Some(state.plan),
                 step: def.name.clone(),
                 fun: def.fun.clone(),
                 worker,
                 result: value.clone(),
                 elapsed_us: now.saturating_duration_since(state.sent).as_micros() as u64,
             };
-            let ReplyTo::Client(client) = plan.reply_to.clone();
+            let client = match &plan.reply_to {
+                ReplyTo::Client(client) => Some(client.clone()),
+                ReplyTo::Peer { .. } => None,
+            };
             let topic = plan.request.progress_topic.clone();
             let to_client = plan.request.progress;
             if let Some(topic) = topic {
                 // The payload: the progress body as a named map (what `progress` holds).
                 let payload = progress_payload(&event);
                 let headers = BTreeMap::from([("plan".to_string(), event.id.to_string())]);
-                self.exchange
-                    .publish(out, &mut self.ids, &topic, headers, payload, now);
+                self.publish_everywhere(out, &topic, headers, payload, now);
             }
-            if to_client {
+            if let (true, Some(client)) = (to_client, client) {
                 self.reply(out, &client, &BrokerToClient::Progress(event));
             }
         }
@@ -164,15 +182,23 @@ impl Engine {
         let Some(mut state) = self.plans.remove(plan) else {
             return;
         };
-        self.counters.plans_completed += 1;
         slog::debug!(self.log, "plan completed"; "plan" => %plan);
-        let reply = BrokerToClient::Result(PlanResult {
-            id: state.request_id,
-            plan: Some(plan),
-            results: state.results(),
-        });
-        let ReplyTo::Client(client) = &state.reply_to;
-        self.reply(out, client, &reply);
+        match state.reply_to.clone() {
+            ReplyTo::Client(client) => {
+                self.counters.plans_completed += 1;
+                let reply = BrokerToClient::Result(PlanResult {
+                    id: state.request_id,
+                    plan: Some(plan),
+                    results: state.results(),
+                });
+                self.reply(out, &client, &reply);
+            }
+            ReplyTo::Peer { endpoint, fid, .. } => {
+                let value = state.results().into_values().next().unwrap_or(Value::Nil);
+                let worker = std::mem::take(&mut state.ran_on);
+                self.answer_forward(out, &endpoint, fid, value, worker);
+            }
+        }
     }
 
     /// Ends a plan with `failure`: its tasks are cancelled on their workers (whose freed
@@ -188,18 +214,27 @@ impl Engine {
         let Some(mut state) = self.plans.remove(plan) else {
             return;
         };
-        self.counters.plans_failed += 1;
         slog::debug!(self.log, "plan failed"; "plan" => %plan, "code" => failure.code().code());
-        let mut freed: Vec<WorkerId> = state
-            .tasks
-            .iter()
-            .filter_map(|&task| self.scheduler.cancel(out, task))
-            .collect();
-        let mut reply = failure.into_reply(Some(state.request_id));
-        reply.plan = Some(plan);
-        reply.partial = state.partial();
-        let ReplyTo::Client(client) = &state.reply_to;
-        self.send_error(out, client, reply);
+        let mut freed: Vec<WorkerId> = Vec::new();
+        for &task in &state.tasks {
+            match self.scheduler.cancel(out, task) {
+                Some(Runner::Worker(worker)) => freed.push(worker),
+                Some(Runner::Peer(peer)) => self.cancel_forward(out, peer, task),
+                None => {}
+            }
+        }
+        match state.reply_to.clone() {
+            ReplyTo::Client(client) => {
+                self.counters.plans_failed += 1;
+                let mut reply = failure.into_reply(Some(state.request_id));
+                reply.plan = Some(plan);
+                reply.partial = state.partial();
+                self.send_error(out, &client, reply);
+            }
+            ReplyTo::Peer { endpoint, fid, .. } => {
+                self.answer_forward_failure(out, &endpoint, fid, failure);
+            }
+        }
         freed.sort_unstable();
         freed.dedup();
         for worker in freed {
@@ -218,6 +253,7 @@ impl Engine {
         match self.scheduler.registry().get(worker) {
             Some(w) if w.draining && w.tasks.is_empty() => {
                 self.scheduler.remove_worker(worker);
+                self.catalogue_changed();
             }
             Some(_) => self.fill_worker(out, worker, now),
             None => {}
@@ -248,6 +284,7 @@ impl Engine {
             return;
         };
         self.counters.workers_expired += 1;
+        self.catalogue_changed();
         slog::warn!(self.log, "worker lost"; "worker" => &w.name, "worker_id" => %worker, "tasks" => orphans.len());
         for (task, orphan) in orphans {
             self.plans.task_ended(orphan.plan, task);

@@ -18,9 +18,12 @@
 //! [`failure::Failure`], turned into an `error` in one place.
 
 mod clients;
+mod cluster;
+mod cluster_info;
 pub mod counters;
 pub mod failure;
 mod flow;
+mod peers;
 mod plans;
 mod requests;
 mod scheduler;
@@ -40,10 +43,12 @@ pub use crate::outbox::{ClientAddr, Delivery, Outbox, WorkerAddr};
 pub use clients::{CLIENT_HEARTBEAT_MAX, CLIENT_HEARTBEAT_MIN};
 pub use counters::Counters;
 pub use failure::Failure;
+pub use peers::ClusterConfig;
 pub use plans::{ReplyTo, StepIx};
 pub use scheduler::Runner;
 
 use clients::ClientLiveness;
+use peers::Peers;
 use plans::{PlanLimits, Plans};
 use scheduler::Scheduler;
 
@@ -83,6 +88,8 @@ pub struct EngineConfig {
     /// Missed heartbeat intervals after which a client that sends heartbeats is considered
     /// gone: its plans are cancelled and its subscriptions ended (the grace period).
     pub client_liveness: u32,
+    /// Membership of a cluster of brokers; `None`: a broker on its own.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for EngineConfig {
@@ -103,6 +110,7 @@ impl Default for EngineConfig {
             exchange: ExchangeConfig::default(),
             max_worker_capacity: 1024,
             client_liveness: 3,
+            cluster: None,
         }
     }
 }
@@ -166,6 +174,8 @@ pub struct Engine {
     /// Keys and rules when the broker runs CURVE; `None`: everyone may do everything.
     access: Option<AccessList>,
     clients: ClientLiveness,
+    /// The cluster, when this broker is in one.
+    peers: Option<Peers>,
     /// Steps whose references all have results, not yet placed: drained in a loop, so a
     /// chain of steps completing at once never recurses.
     ready: VecDeque<(PlanId, StepIx)>,
@@ -177,7 +187,7 @@ pub struct Engine {
 
 impl Engine {
     /// An engine with no workers and no plans, taking its ids from `ids`.
-    pub fn new(config: EngineConfig, now: Instant, ids: IdSource) -> Engine {
+    pub fn new(config: EngineConfig, now: Instant, mut ids: IdSource) -> Engine {
         let plan_limits = PlanLimits {
             max_plans_in_flight: config.max_plans_in_flight,
             max_plans_per_client: config.max_plans_per_client,
@@ -185,7 +195,12 @@ impl Engine {
             default_deadline: config.default_deadline,
             max_deadline: config.max_deadline,
         };
+        let peers = config
+            .cluster
+            .clone()
+            .map(|c| Peers::new(c, config.name.clone(), ids.seed(), now));
         Engine {
+            peers,
             next_heartbeat: now + config.heartbeat,
             exchange: Exchange::new(config.exchange.clone()),
             plans: Plans::new(plan_limits),
@@ -255,6 +270,7 @@ impl Engine {
             self.plans.next_deadline(),
             self.scheduler.next_timeout(),
             self.shutdown_deadline,
+            self.peers.as_ref().map(Peers::next_deadline),
         ]
         .into_iter()
         .flatten()
@@ -291,5 +307,7 @@ impl Engine {
         now: Instant,
     ) {
         self.exchange.on_subscription_frame(out, frame, user, now);
+        self.catalogue_changed();
+        self.publish_catalogue(out);
     }
 }

@@ -7,7 +7,8 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use mpreg_protocol::{Limits, PlanId, PlanRequest, Step, TaskId, Value};
+use mpreg_protocol::peer::FwdStep;
+use mpreg_protocol::{BrokerId, Limits, PlanId, PlanRequest, Step, TaskId, Value};
 
 use super::failure::Failure;
 use crate::outbox::{ClientAddr, RoutingId};
@@ -18,11 +19,22 @@ use crate::resolve::{check_footprint, resolve_args, Results, Unresolved};
 /// A step's index in its plan.
 pub type StepIx = u32;
 
-/// Where a plan's replies go: the client that sent it (a peer broker, once clusters exist).
+/// Where a plan's replies go: the client that sent it, or the peer broker that forwarded
+/// its one step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplyTo {
     /// A local client connection.
     Client(ClientAddr),
+    /// A peer broker that owns the plan and forwarded one step of it here (the plan here is
+    /// that one step; it runs on this broker's workers only, never forwarded again).
+    Peer {
+        /// The owner.
+        broker: BrokerId,
+        /// The owner's peer endpoint (where the answer goes).
+        endpoint: String,
+        /// The forward's id at the owner.
+        fid: u64,
+    },
 }
 
 /// Admission limits of the plan plane.
@@ -59,6 +71,10 @@ pub struct PlanState {
     /// Tasks running for it, in dispatch order.
     pub tasks: BTreeSet<TaskId>,
     deadline: Instant,
+    /// Peers that refused a step (`fwd_reject`): not asked again for that step.
+    pub rejected: Vec<(StepIx, BrokerId)>,
+    /// The worker that ran the last finished step (what a forwarded step's answer names).
+    pub ran_on: String,
 }
 
 /// Finished results, looked up by step name during resolution.
@@ -88,6 +104,11 @@ impl PlanState {
     /// A step's definition.
     pub fn step(&self, step: StepIx) -> &Step {
         &self.request.steps[step as usize]
+    }
+
+    /// The remaining time before the deadline.
+    pub fn remaining(&self, now: Instant) -> Duration {
+        self.deadline.saturating_duration_since(now)
     }
 
     /// Steps finished so far, and in total.
@@ -286,9 +307,102 @@ impl Plans {
                 finished: 0,
                 tasks: BTreeSet::new(),
                 deadline,
+                rejected: Vec::new(),
+                ran_on: String::new(),
             },
         );
         Ok(true)
+    }
+
+    /// Admits one step forwarded by a peer as a one-step plan answering that peer, with its
+    /// remaining time as deadline. Its arguments are data: no reference analysis.
+    pub fn admit_forward(
+        &mut self,
+        id: PlanId,
+        from: BrokerId,
+        endpoint: String,
+        step: FwdStep,
+        now: Instant,
+        ready: &mut VecDeque<(PlanId, StepIx)>,
+    ) -> Result<(), Failure> {
+        let quota: RoutingId = from.to_u128().to_be_bytes().to_vec();
+        let client_plans = self.per_client.get(&quota).copied().unwrap_or(0);
+        if self.plans.len() >= self.limits.max_plans_in_flight
+            || client_plans >= self.limits.max_plans_per_client
+        {
+            return Err(Failure::TooManyPlans {
+                client: client_plans,
+                client_limit: self.limits.max_plans_per_client,
+                broker_limit: self.limits.max_plans_in_flight,
+            });
+        }
+        let graph = PlanGraph::single_resolved(&step.step);
+        let deadline = now + Duration::from_millis(step.remaining_ms).min(self.limits.max_deadline);
+        let request = PlanRequest {
+            id: step.fid,
+            steps: vec![Step {
+                name: step.step,
+                fun: step.fun,
+                args: step.args,
+                kwargs: step.kwargs,
+                locs: step.locs,
+                timeout_ms: step.timeout_ms,
+                retries: None,
+            }],
+            deadline_ms: Some(step.remaining_ms),
+            all_results: true,
+            progress: false,
+            progress_topic: None,
+        };
+        ready.push_back((id, 0));
+        *self.per_client.entry(quota.clone()).or_default() += 1;
+        self.deadlines.insert((deadline, id));
+        self.plans.insert(
+            id,
+            PlanState {
+                request_id: step.fid,
+                reply_to: ReplyTo::Peer {
+                    broker: from,
+                    endpoint,
+                    fid: step.fid,
+                },
+                quota,
+                bytes: 0,
+                request,
+                graph,
+                pending: vec![0],
+                results: vec![None],
+                attempts: vec![0],
+                finished: 0,
+                tasks: BTreeSet::new(),
+                deadline,
+                rejected: Vec::new(),
+                ran_on: String::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// The plans serving steps forwarded by `peer`, in id order.
+    pub fn of_peer(&self, peer: BrokerId) -> Vec<PlanId> {
+        let mut ids: Vec<PlanId> = self
+            .plans
+            .iter()
+            .filter(|(_, p)| matches!(p.reply_to, ReplyTo::Peer { broker, .. } if broker == peer))
+            .map(|(&id, _)| id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// The plan serving forward `fid` of `peer`, if it is in flight.
+    pub fn forward_of(&self, peer: BrokerId, fid: u64) -> Option<PlanId> {
+        self.plans
+            .iter()
+            .find(|(_, p)| {
+                matches!(&p.reply_to, ReplyTo::Peer { broker, fid: f, .. } if *broker == peer && *f == fid)
+            })
+            .map(|(&id, _)| id)
     }
 
     /// The plan a connection sent with this request id, if it is in flight.
@@ -326,6 +440,21 @@ impl Plans {
     pub fn task_started(&mut self, id: PlanId, task: TaskId) {
         if let Some(plan) = self.plans.get_mut(&id) {
             plan.tasks.insert(task);
+        }
+    }
+
+    /// Remembers that `peer` refused step `step`.
+    pub fn rejected_by(&mut self, id: PlanId, step: StepIx, peer: BrokerId) {
+        if let Some(plan) = self.plans.get_mut(&id) {
+            plan.rejected.push((step, peer));
+        }
+    }
+
+    /// Remembers the worker that ran a step (for a forwarded step's answer).
+    pub fn ran_on(&mut self, id: PlanId, worker: &str) {
+        if let Some(plan) = self.plans.get_mut(&id) {
+            plan.ran_on.clear();
+            plan.ran_on.push_str(worker);
         }
     }
 
@@ -396,9 +525,10 @@ impl Plans {
     /// Removes a plan from every index and returns it (its tasks are the caller's to cancel).
     pub fn remove(&mut self, id: PlanId) -> Option<PlanState> {
         let plan = self.plans.remove(&id)?;
-        let ReplyTo::Client(client) = &plan.reply_to;
-        self.by_request
-            .remove(&(client.routing.clone(), plan.request_id));
+        if let ReplyTo::Client(client) = &plan.reply_to {
+            self.by_request
+                .remove(&(client.routing.clone(), plan.request_id));
+        }
         if let Some(n) = self.per_client.get_mut(&plan.quota) {
             *n -= 1;
             if *n == 0 {

@@ -24,6 +24,17 @@ impl Engine {
         now: Instant,
     ) {
         self.clients.heard(&origin.addr.routing, now);
+        self.on_client_request(out, origin, request, now);
+        self.publish_catalogue(out);
+    }
+
+    fn on_client_request(
+        &mut self,
+        out: &mut impl Outbox,
+        origin: ClientOrigin,
+        request: ClientToBroker,
+        now: Instant,
+    ) {
         let id = request.request_id();
         if let Some(denied) = self
             .access
@@ -34,6 +45,12 @@ impl Engine {
             return self.reply_error(out, &origin.addr, Some(id), Failure::AccessDenied(denied));
         }
         let client = &origin.addr;
+        if matches!(
+            request,
+            ClientToBroker::Subscribe(_) | ClientToBroker::Unsubscribe(_)
+        ) {
+            self.catalogue_changed();
+        }
         match request {
             ClientToBroker::Plan(plan) => self.start_plan(out, origin, plan, now),
             ClientToBroker::Cancel(cancel) => {
@@ -57,6 +74,14 @@ impl Engine {
                 self.config.client_liveness,
                 now,
             ),
+            ClientToBroker::Cluster(request) => {
+                let reply = BrokerToClient::Cluster(self.cluster_reply(request.id));
+                self.reply(out, client, &reply);
+            }
+            ClientToBroker::Functions(request) => {
+                let reply = BrokerToClient::Functions(self.functions_reply(request.id));
+                self.reply(out, client, &reply);
+            }
             ClientToBroker::Status(status) => {
                 let reply = BrokerToClient::Status(self.status(status.id, now));
                 self.reply(out, client, &reply);
@@ -108,9 +133,25 @@ impl Engine {
                     }
                 }
                 let count = batch.messages.len() as u64;
-                let matched = self
-                    .exchange
-                    .publish_batch(out, &mut self.ids, batch.messages, now);
+                let forwarded = self.peers.is_some()
+                    && batch
+                        .messages
+                        .iter()
+                        .any(|m| !self.interested_peers(&m.topic).is_empty());
+                let matched = if forwarded {
+                    // Peers want some of it: message by message, so each keeps one id across
+                    // the cluster (local subscribers get `message` events, not `messages`).
+                    let mut matched = 0;
+                    for m in batch.messages {
+                        matched += self
+                            .publish_everywhere(out, &m.topic, m.headers, m.payload, now)
+                            .1;
+                    }
+                    matched
+                } else {
+                    self.exchange
+                        .publish_batch(out, &mut self.ids, batch.messages, now)
+                };
                 if batch.confirm {
                     let reply = BrokerToClient::PublishedBatch(PublishedBatch {
                         id: batch.id,
@@ -132,9 +173,8 @@ impl Engine {
                     };
                     return self.reply_error(out, client, Some(publish.id), failure);
                 }
-                let (msg, matched) = self.exchange.publish(
+                let (msg, matched) = self.publish_everywhere(
                     out,
-                    &mut self.ids,
                     &publish.topic,
                     publish.headers,
                     publish.payload,
@@ -150,6 +190,30 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Publishes to this broker's subscribers, then hands the message to the peers whose
+    /// subscribers want it; returns the message id and the local matches.
+    pub(super) fn publish_everywhere(
+        &mut self,
+        out: &mut impl Outbox,
+        topic: &str,
+        headers: BTreeMap<String, String>,
+        payload: mpreg_protocol::Value,
+        now: Instant,
+    ) -> (String, u64) {
+        let peers = self.interested_peers(topic);
+        if peers.is_empty() {
+            return self
+                .exchange
+                .publish(out, &mut self.ids, topic, headers, payload, now);
+        }
+        let (h, p) = (headers.clone(), payload.clone());
+        let (id, matched) = self
+            .exchange
+            .publish(out, &mut self.ids, topic, headers, payload, now);
+        self.forward_publish(out, &peers, &id, topic, &h, &p);
+        (id, matched)
     }
 
     /// A client message that could not be read: `id` when it could be read from the body.

@@ -5,7 +5,7 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use mpreg_protocol::{BrokerToWorker, CancelTask, PlanId, Task, TaskId, WorkerId};
+use mpreg_protocol::{BrokerId, BrokerToWorker, CancelTask, PlanId, Task, TaskId, WorkerId};
 
 use super::plans::StepIx;
 use crate::outbox::{Delivery, Outbox};
@@ -17,6 +17,9 @@ use crate::registry::{Registry, Worker};
 pub enum Runner {
     /// On one of this broker's workers.
     Worker(WorkerId),
+    /// Forwarded to a peer broker, which runs it on one of its workers (the forward's id is
+    /// the task id).
+    Peer(BrokerId),
 }
 
 /// One task in flight.
@@ -134,11 +137,62 @@ impl Scheduler {
         if let Some(at) = state.timeout_at {
             self.timeouts.remove(&(at, id));
         }
-        let Runner::Worker(worker) = state.runner;
-        if let Some(w) = self.registry.get_mut(worker) {
-            w.tasks.remove(&id);
+        if let Runner::Worker(worker) = state.runner {
+            if let Some(w) = self.registry.get_mut(worker) {
+                w.tasks.remove(&id);
+            }
         }
         Some(state)
+    }
+
+    /// Records a step forwarded to a peer as task `task` (the forward's id).
+    pub fn forwarded(
+        &mut self,
+        task: TaskId,
+        peer: BrokerId,
+        plan: PlanId,
+        step: StepIx,
+        timeout: Option<Duration>,
+        now: Instant,
+    ) {
+        self.next_task = self.next_task.max(task.0);
+        let timeout_at = timeout.map(|t| now + t);
+        if let Some(at) = timeout_at {
+            self.timeouts.insert((at, task));
+        }
+        self.tasks.insert(
+            task,
+            TaskState {
+                plan,
+                step,
+                runner: Runner::Peer(peer),
+                sent: now,
+                timeout_at,
+            },
+        );
+    }
+
+    /// A peer answered forward `task`: the task ends, if it was forwarded to that peer.
+    pub fn answered_by_peer(&mut self, peer: BrokerId, task: TaskId) -> Option<TaskState> {
+        match self.tasks.get(&task)?.runner {
+            Runner::Peer(p) if p == peer => self.forget(task),
+            _ => None,
+        }
+    }
+
+    /// Ends every task forwarded to a peer that is gone; returns them (in task order) for
+    /// re-dispatch.
+    pub fn remove_peer(&mut self, peer: BrokerId) -> Vec<(TaskId, TaskState)> {
+        let mut ids: Vec<TaskId> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.runner == Runner::Peer(peer))
+            .map(|(&id, _)| id)
+            .collect();
+        ids.sort_unstable();
+        ids.into_iter()
+            .filter_map(|id| self.forget(id).map(|t| (id, t)))
+            .collect()
     }
 
     /// A worker answered `task`: the task ends, if it was that worker's (else `None`: an
@@ -146,18 +200,19 @@ impl Scheduler {
     pub fn answered(&mut self, worker: WorkerId, task: TaskId) -> Option<TaskState> {
         match self.tasks.get(&task)?.runner {
             Runner::Worker(w) if w == worker => self.forget(task),
-            Runner::Worker(_) => None,
+            _ => None,
         }
     }
 
     /// Ends a task whose result is no longer wanted and tells its worker (best effort).
-    /// Returns the worker, which now has a free slot.
-    pub fn cancel(&mut self, out: &mut impl Outbox, task: TaskId) -> Option<WorkerId> {
+    /// Returns where it ran (a worker now has a free slot; a peer must be told).
+    pub fn cancel(&mut self, out: &mut impl Outbox, task: TaskId) -> Option<Runner> {
         let state = self.forget(task)?;
-        let Runner::Worker(worker) = state.runner;
-        let w = self.registry.get(worker)?;
-        let _ = out.to_worker(&w.addr, &BrokerToWorker::Cancel(CancelTask { task }));
-        Some(worker)
+        if let Runner::Worker(worker) = state.runner {
+            let w = self.registry.get(worker)?;
+            let _ = out.to_worker(&w.addr, &BrokerToWorker::Cancel(CancelTask { task }));
+        }
+        Some(state.runner)
     }
 
     /// Removes a worker; returns it with the tasks it was running (in dispatch order), which

@@ -18,6 +18,7 @@ impl Engine {
             self.next_heartbeat = now + self.config.heartbeat;
             self.heartbeat(out, now);
         }
+        self.cluster_tick(out, now);
         while let Some(plan) = self.plans.due(now) {
             let Some(state) = self.plans.get(plan) else {
                 break;
@@ -78,6 +79,7 @@ impl Engine {
             }
         }
         for routing in self.clients.expire(now) {
+            self.catalogue_changed();
             self.counters.clients_expired += 1;
             let plans = self.plans.of_connection(&routing);
             let subscriptions = self.exchange.drop_client(&routing);

@@ -5,7 +5,6 @@ use std::time::Instant;
 use mpreg_protocol::{BrokerToWorker, Limits, Reconnect, Register, Registered, WorkerToBroker};
 
 use super::failure::Failure;
-use super::scheduler::Runner;
 use super::{Engine, WorkerOrigin};
 use crate::outbox::{Outbox, WorkerAddr};
 use crate::quote::quote;
@@ -14,6 +13,17 @@ use crate::registry::Registration;
 impl Engine {
     /// A message from a worker connection.
     pub fn on_worker(
+        &mut self,
+        out: &mut impl Outbox,
+        origin: WorkerOrigin,
+        message: WorkerToBroker,
+        now: Instant,
+    ) {
+        self.on_worker_message(out, origin, message, now);
+        self.publish_catalogue(out);
+    }
+
+    fn on_worker_message(
         &mut self,
         out: &mut impl Outbox,
         origin: WorkerOrigin,
@@ -37,11 +47,10 @@ impl Engine {
             (WorkerToBroker::Failure(failure), Some(worker)) => {
                 if let Some(task) = self.scheduler.answered(worker, failure.task) {
                     self.plans.task_ended(task.plan, failure.task);
-                    let Runner::Worker(runner) = task.runner;
                     let name = self
                         .scheduler
                         .registry()
-                        .get(runner)
+                        .get(worker)
                         .map(|w| w.name.clone())
                         .unwrap_or_default();
                     if let Some(def) = self.plans.get(task.plan).map(|p| p.step(task.step)) {
@@ -63,6 +72,7 @@ impl Engine {
                 if let Some(w) = self.scheduler.registry_mut().get_mut(worker) {
                     w.draining = true;
                 }
+                self.catalogue_changed();
                 self.after_task_freed(out, worker, now);
                 self.drain_ready(out, now);
             }
@@ -129,6 +139,7 @@ impl Engine {
             now,
         );
         self.counters.workers_registered += 1;
+        self.catalogue_changed();
         if let Some(w) = self.scheduler.registry().get(id) {
             slog::info!(self.log, "worker registered"; "worker" => &w.name, "worker_id" => %id, "functions" => w.functions.len(), "capacity" => capacity);
         }

@@ -85,6 +85,12 @@ pub enum Command {
     },
     /// Print the broker's status.
     Status,
+    /// Print how this broker sees its cluster, as one JSON line:
+    /// `{"cluster","self","members":[{"name","incarnation","state","endpoints","functions"}]}`.
+    Cluster,
+    /// Print the cluster's catalogue as one JSON line: `{"functions":[{"fun","versions",
+    /// "resources","brokers","capacity"}]}`.
+    Functions,
     /// Publish one message to a topic. Prints nothing, or `{"matched":N}` with --confirm; it
     /// always waits for the broker to route the message before exiting.
     Pub {
@@ -148,7 +154,7 @@ where
             ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => Usage::Print(e.to_string()),
             ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
                 Usage::Invalid(Error::Invalid(
-                    "a command is required: call, plan, status, pub, sub or keygen (see --help)"
+                    "a command is required: call, plan, status, cluster, functions, pub, sub or keygen (see --help)"
                         .to_string(),
                 ))
             }

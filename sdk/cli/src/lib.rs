@@ -191,6 +191,8 @@ pub async fn execute_until(
             progress,
         },
         Command::Status => Work::Status,
+        Command::Cluster => Work::Cluster,
+        Command::Functions => Work::Functions,
         Command::Pub {
             topic,
             payload,
@@ -302,6 +304,22 @@ async fn perform(
                 .map_err(|e| Error::Invalid(format!("cannot print the status: {e}")))?;
             emit(out, &line)
         }
+        Work::Cluster => {
+            let reply = client.cluster().await?;
+            let line = serde_json::json!({
+                "cluster": reply.cluster,
+                "self": reply.self_name,
+                "members": reply.members,
+            });
+            emit(out, &line.to_string())
+        }
+        Work::Functions => {
+            let reply = client.functions().await?;
+            emit(
+                out,
+                &serde_json::json!({ "functions": reply.functions }).to_string(),
+            )
+        }
         Work::Publish {
             topic,
             payload,
@@ -327,6 +345,8 @@ enum Work {
         progress: bool,
     },
     Status,
+    Cluster,
+    Functions,
     Publish {
         topic: String,
         payload: Value,
@@ -418,6 +438,7 @@ mod tests {
     fn output_lines() {
         let p = Progress {
             id: 1,
+            plan: None,
             step: "a".into(),
             fun: "echo".into(),
             worker: "n1".into(),

@@ -1,0 +1,605 @@
+//! The peer edge: messages from the other brokers of the cluster (membership, catalogue,
+//! forwarded steps and publishes), and this broker's side of forwarding.
+//!
+//! The broker a client talks to owns the plan. A ready step with no local worker that can run
+//! it goes to the best peer whose catalogue can ([`Engine::forward_step`]); that peer runs it
+//! as a one-step plan on its own workers only (one hop: a forwarded step is never forwarded
+//! again) and answers with its value, a failure, or a reject (it cannot run it after all: the
+//! owner tries the next candidate). Deadlines travel as remaining time. A peer that dies has
+//! its forwarded steps re-dispatched, as for a dead worker.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use mpreg_protocol::peer::{
+    Bye, Capability, DeltaAck, FwdCancel, FwdFailure, FwdPublish, FwdReject, FwdResult, FwdStep,
+    Hello, MemberState, Refused, SyncRequest,
+};
+use mpreg_protocol::{BrokerId, Gossip, PeerMessage, PlanId, TaskId, Value};
+
+use super::failure::Failure;
+use super::plans::{ReplyTo, StepIx};
+use super::Engine;
+use crate::cluster::catalogue::Applied;
+use crate::cluster::membership::Action;
+use crate::outbox::{Delivery, Link, Outbox};
+
+impl Engine {
+    /// A message from the peer broker `from` on one of its links.
+    pub fn on_peer(
+        &mut self,
+        out: &mut impl Outbox,
+        from: BrokerId,
+        message: PeerMessage,
+        now: Instant,
+    ) {
+        if self.peers.is_none() {
+            return;
+        }
+        match message.into_swim() {
+            Ok(swim) => {
+                let actions = match &mut self.peers {
+                    Some(peers) => peers.membership.on_message(from, swim, now),
+                    None => return,
+                };
+                self.member_actions(out, actions, now);
+            }
+            Err(message) => self.on_peer_message(out, from, *message, now),
+        }
+        self.drain_ready(out, now);
+        self.publish_catalogue(out);
+    }
+
+    fn on_peer_message(
+        &mut self,
+        out: &mut impl Outbox,
+        from: BrokerId,
+        message: PeerMessage,
+        now: Instant,
+    ) {
+        match message {
+            PeerMessage::Hello(hello) => self.on_hello(out, hello, true, now),
+            PeerMessage::Welcome(hello) => self.on_hello(out, hello, false, now),
+            PeerMessage::Refused(refused) => {
+                slog::error!(self.log, "a peer refused this broker"; "peer" => %from, "reason" => refused.reason);
+            }
+            PeerMessage::Sync(_) => {
+                let Some(peers) = &self.peers else { return };
+                let snapshot = peers.local.snapshot(peers.config.me);
+                if let Some(endpoint) = peers.endpoint_of(from).map(str::to_string) {
+                    let _ = out.to_peer(&endpoint, Link::Control, &PeerMessage::Snapshot(snapshot));
+                }
+            }
+            PeerMessage::Snapshot(snapshot) => {
+                if let Some(peers) = &mut self.peers {
+                    if peers.catalogue.apply_snapshot(&snapshot) {
+                        peers.interest_changed();
+                    }
+                }
+            }
+            PeerMessage::Catalogue(delta) => {
+                let origin = delta.origin;
+                let seq = delta.seq;
+                self.apply_delta(out, delta);
+                if let Some(endpoint) = self.peer_endpoint(from) {
+                    let ack = PeerMessage::DeltaAck(DeltaAck { origin, seq });
+                    let _ = out.to_peer(&endpoint, Link::Control, &ack);
+                }
+            }
+            PeerMessage::DeltaAck(_) => {}
+            PeerMessage::FwdStep(step) => self.serve_forward(out, from, step, now),
+            PeerMessage::FwdResult(result) => {
+                let task = TaskId(result.fid);
+                if let Some(state) = self.scheduler.answered_by_peer(from, task) {
+                    self.plans.ran_on(state.plan, &result.worker);
+                    self.complete_task(out, task, state, result.value, 0, now);
+                }
+            }
+            PeerMessage::FwdFailure(failure) => {
+                let task = TaskId(failure.fid);
+                let Some(state) = self.scheduler.answered_by_peer(from, task) else {
+                    return;
+                };
+                self.plans.task_ended(state.plan, task);
+                let Some(def) = self.plans.get(state.plan).map(|p| p.step(state.step)) else {
+                    return;
+                };
+                let failed = Failure::Remote(Box::new(super::failure::RemoteFailure {
+                    step: def.name.clone(),
+                    fun: def.fun.clone(),
+                    code: failure.code,
+                    cause: failure.cause,
+                    worker: failure.worker,
+                    message: failure.message,
+                    peer: self.peer_name(from),
+                }));
+                self.counters.steps_failed += 1;
+                self.fail_plan(out, state.plan, failed, now);
+            }
+            PeerMessage::FwdReject(reject) => {
+                let task = TaskId(reject.fid);
+                if let Some(state) = self.scheduler.answered_by_peer(from, task) {
+                    slog::debug!(self.log, "forward rejected"; "plan" => %state.plan, "peer" => %from, "reason" => reject.reason);
+                    self.plans.task_ended(state.plan, task);
+                    self.plans.rejected_by(state.plan, state.step, from);
+                    self.ready.push_back((state.plan, state.step));
+                }
+            }
+            PeerMessage::FwdCancel(cancel) => {
+                if let Some(plan) = self.plans.forward_of(from, cancel.fid) {
+                    self.end_silently(out, plan, now);
+                }
+            }
+            PeerMessage::FwdPublish(publish) => {
+                // For this broker's subscribers only: never forwarded again.
+                self.exchange.publish_as(
+                    out,
+                    publish.id,
+                    &publish.topic,
+                    publish.headers,
+                    publish.payload,
+                    now,
+                );
+            }
+            PeerMessage::Bye(bye) => self.member_left(out, bye.broker, now),
+            PeerMessage::Probe(_) | PeerMessage::ProbeAck(_) | PeerMessage::ProbeRequest(_) => {}
+        }
+    }
+
+    /// A message from a peer's gossip socket.
+    pub fn on_gossip(&mut self, out: &mut impl Outbox, message: Gossip, now: Instant) {
+        match message {
+            Gossip::Catalogue(delta) => self.apply_delta(out, delta),
+            Gossip::Digest(digest) => {
+                let Some(peers) = &mut self.peers else { return };
+                if digest.origin == peers.config.me || !peers.membership.is_reachable(digest.origin)
+                {
+                    return;
+                }
+                peers.load.insert(digest.origin, digest.free);
+                if peers.catalogue.is_behind(digest.origin, digest.seq) {
+                    self.request_sync(out, digest.origin);
+                }
+            }
+        }
+        self.drain_ready(out, now);
+    }
+
+    fn apply_delta(&mut self, out: &mut impl Outbox, delta: mpreg_protocol::peer::CatalogueDelta) {
+        let Some(peers) = &mut self.peers else { return };
+        if delta.origin == peers.config.me || !peers.membership.is_reachable(delta.origin) {
+            return;
+        }
+        match peers.catalogue.apply_delta(&delta) {
+            Applied::Applied => peers.interest_changed(),
+            Applied::Stale => {}
+            Applied::NeedSnapshot => self.request_sync(out, delta.origin),
+        }
+    }
+
+    fn request_sync(&mut self, out: &mut impl Outbox, origin: BrokerId) {
+        if let Some(endpoint) = self.peer_endpoint(origin) {
+            let sync = PeerMessage::Sync(SyncRequest { origin });
+            let _ = out.to_peer(&endpoint, Link::Control, &sync);
+        }
+    }
+
+    fn on_hello(&mut self, out: &mut impl Outbox, hello: Hello, answer: bool, now: Instant) {
+        let Some(peers) = &mut self.peers else { return };
+        let endpoint = hello.me.endpoints.peer.clone();
+        if hello.cluster != peers.config.cluster {
+            slog::warn!(self.log, "refused a broker of another cluster";
+                "peer" => &hello.me.name, "its_cluster" => &hello.cluster);
+            let refused = PeerMessage::Refused(Refused {
+                reason: format!(
+                    "this broker is in cluster {:?}, not {:?}",
+                    peers.config.cluster, hello.cluster
+                ),
+            });
+            let _ = out.to_peer(&endpoint, Link::Control, &refused);
+            return;
+        }
+        peers.unanswered_seeds.remove(&endpoint);
+        let mut actions = peers.membership.apply(hello.me, now);
+        for member in hello.members {
+            actions.extend(peers.membership.apply(member, now));
+        }
+        if answer {
+            let welcome = PeerMessage::Welcome(peers.hello());
+            let _ = out.to_peer(&endpoint, Link::Control, &welcome);
+        }
+        self.member_actions(out, actions, now);
+    }
+
+    /// Carries out what the failure detector decided.
+    pub(super) fn member_actions(
+        &mut self,
+        out: &mut impl Outbox,
+        actions: Vec<Action>,
+        now: Instant,
+    ) {
+        for action in actions {
+            match action {
+                Action::Send(to, swim) => {
+                    if let Some(endpoint) = self.peer_endpoint(to) {
+                        let _ = out.to_peer(&endpoint, Link::Control, &PeerMessage::from(swim));
+                    }
+                }
+                Action::Connect(id, endpoints) => {
+                    out.connect_peer(&endpoints);
+                    let Some(peers) = &self.peers else { continue };
+                    let hello = PeerMessage::Hello(peers.hello());
+                    let _ = out.to_peer(&endpoints.peer, Link::Control, &hello);
+                    slog::info!(self.log, "member joined"; "member" => %id, "endpoint" => &endpoints.peer);
+                }
+                Action::Disconnect(id) => self.member_left(out, id, now),
+                Action::Changed(id, state) => {
+                    slog::info!(self.log, "member state"; "member" => %id, "state" => ?state);
+                }
+            }
+        }
+    }
+
+    /// A member is gone: forget its catalogue, re-dispatch the steps it ran for this broker,
+    /// and drop what this broker ran for it.
+    fn member_left(&mut self, out: &mut impl Outbox, id: BrokerId, now: Instant) {
+        let Some(peers) = &mut self.peers else { return };
+        let endpoints = peers.membership.get(id).map(|m| m.endpoints.clone());
+        if peers
+            .membership
+            .get(id)
+            .is_some_and(|m| m.state != MemberState::Dead)
+        {
+            let mut dead = peers.membership.me();
+            if let Some(m) = peers.membership.get(id) {
+                dead.broker = id;
+                dead.name = m.name.clone();
+                dead.endpoints = m.endpoints.clone();
+                dead.incarnation = m.incarnation;
+            }
+            dead.state = MemberState::Dead;
+            let _ = peers.membership.apply(dead, now);
+        }
+        peers.catalogue.forget(id);
+        peers.load.remove(&id);
+        peers.interest_changed();
+        if let Some(endpoints) = endpoints {
+            out.disconnect_peer(&endpoints);
+        }
+        for (task, orphan) in self.scheduler.remove_peer(id) {
+            self.plans.task_ended(orphan.plan, task);
+            match self
+                .plans
+                .retry(orphan.plan, orphan.step, self.config.max_retries)
+            {
+                Ok(()) => {
+                    if self.plans.get(orphan.plan).is_some() {
+                        self.counters.tasks_retried += 1;
+                        self.ready.push_back((orphan.plan, orphan.step));
+                    }
+                }
+                Err(retries) => {
+                    let Some(def) = self.plans.get(orphan.plan).map(|p| p.step(orphan.step)) else {
+                        continue;
+                    };
+                    let failure = Failure::WorkerLost {
+                        step: def.name.clone(),
+                        fun: def.fun.clone(),
+                        worker: format!("broker {id}"),
+                        retries,
+                    };
+                    self.fail_plan(out, orphan.plan, failure, now);
+                }
+            }
+        }
+        for plan in self.plans.of_peer(id) {
+            self.end_silently(out, plan, now);
+        }
+    }
+
+    /// Ends a plan without a reply (its owner is gone or cancelled it).
+    fn end_silently(&mut self, out: &mut impl Outbox, plan: PlanId, now: Instant) {
+        let Some(state) = self.plans.remove(plan) else {
+            return;
+        };
+        let mut freed = Vec::new();
+        for &task in &state.tasks {
+            if let Some(super::Runner::Worker(w)) = self.scheduler.cancel(out, task) {
+                freed.push(w);
+            }
+        }
+        freed.sort_unstable();
+        freed.dedup();
+        for worker in freed {
+            self.after_task_freed(out, worker, now);
+        }
+    }
+
+    /// Sends a ready step that no local worker can run to the best peer that can; false when
+    /// no peer can (or this broker is not in a cluster).
+    pub(super) fn forward_step(
+        &mut self,
+        out: &mut impl Outbox,
+        plan: PlanId,
+        step: StepIx,
+        now: Instant,
+    ) -> bool {
+        let Some(state) = self.plans.get(plan) else {
+            return true;
+        };
+        if matches!(state.reply_to, ReplyTo::Peer { .. }) {
+            return false; // One hop: a forwarded step is never forwarded again.
+        }
+        let Some(peers) = &mut self.peers else {
+            return false;
+        };
+        let def = state.step(step);
+        let exclude: Vec<BrokerId> = state
+            .rejected
+            .iter()
+            .filter(|(s, _)| *s == step)
+            .map(|(_, p)| *p)
+            .collect();
+        let candidates = peers.candidates(&def.fun, None, &def.locs, &exclude);
+        let owner = peers.config.endpoints.peer.clone();
+        let args = match state.task_args(step, &self.config.limits) {
+            Ok(args) => args,
+            Err(failure) => {
+                self.fail_plan(out, plan, failure, now);
+                return true;
+            }
+        };
+        let task = self.scheduler.next_task_id();
+        let message = PeerMessage::FwdStep(FwdStep {
+            fid: task.0,
+            plan,
+            step: def.name.clone(),
+            fun: def.fun.clone(),
+            version: None,
+            args: args.args.into_owned(),
+            kwargs: args.kwargs.into_owned(),
+            locs: def.locs.clone(),
+            remaining_ms: state.remaining(now).as_millis() as u64,
+            timeout_ms: def.timeout_ms,
+            owner,
+        });
+        let timeout = def.timeout_ms.map(std::time::Duration::from_millis);
+        for peer in candidates {
+            let Some(endpoint) = self.peer_endpoint(peer) else {
+                continue;
+            };
+            if out.to_peer(&endpoint, Link::Data, &message) == Delivery::Sent {
+                self.scheduler
+                    .forwarded(task, peer, plan, step, timeout, now);
+                self.plans.task_started(plan, task);
+                self.counters.tasks_forwarded += 1;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Runs a step forwarded by `from` as a one-step plan on this broker's workers.
+    fn serve_forward(
+        &mut self,
+        out: &mut impl Outbox,
+        from: BrokerId,
+        step: FwdStep,
+        now: Instant,
+    ) {
+        let fid = step.fid;
+        let endpoint = step.owner.clone();
+        if self.shutdown_deadline.is_some() {
+            let reject = PeerMessage::FwdReject(FwdReject {
+                fid,
+                reason: "draining".into(),
+            });
+            let _ = out.to_peer(&endpoint, Link::Data, &reject);
+            return;
+        }
+        let id = self.ids.plan(now);
+        self.counters.forwards_served += 1;
+        if let Err(failure) =
+            self.plans
+                .admit_forward(id, from, endpoint.clone(), step, now, &mut self.ready)
+        {
+            let reject = PeerMessage::FwdReject(FwdReject {
+                fid,
+                reason: failure.into_reply(None).message,
+            });
+            let _ = out.to_peer(&endpoint, Link::Data, &reject);
+        }
+    }
+
+    /// The answer to a forwarded step: its value.
+    pub(super) fn answer_forward(
+        &mut self,
+        out: &mut impl Outbox,
+        endpoint: &str,
+        fid: u64,
+        value: Value,
+        worker: String,
+    ) {
+        let result = PeerMessage::FwdResult(FwdResult { fid, value, worker });
+        let _ = out.to_peer(endpoint, Link::Data, &result);
+    }
+
+    /// The answer to a forwarded step that failed here, or that no worker here can run.
+    pub(super) fn answer_forward_failure(
+        &mut self,
+        out: &mut impl Outbox,
+        endpoint: &str,
+        fid: u64,
+        failure: Failure,
+    ) {
+        let message = match failure {
+            Failure::NoRoute { .. } | Failure::WorkerLostNoOther { .. } => {
+                PeerMessage::FwdReject(FwdReject {
+                    fid,
+                    reason: failure.into_reply(None).message,
+                })
+            }
+            Failure::Cancelled | Failure::ClientGone => return,
+            other => {
+                let reply = other.into_reply(None);
+                PeerMessage::FwdFailure(FwdFailure {
+                    fid,
+                    code: reply.code,
+                    cause: reply.cause,
+                    message: reply.message,
+                    worker: reply.worker,
+                })
+            }
+        };
+        let _ = out.to_peer(endpoint, Link::Data, &message);
+    }
+
+    /// Tells the peer running a forwarded task that it is no longer wanted.
+    pub(super) fn cancel_forward(&mut self, out: &mut impl Outbox, peer: BrokerId, task: TaskId) {
+        if let Some(endpoint) = self.peer_endpoint(peer) {
+            let cancel = PeerMessage::FwdCancel(FwdCancel { fid: task.0 });
+            let _ = out.to_peer(&endpoint, Link::Data, &cancel);
+        }
+    }
+
+    /// Hands a message published here to the peers whose subscribers want it.
+    pub(super) fn forward_publish(
+        &mut self,
+        out: &mut impl Outbox,
+        peers: &[BrokerId],
+        id: &str,
+        topic: &str,
+        headers: &BTreeMap<String, String>,
+        payload: &Value,
+    ) {
+        if peers.is_empty() {
+            return;
+        }
+        let message = PeerMessage::FwdPublish(FwdPublish {
+            id: id.to_string(),
+            topic: topic.to_string(),
+            headers: headers.clone(),
+            payload: payload.clone(),
+        });
+        for &peer in peers {
+            if let Some(endpoint) = self.peer_endpoint(peer) {
+                if out.to_peer(&endpoint, Link::Data, &message) != Delivery::Sent {
+                    self.counters.publishes_not_forwarded += 1;
+                }
+            }
+        }
+    }
+
+    /// The peers wanting `topic` (none outside a cluster).
+    pub(super) fn interested_peers(&mut self, topic: &str) -> Vec<BrokerId> {
+        match &mut self.peers {
+            Some(peers) => peers.interested(topic),
+            None => Vec::new(),
+        }
+    }
+
+    /// Publishes this broker's catalogue delta if its workers or subscriptions changed.
+    pub(super) fn publish_catalogue(&mut self, out: &mut impl Outbox) {
+        let Some(peers) = &mut self.peers else { return };
+        if !peers.dirty {
+            return;
+        }
+        let classes = local_classes(self.scheduler.registry());
+        let patterns = self.exchange.patterns();
+        if let Some(delta) = peers.refresh_local(classes, patterns) {
+            out.gossip(&Gossip::Catalogue(delta));
+        }
+    }
+
+    /// Marks this broker's catalogue as changed.
+    pub(super) fn catalogue_changed(&mut self) {
+        if let Some(peers) = &mut self.peers {
+            peers.dirty = true;
+        }
+    }
+
+    /// The cluster's timers: failure detection, introductions to seeds, the digest.
+    pub(super) fn cluster_tick(&mut self, out: &mut impl Outbox, now: Instant) {
+        let Some(peers) = &mut self.peers else { return };
+        let actions = peers.membership.on_tick(now);
+        if now >= peers.next_hello && !peers.unanswered_seeds.is_empty() {
+            peers.next_hello = now + peers.config.hello_interval;
+            let hello = PeerMessage::Hello(peers.hello());
+            for seed in &peers.unanswered_seeds {
+                let _ = out.to_peer(seed, Link::Control, &hello);
+            }
+        }
+        if now >= peers.next_digest {
+            peers.next_digest = now + peers.config.digest_interval;
+            let free = self
+                .scheduler
+                .registry()
+                .iter()
+                .filter(|(_, w)| !w.draining)
+                .map(|(_, w)| w.capacity.saturating_sub(w.tasks.len() as u32))
+                .sum();
+            let digest = mpreg_protocol::peer::Digest {
+                origin: peers.config.me,
+                seq: peers.local.view().seq,
+                free,
+            };
+            out.gossip(&Gossip::Digest(digest));
+        }
+        self.member_actions(out, actions, now);
+        self.publish_catalogue(out);
+    }
+
+    /// Says goodbye to every member (graceful shutdown).
+    pub fn leave_cluster(&mut self, out: &mut impl Outbox) {
+        let Some(peers) = &self.peers else { return };
+        let bye = PeerMessage::Bye(Bye {
+            broker: peers.config.me,
+            reason: "shutting down".into(),
+        });
+        for (_, m) in peers.membership.members() {
+            if m.state != MemberState::Dead {
+                let _ = out.to_peer(&m.endpoints.peer, Link::Control, &bye);
+            }
+        }
+    }
+
+    fn peer_endpoint(&self, id: BrokerId) -> Option<String> {
+        self.peers.as_ref()?.endpoint_of(id).map(str::to_string)
+    }
+
+    fn peer_name(&self, id: BrokerId) -> String {
+        self.peers
+            .as_ref()
+            .and_then(|p| p.membership.get(id))
+            .map_or_else(|| id.to_string(), |m| m.name.clone())
+    }
+}
+
+impl Engine {
+    /// This broker's capability classes.
+    pub(super) fn own_classes(&self) -> Vec<Capability> {
+        local_classes(self.scheduler.registry())
+    }
+}
+
+/// This broker's capability classes: its workers grouped by function and exact resource set,
+/// capacities summed (draining workers left out).
+fn local_classes(registry: &crate::registry::Registry) -> Vec<Capability> {
+    let mut classes: BTreeMap<(String, Vec<String>), u32> = BTreeMap::new();
+    for (_, w) in registry.iter().filter(|(_, w)| !w.draining) {
+        let mut resources: Vec<String> = w.resources.iter().cloned().collect();
+        resources.sort();
+        for fun in &w.functions {
+            *classes.entry((fun.clone(), resources.clone())).or_default() += w.capacity;
+        }
+    }
+    classes
+        .into_iter()
+        .map(|((fun, resources), capacity)| Capability {
+            fun,
+            version: String::new(),
+            resources,
+            capacity,
+        })
+        .collect()
+}
