@@ -411,6 +411,7 @@ pub fn plan_validation(data: &[u8]) {
             all_results: false,
             progress: false,
             progress_topic: None,
+            plan: None,
         };
         let body = encode_body(&plan);
         let decoded = decode_body::<PlanRequest>(&body, &Limits::default())

@@ -11,6 +11,7 @@ use mpreg_protocol::{TaskId, WorkerId};
 
 use crate::outbox::{RoutingId, WorkerAddr};
 use crate::placement::{place, Candidate, Placement, Pool};
+use crate::versions::{matches_version, Requirement};
 
 /// One registered worker.
 #[derive(Debug)]
@@ -23,6 +24,8 @@ pub struct Worker {
     pub functions: Vec<String>,
     /// Resources it holds.
     pub resources: HashSet<String>,
+    /// Versions of its functions (a function not listed has none).
+    pub versions: BTreeMap<String, String>,
     /// Tasks it may run at once.
     pub capacity: u32,
     /// Tasks sent to it and not yet answered, in dispatch order.
@@ -39,6 +42,11 @@ impl Worker {
     /// Whether it holds every resource in `locs`.
     pub fn holds(&self, locs: &[String]) -> bool {
         locs.iter().all(|l| self.resources.contains(l))
+    }
+
+    /// The version it registered `fun` with (empty: none).
+    pub fn version(&self, fun: &str) -> &str {
+        self.versions.get(fun).map_or("", String::as_str)
     }
 
     /// Whether it can take another task now.
@@ -58,6 +66,8 @@ pub struct Registration {
     pub functions: Vec<String>,
     /// Resources it holds.
     pub resources: Vec<String>,
+    /// Versions of its functions.
+    pub versions: BTreeMap<String, String>,
     /// Capacity granted.
     pub capacity: u32,
     /// Its CURVE key.
@@ -101,6 +111,7 @@ impl Registry {
                 name: registration.name,
                 functions,
                 resources: registration.resources.into_iter().collect(),
+                versions: registration.versions,
                 capacity: registration.capacity.max(1),
                 tasks,
                 last_seen: now,
@@ -156,16 +167,29 @@ impl Registry {
         self.workers.is_empty()
     }
 
-    /// Decides where a step of `fun` asking for `locs` goes ([`place`]), advancing the
-    /// rotation among equals.
-    pub fn place(&mut self, fun: &str, locs: &[String]) -> Placement {
+    /// Decides where a step of `fun` (in a version `version` accepts) asking for `locs` goes
+    /// ([`place`]), advancing the rotation among equals.
+    pub fn place(
+        &mut self,
+        fun: &str,
+        version: Option<&Requirement>,
+        locs: &[String],
+    ) -> Placement {
         self.rotation = self.rotation.wrapping_add(1);
         let pool = FunPool {
             ids: self.by_fun.get(fun).map_or(&[], Vec::as_slice),
             workers: &self.workers,
+            fun,
+            version,
             locs,
         };
         place(&pool, self.rotation)
+    }
+
+    /// [`Registry::place`] without a version requirement.
+    #[cfg(test)]
+    pub fn place_any(&mut self, fun: &str, locs: &[String]) -> Placement {
+        self.place(fun, None, locs)
     }
 
     /// Workers not heard from since `cutoff`, in registration order.
@@ -181,6 +205,8 @@ impl Registry {
 struct FunPool<'a> {
     ids: &'a [WorkerId],
     workers: &'a BTreeMap<WorkerId, Worker>,
+    fun: &'a str,
+    version: Option<&'a Requirement>,
     locs: &'a [String],
 }
 
@@ -197,7 +223,7 @@ impl Pool for FunPool<'_> {
                 outstanding: u32::try_from(w.tasks.len()).unwrap_or(u32::MAX),
                 capacity: w.capacity,
                 draining: w.draining,
-                holds: w.holds(self.locs),
+                holds: w.holds(self.locs) && matches_version(w.version(self.fun), self.version),
             },
             // Indexes and workers change together; a stale index entry is simply unusable.
             None => Candidate {
@@ -226,6 +252,7 @@ mod tests {
                 name: name.into(),
                 functions: funs.iter().map(|s| s.to_string()).collect(),
                 resources: res.iter().map(|s| s.to_string()).collect(),
+                versions: BTreeMap::new(),
                 capacity: cap,
                 key: None,
             },
@@ -238,18 +265,18 @@ mod tests {
         let mut r = Registry::default();
         let a = reg(&mut r, "a", &["echo"], &["gpu", "eu"], 4);
         let b = reg(&mut r, "b", &["echo", "train"], &["cpu"], 4);
-        assert_eq!(r.place("train", &[]), Placement::Local(b));
-        assert_eq!(r.place("echo", &["gpu".into()]), Placement::Local(a));
+        assert_eq!(r.place_any("train", &[]), Placement::Local(b));
+        assert_eq!(r.place_any("echo", &["gpu".into()]), Placement::Local(a));
         assert_eq!(
-            r.place("echo", &["gpu".into(), "eu".into()]),
+            r.place_any("echo", &["gpu".into(), "eu".into()]),
             Placement::Local(a)
         );
         assert_eq!(
-            r.place("echo", &["gpu".into(), "cpu".into()]),
+            r.place_any("echo", &["gpu".into(), "cpu".into()]),
             Placement::NoRoute(NoRoute::MissingResources)
         );
         assert_eq!(
-            r.place("nope", &[]),
+            r.place_any("nope", &[]),
             Placement::NoRoute(NoRoute::UnknownFunction)
         );
     }
@@ -259,19 +286,19 @@ mod tests {
         let mut r = Registry::default();
         let a = reg(&mut r, "a", &["f"], &[], 2);
         let b = reg(&mut r, "b", &["f"], &[], 2);
-        let picks: HashSet<_> = (0..4).map(|_| r.place("f", &[])).collect();
+        let picks: HashSet<_> = (0..4).map(|_| r.place_any("f", &[])).collect();
         assert_eq!(picks.len(), 2);
         r.get_mut(a).unwrap().tasks.insert(TaskId(1));
         for _ in 0..4 {
-            assert_eq!(r.place("f", &[]), Placement::Local(b));
+            assert_eq!(r.place_any("f", &[]), Placement::Local(b));
         }
         r.get_mut(b).unwrap().tasks.extend([TaskId(2), TaskId(3)]);
-        assert_eq!(r.place("f", &[]), Placement::Local(a));
+        assert_eq!(r.place_any("f", &[]), Placement::Local(a));
         r.get_mut(a).unwrap().tasks.insert(TaskId(4));
-        assert_eq!(r.place("f", &[]), Placement::Wait);
+        assert_eq!(r.place_any("f", &[]), Placement::Wait);
         r.get_mut(a).unwrap().draining = true;
         r.get_mut(b).unwrap().draining = true;
-        assert_eq!(r.place("f", &[]), Placement::NoRoute(NoRoute::Draining));
+        assert_eq!(r.place_any("f", &[]), Placement::NoRoute(NoRoute::Draining));
     }
 
     #[test]
@@ -283,7 +310,7 @@ mod tests {
         assert_eq!(a2, a, "the same connection keeps its id");
         assert!(r.get(a2).unwrap().tasks.contains(&TaskId(9)));
         assert_eq!(
-            r.place("f", &[]),
+            r.place_any("f", &[]),
             Placement::NoRoute(NoRoute::UnknownFunction)
         );
         r.remove(a2);

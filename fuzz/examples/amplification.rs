@@ -62,6 +62,7 @@ fn engine_with_worker() -> (Engine, Recorder, Instant) {
         functions: vec!["echo".into()],
         resources: vec![],
         capacity: 8,
+        versions: Default::default(),
     });
     engine.on_worker_message(&mut out, &frames(b"w", "register", register), now);
     (engine, out, now)
@@ -75,6 +76,7 @@ fn plan(steps: Vec<Step>) -> Vec<u8> {
         all_results: false,
         progress: false,
         progress_topic: None,
+        plan: None,
     })
 }
 

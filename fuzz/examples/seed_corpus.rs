@@ -46,6 +46,7 @@ fn plan(id: u64, steps: Vec<Step>) -> PlanRequest {
         all_results: false,
         progress: false,
         progress_topic: None,
+        plan: None,
     }
 }
 
@@ -179,6 +180,7 @@ fn main() {
         functions: vec!["echo".into()],
         resources: vec!["gpu".into()],
         capacity: 2,
+        versions: Default::default(),
     });
     let mut conversation = message(worker(4), &[b"w1", VERSION, b"register", &register]);
     for (i, (_, p)) in plans().into_iter().enumerate() {

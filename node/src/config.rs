@@ -26,6 +26,8 @@ pub struct NodeConfig {
     pub server_key: String,
     /// This node's CURVE key-pair file.
     pub key_file: String,
+    /// Versions of the built-in functions, by name (`echo = "1.2.0"`).
+    pub versions: std::collections::BTreeMap<String, String>,
 }
 
 /// The command-line flags, each declared once: clap reads the flag, serde names the
@@ -68,6 +70,26 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_file: Option<String>,
+    /// A built-in function's version, as NAME=VERSION (repeatable), e.g. echo=1.2.0.
+    #[arg(long = "function-version", value_name = "NAME=VERSION")]
+    #[serde(
+        rename = "versions",
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "pairs_as_map"
+    )]
+    pub versions: Vec<String>,
+}
+
+/// `NAME=VERSION` flags as the map the configuration holds (a flag without `=` is kept whole
+/// as a name with an empty version, which validation refuses by name).
+fn pairs_as_map<S: serde::Serializer>(pairs: &[String], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(pairs.len()))?;
+    for pair in pairs {
+        let (name, version) = pair.split_once('=').unwrap_or((pair.as_str(), ""));
+        map.serialize_entry(name, version)?;
+    }
+    map.end()
 }
 
 impl NodeConfig {
@@ -117,6 +139,14 @@ impl NodeConfig {
         }
         if self.capacity == 0 {
             return invalid("capacity", "must be at least 1".into());
+        }
+        for (name, version) in &self.versions {
+            if let Err(e) = semver::Version::parse(version) {
+                return invalid(
+                    &format!("versions.{name}"),
+                    format!("{version:?} is not a semantic version (1.2.3): {e}"),
+                );
+            }
         }
         // What a broker with default limits accepts in a registration (`max_name_bytes`,
         // `max_locs`): anything longer would be refused at every registration.

@@ -84,6 +84,7 @@ pub struct NodeBuilder {
     resources: Vec<String>,
     capacity: u32,
     functions: HashMap<String, Function>,
+    versions: HashMap<String, String>,
     on_registered: Option<OnRegistered>,
     log: slog::Logger,
     curve: Option<mpreg_transport::Curve>,
@@ -98,6 +99,7 @@ impl NodeBuilder {
             resources: Vec::new(),
             capacity: 64,
             functions: HashMap::new(),
+            versions: HashMap::new(),
             on_registered: None,
             log: slog::Logger::root(slog::Discard, slog::o!()),
             curve: None,
@@ -184,7 +186,21 @@ impl NodeBuilder {
         self
     }
 
-    /// Adds the built-ins: `echo`, `echos`, `sleep`, `fail`.
+    /// Registers `function` with a semantic version (`"1.4.2"`): steps may then ask for a
+    /// version requirement (`">=1.2, <2"`) and only workers whose version satisfies it run
+    /// them. A function given no version counts as `0.0.0` for requirements.
+    ///
+    /// ```
+    /// let node = mpreg_node::NodeBuilder::new("n")
+    ///     .builtins()
+    ///     .version("echo", "2.1.0");
+    /// ```
+    pub fn version(mut self, function: impl Into<String>, version: impl Into<String>) -> Self {
+        self.versions.insert(function.into(), version.into());
+        self
+    }
+
+    /// Adds the built-ins: `echo`, `echos`, `echokw`, `sleep`, `fail`.
     pub fn builtins(mut self) -> Self {
         for (name, f) in functions::builtins() {
             self.functions.insert(name.to_string(), f);
@@ -228,6 +244,7 @@ impl NodeBuilder {
         let setup = NodeSetup {
             name: self.name,
             functions: self.functions,
+            versions: self.versions,
             resources: self.resources,
             capacity: self.capacity,
             brokers: self.brokers,

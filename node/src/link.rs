@@ -152,6 +152,8 @@ enum Phase {
 pub(crate) struct NodeSetup {
     pub(crate) name: String,
     pub(crate) functions: HashMap<String, Function>,
+    /// Semantic versions of some functions.
+    pub(crate) versions: HashMap<String, String>,
     pub(crate) resources: Vec<String>,
     pub(crate) capacity: u32,
     pub(crate) brokers: Vec<String>,
@@ -198,6 +200,7 @@ impl NodeHandler {
             functions,
             resources,
             capacity: setup.capacity.max(1),
+            versions: setup.versions.clone().into_iter().collect(),
         });
         let links = setup
             .brokers

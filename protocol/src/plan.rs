@@ -44,6 +44,10 @@ pub struct Step {
     /// How many times the step is re-dispatched when its worker dies (default: the broker's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
+    /// The function versions the step accepts, as a semantic version requirement
+    /// (`">=1.2, <2"`, `"^1.4"`); default: any version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 impl Step {
@@ -57,6 +61,7 @@ impl Step {
             locs: Vec::new(),
             timeout_ms: None,
             retries: None,
+            version: None,
         }
     }
 }
@@ -90,6 +95,13 @@ pub struct PlanRequest {
     /// body as a map).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_topic: Option<String>,
+    /// A plan id chosen by the client (a ULID), so that the plan can be sent again (to
+    /// another broker after a failover, or to the same one after a reconnection) without
+    /// running twice where it was seen: a broker that has it in flight sends its replies to
+    /// the new connection, one that finished it recently sends its final reply again.
+    /// Default: the broker gives the plan an id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanId>,
 }
 
 pub(crate) fn is_false(b: &bool) -> bool {

@@ -23,6 +23,14 @@ pub struct Register {
     pub resources: Vec<String>,
     /// Tasks it may run at once (the broker may grant fewer).
     pub capacity: u32,
+    /// Semantic versions of its functions, by function name (`"1.4.2"`); a function not
+    /// listed has no version (steps asking for a version requirement see it as `0.0.0`).
+    #[serde(
+        default,
+        deserialize_with = "nil_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub versions: BTreeMap<String, String>,
 }
 
 /// `registered`: the broker accepted a registration.

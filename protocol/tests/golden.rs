@@ -43,12 +43,14 @@ fn samples() -> Vec<Sample> {
                 locs: vec!["gpu".into(), "dataset-a".into()],
                 timeout_ms: Some(5000),
                 retries: Some(1),
+                version: None,
             },
         ],
         deadline_ms: Some(30_000),
         all_results: true,
         progress: true,
         progress_topic: Some("plans.progress".into()),
+        plan: Some("01JQ4Y5VJ7T0D8S3R5Y2M6W8XC".parse().unwrap()),
     };
     let mut results = BTreeMap::new();
     results.insert(
@@ -198,6 +200,7 @@ fn samples() -> Vec<Sample> {
             functions: vec!["echo".into(), "echos".into()],
             resources: vec!["cpu".into(), "dataset-a".into()],
             capacity: 64,
+            versions: Default::default(),
         })
     );
     sample!(

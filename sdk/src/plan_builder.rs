@@ -120,6 +120,22 @@ impl PlanBuilder {
         })
     }
 
+    /// Asks that the last step added run only on workers whose version of its function
+    /// satisfies `requirement` (Cargo's syntax: `">=1.2, <2"`, `"^1.4"`, `"=2.0.1"`); a
+    /// function registered without a version counts as `0.0.0`. No worker in a matching
+    /// version: `300 no_route`; an invalid requirement: `200 invalid_plan`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: mpreg::Client) -> Result<(), mpreg::Error> {
+    /// use mpreg::args;
+    /// let r = client.plan().step("fit", "train", args![]).version(">=1.2, <2").run().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn version(self, requirement: impl Into<String>) -> Self {
+        let requirement = requirement.into();
+        self.on_last_step("version", move |step| step.version = Some(requirement))
+    }
+
     /// Sets how many times the last step added is re-dispatched if its worker dies.
     pub fn retries(self, retries: u32) -> Self {
         self.on_last_step("retries", move |step| step.retries = Some(retries))
@@ -175,6 +191,7 @@ impl PlanBuilder {
             all_results: self.all_results,
             progress: self.progress,
             progress_topic: self.progress_topic.clone(),
+            plan: None,
         })
     }
 

@@ -97,6 +97,7 @@ impl Conn {
                 all_results: false,
                 progress: false,
                 progress_topic: None,
+                plan: None,
             })
         })
     }
@@ -277,6 +278,7 @@ fn raw_workers(ctx: &Context, b: &BrokerProc, n: usize) -> Vec<RawDealer> {
                 functions: vec!["f".into()],
                 resources: vec![],
                 capacity: 1,
+                versions: Default::default(),
             });
             w.send(&register.to_frames()).unwrap();
             let f = w.recv(WAIT).expect("registered");
@@ -327,6 +329,7 @@ fn a_compact_register_is_answered_compactly() {
         functions: vec!["f".into()],
         resources: vec![],
         capacity: 1,
+        versions: Default::default(),
     });
     w.send(&[register.to_compact_frame()]).unwrap();
     let f = w.recv(WAIT).expect("registered");
@@ -338,6 +341,7 @@ fn a_compact_register_is_answered_compactly() {
         functions: vec!["f".into()],
         resources: vec![],
         capacity: 1,
+        versions: Default::default(),
     });
     let w2 = RawDealer::connect(&ctx, &b.worker).unwrap();
     w2.send(&[bad.to_compact_frame()]).unwrap();
@@ -409,6 +413,7 @@ fn a_message_on_the_wrong_port_names_the_right_one() {
         functions: vec![],
         resources: vec![],
         capacity: 1,
+        versions: Default::default(),
     });
     wrong.send(&register.to_frames()).unwrap();
     match decode_reply(&wrong.recv(WAIT).expect("an error")) {

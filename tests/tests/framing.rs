@@ -19,6 +19,7 @@ fn plan(id: u64) -> ClientToBroker {
         all_results: false,
         progress: false,
         progress_topic: None,
+        plan: None,
     })
 }
 

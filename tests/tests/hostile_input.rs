@@ -108,6 +108,7 @@ fn oversized_bodies_and_plans_are_refused_with_their_codes() {
         all_results: false,
         progress: false,
         progress_topic: None,
+        plan: None,
     };
     let base = encode_body(&plan).len();
     // A str32 header is 5 bytes where the empty string took 1: exactly one byte over.
@@ -137,6 +138,7 @@ fn oversized_bodies_and_plans_are_refused_with_their_codes() {
             all_results: false,
             progress: false,
             progress_topic: None,
+            plan: None,
         })
         .to_frames(),
     )
@@ -162,6 +164,7 @@ fn invalid_plans_are_rejected_before_running() {
                 all_results: false,
                 progress: false,
                 progress_topic: None,
+                plan: None,
             })
             .to_frames(),
         )
@@ -206,6 +209,7 @@ fn invalid_plans_are_rejected_before_running() {
             all_results: false,
             progress: false,
             progress_topic: None,
+            plan: None,
         })
         .to_frames(),
     )
@@ -240,6 +244,7 @@ fn a_loop_through_max_steps_is_a_cycle_error_not_a_crash() {
         all_results: false,
         progress: false,
         progress_topic: None,
+        plan: None,
     };
     d.send(&ClientToBroker::Plan(plan).to_frames()).unwrap();
     let e = error(&d);

@@ -152,6 +152,7 @@ fn plan(id: u64, fun: &str, arg: Value) -> PlanRequest {
         all_results: false,
         progress: false,
         progress_topic: None,
+        plan: None,
     }
 }
 
@@ -265,6 +266,7 @@ fn only_listed_keys_get_in_and_only_for_what_they_may_do() {
         functions: vec!["echo".into()],
         resources: vec![],
         capacity: 1,
+        versions: Default::default(),
     });
     fake_worker.dealer.send(&register.to_frames()).unwrap();
     assert!(fake_worker.dealer.recv(REFUSED).is_none());
@@ -460,6 +462,7 @@ fn sleep_plan(id: u64, ms: u64, payload: Value) -> ClientToBroker {
         all_results: false,
         progress: false,
         progress_topic: None,
+        plan: None,
     })
 }
 

@@ -415,6 +415,7 @@ fn plan_progress_is_published_to_a_topic() {
             all_results: false,
             progress: false,
             progress_topic: Some("plans.p1.progress".into()),
+            plan: None,
         })
     });
     assert!(matches!(reply, BrokerToClient::Result(_)), "{reply:?}");

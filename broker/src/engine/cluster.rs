@@ -340,7 +340,7 @@ impl Engine {
             .filter(|(s, _)| *s == step)
             .map(|(_, p)| *p)
             .collect();
-        let candidates = peers.candidates(&def.fun, None, &def.locs, &exclude);
+        let candidates = peers.candidates(&def.fun, state.version(step), &def.locs, &exclude);
         let owner = peers.config.endpoints.peer.clone();
         let args = match state.task_args(step, &self.config.limits) {
             Ok(args) => args,
@@ -355,7 +355,7 @@ impl Engine {
             plan,
             step: def.name.clone(),
             fun: def.fun.clone(),
-            version: None,
+            version: def.version.clone(),
             args: args.args.into_owned(),
             kwargs: args.kwargs.into_owned(),
             locs: def.locs.clone(),
@@ -585,19 +585,20 @@ impl Engine {
 /// This broker's capability classes: its workers grouped by function and exact resource set,
 /// capacities summed (draining workers left out).
 fn local_classes(registry: &crate::registry::Registry) -> Vec<Capability> {
-    let mut classes: BTreeMap<(String, Vec<String>), u32> = BTreeMap::new();
+    let mut classes: BTreeMap<(String, String, Vec<String>), u32> = BTreeMap::new();
     for (_, w) in registry.iter().filter(|(_, w)| !w.draining) {
         let mut resources: Vec<String> = w.resources.iter().cloned().collect();
         resources.sort();
         for fun in &w.functions {
-            *classes.entry((fun.clone(), resources.clone())).or_default() += w.capacity;
+            let key = (fun.clone(), w.version(fun).to_string(), resources.clone());
+            *classes.entry(key).or_default() += w.capacity;
         }
     }
     classes
         .into_iter()
-        .map(|((fun, resources), capacity)| Capability {
+        .map(|((fun, version, resources), capacity)| Capability {
             fun,
-            version: String::new(),
+            version,
             resources,
             capacity,
         })

@@ -25,6 +25,8 @@ counters! {
     plans_completed,
     /// Plans that ended with an error after they started.
     plans_failed,
+    /// Plans sent again under their id and answered without running again.
+    plans_resumed,
     /// Plans refused by validation.
     plans_rejected,
     /// Plans refused by the per-client or broker quota.

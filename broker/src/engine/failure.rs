@@ -67,6 +67,8 @@ pub enum Failure {
         step: String,
         /// Its function.
         fun: String,
+        /// Its version requirement, if any.
+        version: Option<String>,
         /// Its resources.
         locs: Vec<String>,
         /// Which part of the request nobody satisfies.
@@ -296,6 +298,7 @@ impl Failure {
             NoRoute {
                 step,
                 fun,
+                version,
                 locs,
                 reason,
             } => {
@@ -303,7 +306,9 @@ impl Failure {
                     crate::placement::NoRoute::Draining => " (the workers that could are leaving)",
                     _ => "",
                 };
-                let message = format!("no worker serves `{fun}`{}{why}", in_brackets(&locs));
+                let version = version.map_or(String::new(), |v| format!(" in version {v}"));
+                let message =
+                    format!("no worker serves `{fun}`{version}{}{why}", in_brackets(&locs));
                 ErrorReply {
                     step: Some(step),
                     fun: Some(fun),
@@ -452,6 +457,7 @@ mod tests {
         let reply = Failure::NoRoute {
             step: "s".into(),
             fun: "echo".into(),
+            version: None,
             locs: vec!["tpu".into()],
             reason: NoRoute::MissingResources,
         }

@@ -28,7 +28,10 @@ impl Engine {
                 continue;
             };
             let def = state.step(step);
-            match self.scheduler.place(&def.fun, &def.locs) {
+            match self
+                .scheduler
+                .place(&def.fun, state.version(step), &def.locs)
+            {
                 Placement::Local(worker) => self.send_task(out, plan, step, worker, now),
                 Placement::Wait => {
                     let fun = def.fun.clone();
@@ -51,6 +54,7 @@ impl Engine {
                         Failure::NoRoute {
                             step: def.name.clone(),
                             fun: def.fun.clone(),
+                            version: def.version.clone(),
                             locs: def.locs.clone(),
                             reason,
                         }
@@ -173,12 +177,12 @@ impl Engine {
             .plans
             .record(state.plan, state.step, value, bytes, &mut self.ready);
         if recorded == super::plans::Recorded::Complete {
-            self.finish_plan(out, state.plan);
+            self.finish_plan(out, state.plan, now);
         }
         self.drain_ready(out, now);
     }
 
-    fn finish_plan(&mut self, out: &mut impl Outbox, plan: PlanId) {
+    fn finish_plan(&mut self, out: &mut impl Outbox, plan: PlanId, now: Instant) {
         let Some(mut state) = self.plans.remove(plan) else {
             return;
         };
@@ -192,6 +196,9 @@ impl Engine {
                     results: state.results(),
                 });
                 self.reply(out, &client, &reply);
+                if state.request.plan == Some(plan) {
+                    self.replays.keep(plan, state.quota.clone(), reply, now);
+                }
             }
             ReplyTo::Peer { endpoint, fid, .. } => {
                 let value = state.results().into_values().next().unwrap_or(Value::Nil);
@@ -229,7 +236,11 @@ impl Engine {
                 let mut reply = failure.into_reply(Some(state.request_id));
                 reply.plan = Some(plan);
                 reply.partial = state.partial();
-                self.send_error(out, &client, reply);
+                let reply = BrokerToClient::Error(reply);
+                self.reply(out, &client, &reply);
+                if state.request.plan == Some(plan) {
+                    self.replays.keep(plan, state.quota.clone(), reply, now);
+                }
             }
             ReplyTo::Peer { endpoint, fid, .. } => {
                 self.answer_forward_failure(out, &endpoint, fid, failure);

@@ -25,6 +25,7 @@ pub mod failure;
 mod flow;
 mod peers;
 mod plans;
+mod replay;
 mod requests;
 mod scheduler;
 mod status;
@@ -50,6 +51,7 @@ pub use scheduler::Runner;
 use clients::ClientLiveness;
 use peers::Peers;
 use plans::{PlanLimits, Plans};
+use replay::Replays;
 use scheduler::Scheduler;
 
 /// Settings of the engine (a part of the broker's configuration).
@@ -176,6 +178,8 @@ pub struct Engine {
     clients: ClientLiveness,
     /// The cluster, when this broker is in one.
     peers: Option<Peers>,
+    /// Final replies of plans whose client chose the id, for a client that sends one again.
+    replays: Replays,
     /// Steps whose references all have results, not yet placed: drained in a loop, so a
     /// chain of steps completing at once never recurses.
     ready: VecDeque<(PlanId, StepIx)>,
@@ -201,6 +205,7 @@ impl Engine {
             .map(|c| Peers::new(c, config.name.clone(), ids.seed(), now));
         Engine {
             peers,
+            replays: Replays::default(),
             next_heartbeat: now + config.heartbeat,
             exchange: Exchange::new(config.exchange.clone()),
             plans: Plans::new(plan_limits),

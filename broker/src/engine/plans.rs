@@ -15,6 +15,7 @@ use crate::outbox::{ClientAddr, RoutingId};
 use crate::plan_graph::PlanGraph;
 use crate::quote::quote;
 use crate::resolve::{check_footprint, resolve_args, Results, Unresolved};
+use crate::versions::{parse_requirement, Requirement};
 
 /// A step's index in its plan.
 pub type StepIx = u32;
@@ -59,11 +60,14 @@ pub struct PlanState {
     pub request_id: u64,
     /// Where its replies go.
     pub reply_to: ReplyTo,
-    quota: RoutingId,
+    /// Whose quota it counts against: the client's CURVE key, or its connection.
+    pub quota: RoutingId,
     bytes: usize,
     /// The plan as sent.
     pub request: PlanRequest,
     graph: PlanGraph,
+    /// Each step's version requirement, parsed.
+    versions: Vec<Option<Requirement>>,
     pending: Vec<u32>,
     results: Vec<Option<Value>>,
     attempts: Vec<u32>,
@@ -104,6 +108,11 @@ impl PlanState {
     /// A step's definition.
     pub fn step(&self, step: StepIx) -> &Step {
         &self.request.steps[step as usize]
+    }
+
+    /// A step's version requirement, if it has one.
+    pub fn version(&self, step: StepIx) -> Option<&Requirement> {
+        self.versions[step as usize].as_ref()
     }
 
     /// The remaining time before the deadline.
@@ -273,6 +282,7 @@ impl Plans {
             }
         }
         let graph = PlanGraph::build(&request.steps, limits).map_err(Failure::InvalidPlan)?;
+        let versions = parse_versions(&request.steps)?;
         if request.steps.is_empty() {
             return Ok(false);
         }
@@ -301,6 +311,7 @@ impl Plans {
                 bytes,
                 request,
                 graph,
+                versions,
                 pending,
                 results: vec![None; n],
                 attempts: vec![0; n],
@@ -337,6 +348,19 @@ impl Plans {
             });
         }
         let graph = PlanGraph::single_resolved(&step.step);
+        let version = step
+            .version
+            .as_deref()
+            .map(parse_requirement)
+            .transpose()
+            .map_err(|message| {
+                Failure::InvalidPlan(crate::plan_graph::PlanError {
+                    code: mpreg_protocol::ErrorCode::InvalidPlan,
+                    message,
+                    step: Some(step.step.clone()),
+                    cycle: None,
+                })
+            })?;
         let deadline = now + Duration::from_millis(step.remaining_ms).min(self.limits.max_deadline);
         let request = PlanRequest {
             id: step.fid,
@@ -348,11 +372,13 @@ impl Plans {
                 locs: step.locs,
                 timeout_ms: step.timeout_ms,
                 retries: None,
+                version: step.version,
             }],
             deadline_ms: Some(step.remaining_ms),
             all_results: true,
             progress: false,
             progress_topic: None,
+            plan: None,
         };
         ready.push_back((id, 0));
         *self.per_client.entry(quota.clone()).or_default() += 1;
@@ -370,6 +396,7 @@ impl Plans {
                 bytes: 0,
                 request,
                 graph,
+                versions: vec![version],
                 pending: vec![0],
                 results: vec![None],
                 attempts: vec![0],
@@ -410,6 +437,34 @@ impl Plans {
         self.by_request
             .get(&(routing.to_vec(), request_id))
             .copied()
+    }
+
+    /// Sends the replies of a plan in flight to another client connection (the client sent
+    /// the same plan id again after a reconnection). False if the plan is not a client's, or
+    /// (under CURVE, where `key` is the sender's) another key's.
+    pub fn retarget(
+        &mut self,
+        id: PlanId,
+        client: ClientAddr,
+        key: Option<&str>,
+        request_id: u64,
+    ) -> bool {
+        let Some(plan) = self.plans.get_mut(&id) else {
+            return false;
+        };
+        if key.is_some_and(|k| k.as_bytes() != plan.quota.as_slice()) {
+            return false;
+        }
+        let ReplyTo::Client(old) = &plan.reply_to else {
+            return false;
+        };
+        self.by_request
+            .remove(&(old.routing.clone(), plan.request_id));
+        self.by_request
+            .insert((client.routing.clone(), request_id), id);
+        plan.request_id = request_id;
+        plan.reply_to = ReplyTo::Client(client);
+        true
     }
 
     /// The plans a connection has in flight, in request id order.
@@ -577,4 +632,26 @@ impl Plans {
             self.deadlines.len(),
         ]
     }
+}
+
+/// Parses every step's version requirement; an invalid one is a plan error naming the step.
+fn parse_versions(steps: &[Step]) -> Result<Vec<Option<Requirement>>, Failure> {
+    steps
+        .iter()
+        .map(|s| {
+            s.version
+                .as_deref()
+                .map(|text| {
+                    parse_requirement(text).map_err(|message| {
+                        Failure::InvalidPlan(crate::plan_graph::PlanError {
+                            code: mpreg_protocol::ErrorCode::InvalidPlan,
+                            message: format!("step `{}`: {message}", quote(&s.name)),
+                            step: Some(s.name.clone()),
+                            cycle: None,
+                        })
+                    })
+                })
+                .transpose()
+        })
+        .collect()
 }

@@ -239,8 +239,23 @@ impl Engine {
     ) {
         self.counters.plans_received += 1;
         let request_id = request.id;
-        let plan = self.ids.plan(now);
         let client = origin.addr.clone();
+        if let Some(plan) = request.plan {
+            // Sent again under its own id (a reconnection, a failover): never run twice here.
+            if self
+                .plans
+                .retarget(plan, client.clone(), origin.user.as_deref(), request_id)
+            {
+                self.counters.plans_resumed += 1;
+                return;
+            }
+            if let Some(reply) = self.replays.get(plan, origin.user.as_deref(), now).cloned() {
+                self.counters.plans_resumed += 1;
+                let reply = with_request_id(reply, request_id);
+                return self.reply(out, &client, &reply);
+            }
+        }
+        let plan = request.plan.unwrap_or_else(|| self.ids.plan(now));
         let refused = |failure: Failure| {
             let mut reply = failure.into_reply(Some(request_id));
             reply.plan = Some(plan);
@@ -339,6 +354,21 @@ impl Engine {
                 }
             }
         }
+    }
+}
+
+/// A kept final reply, answering the request id of the plan's new submission.
+fn with_request_id(reply: BrokerToClient, id: u64) -> BrokerToClient {
+    match reply {
+        BrokerToClient::Result(mut r) => {
+            r.id = id;
+            BrokerToClient::Result(r)
+        }
+        BrokerToClient::Error(mut e) => {
+            e.id = Some(id);
+            BrokerToClient::Error(e)
+        }
+        other => other,
     }
 }
 

@@ -71,9 +71,14 @@ impl Scheduler {
         self.waiting_len
     }
 
-    /// Decides where a step of `fun` with `locs` goes.
-    pub fn place(&mut self, fun: &str, locs: &[String]) -> Placement {
-        self.registry.place(fun, locs)
+    /// Decides where a step of `fun` (versions `version` accepts) with `locs` goes.
+    pub fn place(
+        &mut self,
+        fun: &str,
+        version: Option<&crate::versions::Requirement>,
+        locs: &[String],
+    ) -> Placement {
+        self.registry.place(fun, version, locs)
     }
 
     /// Queues a ready step until a matching worker has a free slot.

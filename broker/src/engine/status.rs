@@ -30,6 +30,7 @@ impl Engine {
                 self.exchange.subscription_count() as u64,
             ),
             ("clients_tracked".to_string(), self.clients.len() as u64),
+            ("plans_replayable".to_string(), self.replays.len() as u64),
         ]);
         let as_u64 = |n: usize| n as u64;
         let limits = BTreeMap::from([

@@ -133,6 +133,7 @@ impl Engine {
                 name: register.node,
                 functions: register.functions,
                 resources: register.resources,
+                versions: register.versions,
                 capacity,
                 key: origin.user,
             },
@@ -178,6 +179,15 @@ fn check_registration(register: &Register, limits: &Limits) -> Result<(), String
                 ),
             });
         }
+    }
+    for (fun, version) in &register.versions {
+        if !register.functions.contains(fun) {
+            return Err(format!(
+                "a version is given for `{}`, which the worker does not register",
+                quote(fun)
+            ));
+        }
+        crate::versions::check_version(version)?;
     }
     if register.resources.len() > limits.max_locs {
         return Err(format!(

@@ -148,6 +148,7 @@ pub fn register(
         functions: funs.iter().map(|s| s.to_string()).collect(),
         resources: vec![],
         capacity,
+        versions: Default::default(),
     });
     e.on_worker(out, worker(routing), m, now);
 }
@@ -161,6 +162,7 @@ pub fn plan(id: u64, steps: Vec<Step>) -> PlanRequest {
         all_results: false,
         progress: false,
         progress_topic: None,
+        plan: None,
     }
 }
 

@@ -66,6 +66,9 @@ async fn main() -> ExitCode {
     for broker in &config.brokers {
         builder = builder.broker(broker);
     }
+    for (function, version) in &config.versions {
+        builder = builder.version(function, version);
+    }
     match (config.server_key.is_empty(), config.key_file.is_empty()) {
         (true, true) => {}
         (false, false) => {

@@ -8,13 +8,16 @@ use mpreg_protocol::*;
 
 use super::Sample;
 
+/// How a direction decodes one of its messages.
+type Decode<M> = fn(&[u8], &[u8], &Limits) -> Result<M, DecodeError>;
+
 /// A sample of one message of a direction whose messages decode with `decode`.
 fn sample<M: Clone + PartialEq + 'static>(
     name: &'static str,
     kind: &str,
     body: Vec<u8>,
     message: M,
-    decode: fn(&[u8], &[u8], &Limits) -> Result<M, DecodeError>,
+    decode: Decode<M>,
 ) -> Sample {
     let kind_bytes = kind.as_bytes().to_vec();
     let check_kind = kind_bytes.clone();
@@ -66,19 +69,37 @@ pub fn samples() -> Vec<Sample> {
     macro_rules! client {
         ($name:literal, $msg:expr) => {{
             let m = $msg;
-            out.push(sample($name, m.kind(), m.encode_body(), m, ClientToBroker::decode));
+            out.push(sample(
+                $name,
+                m.kind(),
+                m.encode_body(),
+                m,
+                ClientToBroker::decode,
+            ));
         }};
     }
     macro_rules! reply {
         ($name:literal, $msg:expr) => {{
             let m = $msg;
-            out.push(sample($name, m.kind(), m.encode_body(), m, BrokerToClient::decode));
+            out.push(sample(
+                $name,
+                m.kind(),
+                m.encode_body(),
+                m,
+                BrokerToClient::decode,
+            ));
         }};
     }
     macro_rules! peer {
         ($name:literal, $msg:expr) => {{
             let m = $msg;
-            out.push(sample($name, m.kind(), m.encode_body(), m, PeerMessage::decode));
+            out.push(sample(
+                $name,
+                m.kind(),
+                m.encode_body(),
+                m,
+                PeerMessage::decode,
+            ));
         }};
     }
     macro_rules! gossip {
@@ -232,7 +253,10 @@ pub fn samples() -> Vec<Sample> {
             reason: "no worker serves `train` with resources [gpu]".into(),
         })
     );
-    peer!("peer.fwd_cancel", PeerMessage::FwdCancel(FwdCancel { fid: 77 }));
+    peer!(
+        "peer.fwd_cancel",
+        PeerMessage::FwdCancel(FwdCancel { fid: 77 })
+    );
     peer!(
         "peer.fwd_publish",
         PeerMessage::FwdPublish(FwdPublish {

@@ -71,8 +71,13 @@ pub enum Command {
         /// Resources the worker must hold, comma-separated.
         #[arg(long, value_delimiter = ',', value_name = "RESOURCE,...")]
         locs: Vec<String>,
+        /// Only workers whose version of the function satisfies this requirement (Cargo's
+        /// syntax, e.g. ">=1.2, <2"; a function registered without a version is 0.0.0).
+        #[arg(long = "version", value_name = "REQUIREMENT")]
+        version_req: Option<String>,
     },
-    /// Run a plan from a JSON file: an array of {"name", "fun", "args", "kwargs", "locs"}.
+    /// Run a plan from a JSON file: an array of {"name", "fun", "args", "kwargs", "locs",
+    /// "timeout_ms", "retries", "version"}.
     Plan {
         /// The plan file, or `-` for stdin.
         file: String,
@@ -261,6 +266,7 @@ mod tests {
                 fun: "echo".into(),
                 args: vec!["hi".into(), "-5".into(), "{\"a\":1}".into()],
                 locs: vec!["a".into(), "b".into()],
+                version_req: None,
             }
         );
         let cli = parsed(&["--timeout", "2", "call", "f", "--", "-x"]);

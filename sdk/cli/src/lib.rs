@@ -170,7 +170,12 @@ pub async fn execute_until(
     let started = Instant::now();
     // Read and check the input before connecting, so bad input never waits on the network.
     let work = match cli.command {
-        Command::Call { fun, args, locs } => {
+        Command::Call {
+            fun,
+            args,
+            locs,
+            version_req,
+        } => {
             let mut step = Step::new(
                 CALL_STEP,
                 fun,
@@ -179,6 +184,7 @@ pub async fn execute_until(
                     .collect::<Result<_, _>>()?,
             );
             step.locs = locs;
+            step.version = version_req;
             Work::Call(step)
         }
         Command::Plan {

@@ -36,6 +36,9 @@ struct FileStep {
     timeout_ms: Option<u64>,
     #[serde(default)]
     retries: Option<u32>,
+    /// A version requirement (`">=1.2, <2"`).
+    #[serde(default)]
+    version: Option<String>,
 }
 
 /// Parses a plan file's text into steps.
@@ -73,6 +76,7 @@ pub fn parse_plan(text: &str, source: &str) -> Result<Vec<Step>, Error> {
                 locs: step.locs.unwrap_or_default(),
                 timeout_ms: step.timeout_ms,
                 retries: step.retries,
+                version: step.version,
             })
         })
         .collect()

@@ -488,6 +488,7 @@ fn echo_plan(id: u64, steps: usize) -> [Vec<u8>; 3] {
         all_results: false,
         progress: false,
         progress_topic: None,
+        plan: None,
     })
     .to_frames()
 }
@@ -542,6 +543,7 @@ fn sleep_plan(id: u64) -> [Vec<u8>; 3] {
         all_results: false,
         progress: false,
         progress_topic: None,
+        plan: None,
     })
     .to_frames()
 }

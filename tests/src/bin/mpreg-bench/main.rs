@@ -75,6 +75,7 @@ impl PlanClient {
             all_results: false,
             progress: false,
             progress_topic: None,
+            plan: None,
         };
         self.dealer
             .send(&[compact_frame(b"plan", &encode_body(&plan))])
@@ -119,6 +120,7 @@ fn pipelined(client: &mut PlanClient, count: usize, window: usize) -> f64 {
             all_results: false,
             progress: false,
             progress_topic: None,
+            plan: None,
         })
     };
     let start = Instant::now();
@@ -218,6 +220,7 @@ fn rpc(args: &[String]) {
         all_results: false,
         progress: false,
         progress_topic: None,
+        plan: None,
     });
     let wait_floor = Instant::now();
     while floor
