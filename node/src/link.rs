@@ -171,8 +171,11 @@ pub(crate) struct NodeSetup {
 /// The node's state on its reactor thread.
 pub struct NodeHandler {
     setup: NodeSetup,
-    /// The `register` body, the same for every broker.
-    register_body: Vec<u8>,
+    /// What the node registers with (the capacity is each broker's share, see
+    /// [`NodeHandler::share`]).
+    register: Register,
+    /// The share the brokers were last told.
+    told_share: u32,
     links: Vec<Link>,
     running: HashMap<TaskKey, Running>,
     queue: VecDeque<Queued>,
@@ -195,21 +198,22 @@ impl NodeHandler {
         let mut resources = setup.resources.clone();
         resources.sort();
         resources.dedup();
-        let register_body = encode_body(&Register {
+        let register = Register {
             node: setup.name.clone(),
             functions,
             resources,
             capacity: setup.capacity.max(1),
             versions: setup.versions.clone().into_iter().collect(),
-        });
+        };
         let links = setup
             .brokers
             .iter()
             .map(|endpoint| Link::new(endpoint.clone(), now))
             .collect();
         let mut handler = NodeHandler {
+            told_share: register.capacity,
             setup,
-            register_body,
+            register,
             links,
             running: HashMap::new(),
             queue: VecDeque::new(),
@@ -264,8 +268,37 @@ impl NodeHandler {
         }
     }
 
+    /// Each broker's share of the capacity: the node splits it over the brokers it is
+    /// registered with (rounding up, at least 1), so their views of its load add up to what it
+    /// can run; it never runs more than its capacity in total whatever they send (the
+    /// surplus waits in its queue). A broker lost or back changes every share.
+    fn share(&self) -> u32 {
+        let registered = self.links.iter().filter(|l| l.registered).count() as u32;
+        self.setup.capacity.max(1).div_ceil(registered.max(1))
+    }
+
+    /// Tells the registered brokers their new share when it changed.
+    fn reshare(&mut self, io: &mut Io) {
+        let share = self.share();
+        if share == self.told_share || self.phase != Phase::Serving {
+            return;
+        }
+        self.told_share = share;
+        info!(self.setup.log, "capacity split over the brokers"; "share" => share);
+        for i in 0..self.links.len() {
+            if self.links[i].registered {
+                self.send_register(io, i);
+            }
+        }
+    }
+
     fn send_register(&mut self, io: &mut Io, i: usize) {
-        let retry = if self.send(io, i, "register", &self.register_body) {
+        // A broker not yet registered with is counted: it is about to take its share.
+        let registered = self.links.iter().filter(|l| l.registered).count() as u32;
+        let counted = registered + u32::from(!self.links[i].registered);
+        self.register.capacity = self.setup.capacity.max(1).div_ceil(counted.max(1));
+        let body = encode_body(&self.register);
+        let retry = if self.send(io, i, "register", &body) {
             REGISTER_EVERY
         } else {
             REGISTER_RETRY
@@ -314,6 +347,7 @@ impl NodeHandler {
             "broker" => &link.endpoint, "why" => why,
             "retry_in_ms" => link.backoff.as_millis() as u64);
         link.backoff = (link.backoff * 2).min(BACKOFF_MAX);
+        self.reshare(io);
     }
 
     fn on_broker_message(&mut self, io: &mut Io, i: usize, frames: Vec<Vec<u8>>) {
@@ -388,6 +422,7 @@ impl NodeHandler {
                     );
                     self.setup.refused.send_replace(Some(reason));
                 }
+                self.reshare(io);
             }
             Ok(BrokerToWorker::Error(e)) => {
                 warn!(self.setup.log, "broker reported an error";
@@ -425,6 +460,7 @@ impl NodeHandler {
         if let Some(callback) = &self.setup.on_registered {
             callback(&self.links[i].endpoint);
         }
+        self.reshare(io);
     }
 
     /// Starts queued tasks while there is capacity.

@@ -73,3 +73,55 @@ async fn user_functions_panics_and_capacity() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A node registered with several brokers splits its capacity over them (rounding up), so
+/// their views of its load add up to what it can run; losing a broker gives its share back to
+/// the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_is_split_over_the_brokers() {
+    let a = start_broker(&[], &[]);
+    let mut b = start_broker(&[], &[]);
+    let node = NodeBuilder::new("split-node")
+        .broker(&a.worker)
+        .broker(&b.worker)
+        .capacity(5)
+        .function("id", |a, _k| -> Result<Value, String> {
+            Ok(a.into_iter().next().unwrap_or(Value::Nil))
+        })
+        .start()
+        .unwrap();
+    assert!(node.wait_registered(Duration::from_secs(10)).await);
+    let ca = Client::connect(&a.client).await.unwrap();
+    let cb = Client::connect(&b.client).await.unwrap();
+    let capacity = |s: mpreg_protocol::StatusReply| {
+        s.workers
+            .iter()
+            .find(|w| w.name == "split-node")
+            .map(|w| w.capacity)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (sa, sb) = (
+            capacity(ca.status().await.unwrap()),
+            capacity(cb.status().await.unwrap()),
+        );
+        if sa == Some(3) && sb == Some(3) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "shares {sa:?} {sb:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Broker b goes: a gets the whole capacity once the node notices.
+    b.proc.kill();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let sa = capacity(ca.status().await.unwrap());
+        if sa == Some(5) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "share after losing b: {sa:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(cb);
+    node.shutdown(Duration::from_secs(1)).await;
+}
