@@ -206,6 +206,12 @@ pub struct BrokerProc {
     pub worker: String,
     /// Event (topic delivery) endpoint (resolved port).
     pub events: String,
+    /// Peer endpoint (resolved port) when the broker is in a cluster.
+    pub peer: Option<String>,
+    /// Gossip endpoint (resolved port) when the broker is in a cluster.
+    pub gossip: Option<String>,
+    /// The broker's name.
+    pub name: String,
     /// The process.
     pub proc: Proc,
 }
@@ -245,10 +251,14 @@ fn launch_broker(
             .unwrap_or_else(|| panic!("no {key} endpoint in {line}"))
             .to_string()
     };
+    let optional = |key: &str| line[key].as_str().map(str::to_string);
     BrokerProc {
         client: endpoint("client"),
         worker: endpoint("worker"),
         events: endpoint("events"),
+        peer: optional("peer"),
+        gossip: optional("gossip"),
+        name: line["name"].as_str().unwrap_or_default().to_string(),
         proc,
     }
 }
@@ -405,4 +415,33 @@ pub fn start_broker_at_with_env(
     env: &[(&str, &str)],
 ) -> BrokerProc {
     launch_broker(client, worker, events, extra, env)
+}
+
+/// Starts `n` brokers named `{cluster}-1` .. `{cluster}-n` forming the cluster `cluster` on
+/// ephemeral loopback ports: broker 1 first, every other one given only broker 1 as its seed.
+/// `extra` flags go to every broker. Does not wait for the cluster to form.
+pub fn start_broker_cluster(cluster: &str, n: usize, extra: &[&str]) -> Vec<BrokerProc> {
+    let any = "tcp://127.0.0.1:*";
+    let mut brokers: Vec<BrokerProc> = Vec::with_capacity(n);
+    for i in 1..=n {
+        let name = format!("{cluster}-{i}");
+        let mut args: Vec<String> = vec![
+            "--name".into(),
+            name,
+            "--cluster".into(),
+            cluster.into(),
+            "--peer-endpoint".into(),
+            any.into(),
+            "--gossip-endpoint".into(),
+            any.into(),
+        ];
+        if let Some(seed) = brokers.first().and_then(|b| b.peer.clone()) {
+            args.push("--peer".into());
+            args.push(seed);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        brokers.push(launch_broker(any, any, any, &args, &[]));
+    }
+    brokers
 }
