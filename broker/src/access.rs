@@ -306,7 +306,25 @@ impl AccessList {
                     denied.path = Some(format!("messages[{i}].topic"));
                     denied
                 }),
-            ClientToBroker::Cancel(_)
+            // Dropping results by function needs the right to call it; by tag (which may
+            // cover any function) the right to call every function (`*`).
+            ClientToBroker::CacheInvalidate(inv) => {
+                let (allowed, what) = match (&inv.fun, &inv.tag) {
+                    (Some(fun), _) => (rules.may_call(fun), format!("`{}`", truncate(fun))),
+                    (None, _) => (
+                        rules.functions.iter().any(|r| r == "*"),
+                        "every function (`*`), needed to invalidate by tag".to_string(),
+                    ),
+                };
+                (!allowed).then(|| {
+                    deny(format!(
+                        "{} may not invalidate cached results of {what}",
+                        rules.name
+                    ))
+                })
+            }
+            ClientToBroker::CacheStats(_)
+            | ClientToBroker::Cancel(_)
             | ClientToBroker::Heartbeat(_)
             | ClientToBroker::Cluster(_)
             | ClientToBroker::Functions(_)

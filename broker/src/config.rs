@@ -57,6 +57,8 @@ pub struct BrokerConfig {
     pub security: SecurityConfig,
     /// Membership of a cluster of brokers.
     pub cluster: ClusterSettings,
+    /// The result cache (`[cache]`).
+    pub cache: crate::cache::CacheConfig,
 }
 
 /// `[cluster]`.
@@ -186,6 +188,27 @@ pub struct Flags {
     #[arg(long = "cluster")]
     #[serde(rename = "cluster.name", skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
+    /// Run without the result cache.
+    #[arg(long)]
+    #[serde(
+        rename = "cache.enabled",
+        serialize_with = "not",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub no_cache: bool,
+    /// Bytes the result cache may hold.
+    #[arg(long)]
+    #[serde(rename = "cache.max_bytes", skip_serializing_if = "Option::is_none")]
+    pub cache_max_bytes: Option<usize>,
+    /// The result cache's eviction policy: lru or s4lru.
+    #[arg(long)]
+    #[serde(rename = "cache.policy", skip_serializing_if = "Option::is_none")]
+    pub cache_policy: Option<String>,
+}
+
+/// Serializes a `--no-...` flag as the setting it turns off.
+fn not<S: serde::Serializer>(flag: &bool, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_bool(!flag)
 }
 
 impl BrokerConfig {
@@ -242,6 +265,9 @@ impl BrokerConfig {
                 .map_err(|e| format!("configuration `advertise_event_endpoint`: {e}"))?;
         }
         mpreg_process::logging::check_level("log_level", &self.log_level)?;
+        self.cache
+            .validate()
+            .map_err(|e| format!("configuration: {e}"))?;
         check_limits(&self.limits)?;
         let positive = [
             ("heartbeat_ms", self.heartbeat_ms as usize),
@@ -371,6 +397,7 @@ impl BrokerConfig {
             max_worker_capacity: self.security.max_worker_capacity,
             client_liveness: self.client_liveness,
             cluster: None,
+            cache: self.cache.enabled.then(|| self.cache.clone()),
         }
     }
 }

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Instant;
 
-use mpreg_protocol::{TaskId, WorkerId};
+use mpreg_protocol::{CacheRule, TaskId, WorkerId};
 
 use crate::outbox::{RoutingId, WorkerAddr};
 use crate::placement::{place, Candidate, Placement, Pool};
@@ -36,6 +36,8 @@ pub struct Worker {
     pub draining: bool,
     /// Its authenticated CURVE key (Z85), when the broker runs CURVE.
     pub key: Option<String>,
+    /// Functions it declared cacheable, with their rules.
+    pub cacheable: BTreeMap<String, CacheRule>,
 }
 
 impl Worker {
@@ -72,6 +74,8 @@ pub struct Registration {
     pub capacity: u32,
     /// Its CURVE key.
     pub key: Option<String>,
+    /// Functions it declared cacheable.
+    pub cacheable: BTreeMap<String, CacheRule>,
 }
 
 /// All workers of one broker.
@@ -80,6 +84,8 @@ pub struct Registry {
     workers: BTreeMap<WorkerId, Worker>,
     by_routing: HashMap<RoutingId, WorkerId>,
     by_fun: HashMap<String, Vec<WorkerId>>,
+    /// Workers that declared at least one function cacheable.
+    caching_workers: usize,
     next: u64,
     rotation: usize,
 }
@@ -117,14 +123,53 @@ impl Registry {
                 last_seen: now,
                 draining: false,
                 key: registration.key,
+                cacheable: registration.cacheable,
             },
         );
+        if self
+            .workers
+            .get(&id)
+            .is_some_and(|w| !w.cacheable.is_empty())
+        {
+            self.caching_workers += 1;
+        }
         id
+    }
+
+    /// How results of `fun` may be cached here: only when every worker serving it declared
+    /// it cacheable (the shortest time to live wins, tags are merged); `None` otherwise, or
+    /// when no worker serves it. Cheap when no worker declared anything cacheable.
+    pub fn cache_rule(&self, fun: &str) -> Option<CacheRule> {
+        if self.caching_workers == 0 {
+            return None;
+        }
+        let ids = self.by_fun.get(fun)?;
+        let mut merged: Option<CacheRule> = None;
+        for id in ids {
+            let rule = self.workers.get(id)?.cacheable.get(fun)?;
+            let m = merged.get_or_insert_with(|| CacheRule {
+                ttl_ms: rule.ttl_ms,
+                tags: Vec::new(),
+            });
+            m.ttl_ms = match (m.ttl_ms, rule.ttl_ms) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            m.tags.extend(rule.tags.iter().cloned());
+        }
+        if let Some(m) = merged.as_mut() {
+            m.tags.sort();
+            m.tags.dedup();
+        }
+        merged
     }
 
     /// Removes a worker and returns it (with the tasks it still had).
     pub fn remove(&mut self, id: WorkerId) -> Option<Worker> {
         let worker = self.workers.remove(&id)?;
+        if !worker.cacheable.is_empty() {
+            self.caching_workers -= 1;
+        }
         self.by_routing.remove(&worker.addr.routing);
         for fun in &worker.functions {
             if let Some(list) = self.by_fun.get_mut(fun) {
@@ -255,6 +300,7 @@ mod tests {
                 versions: BTreeMap::new(),
                 capacity: cap,
                 key: None,
+                cacheable: BTreeMap::new(),
             },
             Instant::now(),
         )

@@ -63,6 +63,7 @@ fn engine_with_worker() -> (Engine, Recorder, Instant) {
         resources: vec![],
         capacity: 8,
         versions: Default::default(),
+        cacheable: Default::default(),
     });
     engine.on_worker_message(&mut out, &frames(b"w", "register", register), now);
     (engine, out, now)

@@ -181,6 +181,7 @@ fn main() {
         resources: vec!["gpu".into()],
         capacity: 2,
         versions: Default::default(),
+        cacheable: Default::default(),
     });
     let mut conversation = message(worker(4), &[b"w1", VERSION, b"register", &register]);
     for (i, (_, p)) in plans().into_iter().enumerate() {

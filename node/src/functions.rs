@@ -161,17 +161,30 @@ pub fn fail(args: Args, kwargs: Kwargs) -> Outcome {
 
 /// `sleep(ms, value)`: returns `value` after `ms` milliseconds, without blocking anything.
 pub fn sleep(args: Args, kwargs: Kwargs) -> BoxFuture {
+    wait_then_return("sleep", args, kwargs)
+}
+
+/// `slow(ms, value)`: like `sleep`, but registered as cacheable for [`SLOW_TTL`]: the second
+/// identical call is answered by the broker's cache at once.
+pub fn slow(args: Args, kwargs: Kwargs) -> BoxFuture {
+    wait_then_return("slow", args, kwargs)
+}
+
+/// How long the broker may keep a result of `slow`.
+pub const SLOW_TTL: Duration = Duration::from_secs(60);
+
+fn wait_then_return(name: &'static str, args: Args, kwargs: Kwargs) -> BoxFuture {
     Box::pin(async move {
-        no_kwargs(&kwargs, "sleep")?;
+        no_kwargs(&kwargs, name)?;
         let [ms, value]: [Value; 2] = args.try_into().map_err(|a: Vec<Value>| {
             Failure::bad_arguments(format!(
-                "sleep takes (ms, value), got {} arguments",
+                "{name} takes (ms, value), got {} arguments",
                 a.len()
             ))
         })?;
-        let ms = ms
-            .as_u64()
-            .ok_or_else(|| Failure::bad_arguments("sleep: ms must be a non-negative integer"))?;
+        let ms = ms.as_u64().ok_or_else(|| {
+            Failure::bad_arguments(format!("{name}: ms must be a non-negative integer"))
+        })?;
         tokio::time::sleep(Duration::from_millis(ms)).await;
         Ok(value)
     })
@@ -185,6 +198,7 @@ pub fn builtins() -> Vec<(&'static str, Function)> {
         ("echokw", Function::Inline(Arc::new(echokw))),
         ("fail", Function::Inline(Arc::new(fail))),
         ("sleep", Function::Async(Arc::new(sleep))),
+        ("slow", Function::Async(Arc::new(slow))),
     ]
 }
 
@@ -275,7 +289,7 @@ mod tests {
         assert_eq!(echos(vec![], Kwargs::new()), Ok(Value::Array(vec![])));
         let mut names: Vec<&str> = builtins().into_iter().map(|(n, _)| n).collect();
         names.sort_unstable();
-        assert_eq!(names, ["echo", "echokw", "echos", "fail", "sleep"]);
+        assert_eq!(names, ["echo", "echokw", "echos", "fail", "sleep", "slow"]);
         let kw = Kwargs::from([("a".to_string(), Value::from(1))]);
         assert_eq!(
             echokw(vec![], kw),

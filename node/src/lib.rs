@@ -85,6 +85,7 @@ pub struct NodeBuilder {
     capacity: u32,
     functions: HashMap<String, Function>,
     versions: HashMap<String, String>,
+    cacheable: HashMap<String, mpreg_protocol::CacheRule>,
     on_registered: Option<OnRegistered>,
     log: slog::Logger,
     curve: Option<mpreg_transport::Curve>,
@@ -100,6 +101,7 @@ impl NodeBuilder {
             capacity: 64,
             functions: HashMap::new(),
             versions: HashMap::new(),
+            cacheable: HashMap::new(),
             on_registered: None,
             log: slog::Logger::root(slog::Discard, slog::o!()),
             curve: None,
@@ -200,12 +202,39 @@ impl NodeBuilder {
         self
     }
 
-    /// Adds the built-ins: `echo`, `echos`, `echokw`, `sleep`, `fail`.
+    /// Declares `function` pure: the brokers may answer an identical call (same function,
+    /// version, resources and arguments) from their result cache, for `ttl` (`None`: until
+    /// evicted or invalidated), and invalidate its results by any of `tags`. Declare only
+    /// functions whose result depends on nothing but their arguments; a function no worker
+    /// declares is never cached.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let node = mpreg_node::NodeBuilder::new("n")
+    ///     .builtins()
+    ///     .cacheable("echo", Some(Duration::from_secs(30)), &["demo"]);
+    /// ```
+    pub fn cacheable(
+        mut self,
+        function: impl Into<String>,
+        ttl: Option<Duration>,
+        tags: &[&str],
+    ) -> Self {
+        let rule = mpreg_protocol::CacheRule {
+            ttl_ms: ttl.map(|t| (t.as_millis() as u64).max(1)),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+        };
+        self.cacheable.insert(function.into(), rule);
+        self
+    }
+
+    /// Adds the built-ins: `echo`, `echos`, `echokw`, `sleep`, `fail`, and `slow` (declared
+    /// cacheable for 60 s).
     pub fn builtins(mut self) -> Self {
         for (name, f) in functions::builtins() {
             self.functions.insert(name.to_string(), f);
         }
-        self
+        self.cacheable("slow", Some(functions::SLOW_TTL), &[])
     }
 
     /// Called with the broker endpoint each time the node registers.
@@ -245,6 +274,7 @@ impl NodeBuilder {
             name: self.name,
             functions: self.functions,
             versions: self.versions,
+            cacheable: self.cacheable,
             resources: self.resources,
             capacity: self.capacity,
             brokers: self.brokers,

@@ -154,6 +154,8 @@ pub(crate) struct NodeSetup {
     pub(crate) functions: HashMap<String, Function>,
     /// Semantic versions of some functions.
     pub(crate) versions: HashMap<String, String>,
+    /// Functions declared cacheable.
+    pub(crate) cacheable: HashMap<String, mpreg_protocol::CacheRule>,
     pub(crate) resources: Vec<String>,
     pub(crate) capacity: u32,
     pub(crate) brokers: Vec<String>,
@@ -204,6 +206,12 @@ impl NodeHandler {
             resources,
             capacity: setup.capacity.max(1),
             versions: setup.versions.clone().into_iter().collect(),
+            cacheable: setup
+                .cacheable
+                .iter()
+                .filter(|(f, _)| setup.functions.contains_key(*f))
+                .map(|(f, r)| (f.clone(), r.clone()))
+                .collect(),
         };
         let links = setup
             .brokers

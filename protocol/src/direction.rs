@@ -2,6 +2,9 @@
 //!
 //! Frame 2 of every message (the type) selects the variant; the body decodes into its struct.
 
+use crate::cache::{
+    CacheDrop, CacheInvalidate, CacheInvalidated, CacheStatsReply, CacheStatsRequest,
+};
 use crate::client::{
     CancelRequest, ClientHeartbeat, ClusterReply, ClusterRequest, ErrorReply, FunctionsReply,
     FunctionsRequest, Ping, Pong, StatusReply, StatusRequest,
@@ -94,6 +97,10 @@ direction! {
         Cluster(ClusterRequest) = "cluster",
         /// The cluster's catalogue.
         Functions(FunctionsRequest) = "functions",
+        /// The result cache's figures.
+        CacheStats(CacheStatsRequest) = "cache_stats",
+        /// Drop cached results by tag or function.
+        CacheInvalidate(CacheInvalidate) = "cache_invalidate",
     }
 }
 
@@ -122,6 +129,10 @@ direction! {
         Cluster(ClusterReply) = "cluster",
         /// Answer to `functions`.
         Functions(FunctionsReply) = "functions",
+        /// Answer to `cache_stats`.
+        CacheStats(CacheStatsReply) = "cache_stats",
+        /// Answer to `cache_invalidate`.
+        CacheInvalidated(CacheInvalidated) = "cache_invalidated",
     }
 }
 
@@ -212,6 +223,8 @@ direction! {
         FwdPublish(FwdPublish) = "fwd_publish",
         /// The sender is leaving.
         Bye(Bye) = "bye",
+        /// Cached results were invalidated at the sender: drop them here too.
+        CacheDrop(CacheDrop) = "cache_drop",
     }
 }
 
@@ -289,6 +302,8 @@ impl ClientToBroker {
             ClientToBroker::Heartbeat(m) => m.id,
             ClientToBroker::Cluster(m) => m.id,
             ClientToBroker::Functions(m) => m.id,
+            ClientToBroker::CacheStats(m) => m.id,
+            ClientToBroker::CacheInvalidate(m) => m.id,
         }
     }
 }
@@ -308,6 +323,8 @@ impl BrokerToClient {
             BrokerToClient::PublishedBatch(m) => Some(m.id),
             BrokerToClient::Cluster(m) => Some(m.id),
             BrokerToClient::Functions(m) => Some(m.id),
+            BrokerToClient::CacheStats(m) => Some(m.id),
+            BrokerToClient::CacheInvalidated(m) => Some(m.id),
         }
     }
 }

@@ -5,7 +5,7 @@
 //! - [`envelope`]: the frames around a body (version tag, message type) and ROUTER prefixes.
 //! - [`codec`]: msgpack bodies as named maps; size, structure and depth checks before decoding.
 //! - [`msgpack_scan`]: the non-recursive structural check behind the codec.
-//! - [`plan`], [`client`], [`worker`], [`topic`], [`peer`]: the message structs.
+//! - [`plan`], [`client`], [`worker`], [`topic`], [`peer`], [`cache`]: the message structs.
 //! - [`direction`]: one enum per direction (`ClientToBroker`, `BrokerToClient`,
 //!   `WorkerToBroker`, `BrokerToWorker`, `PeerMessage`, `Gossip`) keyed by the message type
 //!   frame.
@@ -17,6 +17,7 @@
 //! `docs/PROTOCOL.md` describes the same protocol for other languages; the golden fixtures in
 //! `protocol/fixtures/` pin the bytes of every message.
 
+pub mod cache;
 pub mod client;
 pub mod codec;
 pub mod direction;
@@ -30,6 +31,10 @@ pub mod plan;
 pub mod topic;
 pub mod worker;
 
+pub use cache::{
+    CacheDrop, CacheInvalidate, CacheInvalidated, CacheMode, CacheRule, CacheStatsReply,
+    CacheStatsRequest,
+};
 pub use client::{
     CancelRequest, ClientHeartbeat, ClusterMember, ClusterReply, ClusterRequest, ErrorReply,
     FunctionEntry, FunctionsReply, FunctionsRequest, Ping, Pong, StatusReply, StatusRequest,

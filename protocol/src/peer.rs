@@ -252,6 +252,9 @@ pub struct FwdStep {
     pub timeout_ms: Option<u64>,
     /// The owner's peer endpoint: where the answer goes.
     pub owner: String,
+    /// The step's cache mode, if it set one (`bypass`, `refresh`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<crate::cache::CacheMode>,
 }
 
 /// `fwd_result`: a forwarded step's value.

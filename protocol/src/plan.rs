@@ -48,6 +48,9 @@ pub struct Step {
     /// (`">=1.2, <2"`, `"^1.4"`); default: any version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// How the step uses the result cache: `use` (default), `bypass` or `refresh`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<crate::cache::CacheMode>,
 }
 
 impl Step {
@@ -62,6 +65,7 @@ impl Step {
             timeout_ms: None,
             retries: None,
             version: None,
+            cache: None,
         }
     }
 }

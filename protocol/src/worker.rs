@@ -31,6 +31,14 @@ pub struct Register {
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub versions: BTreeMap<String, String>,
+    /// Functions whose results may be cached, by name (each also in `functions`): pure
+    /// functions only: the broker answers identical calls from its cache.
+    #[serde(
+        default,
+        deserialize_with = "nil_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub cacheable: BTreeMap<String, crate::cache::CacheRule>,
 }
 
 /// `registered`: the broker accepted a registration.

@@ -20,6 +20,8 @@ fn v(s: &str) -> Value {
 /// (file stem, type frame, body bytes, check that decoding the bytes gives the sample back).
 type Sample = (&'static str, Vec<u8>, Vec<u8>, Box<dyn Fn(&[u8]) -> bool>);
 
+#[path = "golden_samples/cache.rs"]
+mod cache;
 #[path = "golden_samples/cluster.rs"]
 mod cluster;
 
@@ -44,6 +46,7 @@ fn samples() -> Vec<Sample> {
                 timeout_ms: Some(5000),
                 retries: Some(1),
                 version: None,
+                cache: None,
             },
         ],
         deadline_ms: Some(30_000),
@@ -201,6 +204,7 @@ fn samples() -> Vec<Sample> {
             resources: vec!["cpu".into(), "dataset-a".into()],
             capacity: 64,
             versions: Default::default(),
+            cacheable: Default::default(),
         })
     );
     sample!(
@@ -461,6 +465,7 @@ fn every_message_matches_its_golden_bytes() {
     let dir = fixture_dir();
     let mut all = samples();
     all.extend(cluster::samples());
+    all.extend(cache::samples());
     for (name, kind, body, decodes_back) in &all {
         let bin_path = dir.join(format!("{name}.msgpack"));
         let json_path = dir.join(format!("{name}.json"));

@@ -73,6 +73,7 @@
 //! every request and every subscription goes through it, and the reactor answers callers
 //! directly.
 
+mod cache;
 pub mod client;
 mod client_options;
 mod connection;
@@ -93,7 +94,8 @@ pub use client::{
 };
 pub use error::{Error, RemoteError};
 pub use mpreg_protocol::{
-    ErrorCode, Limits, Pong, Progress, StatusReply, Step, Value, WorkerStatus,
+    CacheInvalidated, CacheMode, CacheStatsReply, ErrorCode, Limits, Pong, Progress, StatusReply,
+    Step, Value, WorkerStatus,
 };
 pub use mpreg_transport::{Key, KeyError, KeyPair};
 pub use plan_builder::{PlanBuilder, PlanEvent, PlanStream};

@@ -136,6 +136,14 @@ impl PlanBuilder {
         self.on_last_step("version", move |step| step.version = Some(requirement))
     }
 
+    /// How the last step added uses the broker's result cache (only functions a worker
+    /// declared cacheable are ever cached): [`CacheMode::Use`](crate::CacheMode::Use) (the
+    /// default) answers from the cache when it can, `Bypass` always runs the call and stores
+    /// nothing, `Refresh` runs it and replaces the cached result.
+    pub fn cache(self, mode: crate::CacheMode) -> Self {
+        self.on_last_step("cache", move |step| step.cache = Some(mode))
+    }
+
     /// Sets how many times the last step added is re-dispatched if its worker dies.
     pub fn retries(self, retries: u32) -> Self {
         self.on_last_step("retries", move |step| step.retries = Some(retries))

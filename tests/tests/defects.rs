@@ -279,6 +279,7 @@ fn raw_workers(ctx: &Context, b: &BrokerProc, n: usize) -> Vec<RawDealer> {
                 resources: vec![],
                 capacity: 1,
                 versions: Default::default(),
+                cacheable: Default::default(),
             });
             w.send(&register.to_frames()).unwrap();
             let f = w.recv(WAIT).expect("registered");
@@ -330,6 +331,7 @@ fn a_compact_register_is_answered_compactly() {
         resources: vec![],
         capacity: 1,
         versions: Default::default(),
+        cacheable: Default::default(),
     });
     w.send(&[register.to_compact_frame()]).unwrap();
     let f = w.recv(WAIT).expect("registered");
@@ -342,6 +344,7 @@ fn a_compact_register_is_answered_compactly() {
         resources: vec![],
         capacity: 1,
         versions: Default::default(),
+        cacheable: Default::default(),
     });
     let w2 = RawDealer::connect(&ctx, &b.worker).unwrap();
     w2.send(&[bad.to_compact_frame()]).unwrap();
@@ -414,6 +417,7 @@ fn a_message_on_the_wrong_port_names_the_right_one() {
         resources: vec![],
         capacity: 1,
         versions: Default::default(),
+        cacheable: Default::default(),
     });
     wrong.send(&register.to_frames()).unwrap();
     match decode_reply(&wrong.recv(WAIT).expect("an error")) {

@@ -267,6 +267,7 @@ fn only_listed_keys_get_in_and_only_for_what_they_may_do() {
         resources: vec![],
         capacity: 1,
         versions: Default::default(),
+        cacheable: Default::default(),
     });
     fake_worker.dealer.send(&register.to_frames()).unwrap();
     assert!(fake_worker.dealer.recv(REFUSED).is_none());
@@ -627,4 +628,58 @@ fn keygen_cli_and_sdk_work_end_to_end_over_curve() {
         let denied = client.subscribe(["#"]).await.unwrap_err();
         assert_eq!(denied.code(), ErrorCode::AccessDenied.code());
     });
+}
+
+/// A cached result is still behind the access rules: alice may not call `slow`, so bob having
+/// filled the cache gives her nothing; dropping results by function needs the right to call
+/// it, by tag the right to call everything.
+#[test]
+fn the_cache_never_answers_a_client_that_may_not_call_the_function() {
+    let keys = Keys::new("cache");
+    keys.access(true, false);
+    let b = keys.broker();
+    let mut node = keys.node(&b, "w1", "worker");
+    wait_registered(&mut node);
+    let ctx = Context::new();
+    let mut bob = Conn::new(&ctx, &b.client, Some(keys.client_curve(&keys.bob)));
+    let mut alice = Conn::new(&ctx, &b.client, Some(keys.client_curve(&keys.alice)));
+    // slow(1, "v"): the built-in declared cacheable.
+    let call = |c: &mut Conn, fun: &str| {
+        let fun = fun.to_string();
+        c.request(|id| {
+            let mut p = plan(id, &fun, Value::from(1));
+            p.steps[0].args.push(Value::from("v"));
+            ClientToBroker::Plan(p)
+        })
+    };
+    assert_eq!(expect_result(call(&mut bob, "slow"))["s"], Value::from("v"));
+    let stats =
+        |c: &mut Conn| match c.request(|id| ClientToBroker::CacheStats(CacheStatsRequest { id })) {
+            BrokerToClient::CacheStats(s) => s,
+            other => panic!("{other:?}"),
+        };
+    assert_eq!(stats(&mut bob).entries, 1, "bob's call was cached");
+    let denied = expect_denied(call(&mut alice, "slow"));
+    assert_eq!(denied.fun.as_deref(), Some("slow"));
+    assert_eq!(stats(&mut alice).counters["hits"], 0, "no hit was served");
+    let invalidate = |c: &mut Conn, tag: Option<&str>, fun: Option<&str>| {
+        c.request(|id| {
+            ClientToBroker::CacheInvalidate(CacheInvalidate {
+                id,
+                tag: tag.map(Into::into),
+                fun: fun.map(Into::into),
+            })
+        })
+    };
+    expect_denied(invalidate(&mut alice, None, Some("slow")));
+    expect_denied(invalidate(&mut alice, Some("any"), None));
+    match invalidate(&mut alice, None, Some("echo")) {
+        BrokerToClient::CacheInvalidated(i) => assert_eq!(i.entries, 0),
+        other => panic!("{other:?}"),
+    }
+    match invalidate(&mut bob, None, Some("slow")) {
+        BrokerToClient::CacheInvalidated(i) => assert_eq!(i.entries, 1),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(stats(&mut bob).entries, 0);
 }

@@ -32,6 +32,9 @@ pub enum PolicyKind {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
+    /// False: the broker runs without a cache (every call runs).
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
     /// Eviction policy: `lru` or `s4lru`.
     pub policy: PolicyKind,
     /// Bytes all entries may cost together (estimated resident size: key, value, indexes).
@@ -51,6 +54,7 @@ pub struct CacheConfig {
 impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
+            enabled: true,
             policy: PolicyKind::Lru,
             max_bytes: DEFAULT_MAX_BYTES,
             max_entry_bytes: DEFAULT_MAX_ENTRY_BYTES,
@@ -59,6 +63,10 @@ impl Default for CacheConfig {
             sweep_budget: DEFAULT_SWEEP_BUDGET,
         }
     }
+}
+
+fn enabled_by_default() -> bool {
+    true
 }
 
 /// A configuration the cache refuses, naming the field.

@@ -114,6 +114,7 @@ impl Engine {
                     peer: self.peer_name(from),
                 }));
                 self.counters.steps_failed += 1;
+                self.cache_failure(out, state.plan, state.step, &failed, now);
                 self.fail_plan(out, state.plan, failed, now);
             }
             PeerMessage::FwdReject(reject) => {
@@ -141,6 +142,7 @@ impl Engine {
                     now,
                 );
             }
+            PeerMessage::CacheDrop(drop) => self.on_cache_drop(drop),
             PeerMessage::Bye(bye) => self.member_left(out, bye.broker, now),
             PeerMessage::Probe(_) | PeerMessage::ProbeAck(_) | PeerMessage::ProbeRequest(_) => {}
         }
@@ -299,7 +301,7 @@ impl Engine {
 
     /// Ends a plan without a reply (its owner is gone or cancelled it).
     fn end_silently(&mut self, out: &mut impl Outbox, plan: PlanId, now: Instant) {
-        let Some(state) = self.plans.remove(plan) else {
+        let Some(state) = self.remove_plan(plan) else {
             return;
         };
         let mut freed = Vec::new();
@@ -362,6 +364,7 @@ impl Engine {
             remaining_ms: state.remaining(now).as_millis() as u64,
             timeout_ms: def.timeout_ms,
             owner,
+            cache: def.cache,
         });
         let timeout = def.timeout_ms.map(std::time::Duration::from_millis);
         for peer in candidates {

@@ -55,6 +55,20 @@ counters! {
     forwards_served,
     /// Publishes a peer with interest could not be sent (its link was down or full).
     publishes_not_forwarded,
+    /// Publishes sent to a peer whose subscribers want them (one per peer and message).
+    publishes_forwarded,
+    /// Publishes received from peers for this broker's subscribers.
+    forwarded_publishes_received,
+    /// `subscribe` requests with `cluster_ack` answered after the acknowledgement timeout,
+    /// without every reachable peer's acknowledgement.
+    cluster_acks_incomplete,
+    /// Bytes (message bodies) published on the gossip socket, counted once per message.
+    gossip_bytes_sent,
+    /// Bytes (message bodies) received from the peers' gossip sockets.
+    gossip_bytes_received,
+    /// Bytes (message bodies) sent on the peers' control links (probes, introductions,
+    /// catalogue snapshots, acknowledgements).
+    peer_control_bytes_sent,
     /// Steps whose resolved arguments exceeded the limits.
     tasks_too_large,
     /// Registrations accepted.
@@ -71,6 +85,8 @@ counters! {
     malformed_messages,
     /// Requests refused by the access rules.
     requests_denied,
+    /// Cache invalidations applied (from clients and from peers).
+    cache_invalidations,
     /// Replies replaced by `message_too_large`.
     replies_too_large,
     /// Replies dropped because the client's queue was full.

@@ -189,6 +189,20 @@ pub struct RemoteFailure {
     pub peer: String,
 }
 
+impl Failure {
+    /// The same failure told about another step (a cached call's failure handed to the steps
+    /// that waited on it).
+    pub fn for_step(&self, name: &str) -> Failure {
+        let mut copy = self.clone();
+        match &mut copy {
+            Failure::StepFailed { step, .. } => *step = name.to_string(),
+            Failure::Remote(remote) => remote.step = name.to_string(),
+            _ => {}
+        }
+        copy
+    }
+}
+
 fn in_brackets(locs: &[String]) -> String {
     if locs.is_empty() {
         String::new()

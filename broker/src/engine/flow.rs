@@ -24,6 +24,9 @@ impl Engine {
     /// failing its plan.
     pub(super) fn drain_ready(&mut self, out: &mut impl Outbox, now: Instant) {
         while let Some((plan, step)) = self.ready.pop_front() {
+            if self.cache_before_placing(out, plan, step, now) {
+                continue;
+            }
             let Some(state) = self.plans.get(plan) else {
                 continue;
             };
@@ -143,19 +146,42 @@ impl Engine {
         if matches!(plan.reply_to, ReplyTo::Peer { .. }) {
             self.plans.ran_on(state.plan, &worker);
         }
-        let Some(plan) = self.plans.get(state.plan) else {
+        self.cache_result(out, state.plan, state.step, &value, now);
+        let elapsed_us = now.saturating_duration_since(state.sent).as_micros() as u64;
+        self.record_step(
+            out, state.plan, state.step, value, bytes, worker, elapsed_us, now,
+        );
+        self.drain_ready(out, now);
+    }
+
+    /// Records a step's result (from its worker, a peer or the cache): progress to the client
+    /// when it asked, the steps it makes ready queued, the plan's reply when it was the last.
+    /// Does not place the steps made ready (the caller drains the queue).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn record_step(
+        &mut self,
+        out: &mut impl Outbox,
+        id: PlanId,
+        step: StepIx,
+        value: Value,
+        bytes: usize,
+        worker: String,
+        elapsed_us: u64,
+        now: Instant,
+    ) {
+        let Some(plan) = self.plans.get(id) else {
             return;
         };
         if plan.request.progress || plan.request.progress_topic.is_some() {
-            let def = plan.step(state.step);
+            let def = plan.step(step);
             let event = Progress {
                 id: plan.request_id,
-                plan: Some(state.plan),
+                plan: Some(id),
                 step: def.name.clone(),
                 fun: def.fun.clone(),
                 worker,
                 result: value.clone(),
-                elapsed_us: now.saturating_duration_since(state.sent).as_micros() as u64,
+                elapsed_us,
             };
             let client = match &plan.reply_to {
                 ReplyTo::Client(client) => Some(client.clone()),
@@ -173,17 +199,24 @@ impl Engine {
                 self.reply(out, &client, &BrokerToClient::Progress(event));
             }
         }
-        let recorded = self
-            .plans
-            .record(state.plan, state.step, value, bytes, &mut self.ready);
+        let recorded = self.plans.record(id, step, value, bytes, &mut self.ready);
         if recorded == super::plans::Recorded::Complete {
-            self.finish_plan(out, state.plan, now);
+            self.finish_plan(out, id, now);
         }
-        self.drain_ready(out, now);
+    }
+
+    /// Removes a plan that ended, and takes its steps out of the cache's calls in flight.
+    pub(super) fn remove_plan(&mut self, plan: PlanId) -> Option<super::plans::PlanState> {
+        let mut state = self.plans.remove(plan)?;
+        if !state.cache.is_empty() {
+            let steps = std::mem::take(&mut state.cache);
+            self.cache_plan_ended(plan, &steps);
+        }
+        Some(state)
     }
 
     fn finish_plan(&mut self, out: &mut impl Outbox, plan: PlanId, now: Instant) {
-        let Some(mut state) = self.plans.remove(plan) else {
+        let Some(mut state) = self.remove_plan(plan) else {
             return;
         };
         slog::debug!(self.log, "plan completed"; "plan" => %plan);
@@ -218,7 +251,7 @@ impl Engine {
         failure: Failure,
         now: Instant,
     ) {
-        let Some(mut state) = self.plans.remove(plan) else {
+        let Some(mut state) = self.remove_plan(plan) else {
             return;
         };
         slog::debug!(self.log, "plan failed"; "plan" => %plan, "code" => failure.code().code());

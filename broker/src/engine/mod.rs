@@ -17,6 +17,7 @@
 //! results to replies, failures), `time` (timers) and `status`. Every failure is a
 //! [`failure::Failure`], turned into an `error` in one place.
 
+mod caching;
 mod clients;
 mod cluster;
 mod cluster_info;
@@ -92,6 +93,8 @@ pub struct EngineConfig {
     pub client_liveness: u32,
     /// Membership of a cluster of brokers; `None`: a broker on its own.
     pub cluster: Option<ClusterConfig>,
+    /// The result cache; `None`: no cache.
+    pub cache: Option<crate::cache::CacheConfig>,
 }
 
 impl Default for EngineConfig {
@@ -113,6 +116,7 @@ impl Default for EngineConfig {
             max_worker_capacity: 1024,
             client_liveness: 3,
             cluster: None,
+            cache: Some(crate::cache::CacheConfig::default()),
         }
     }
 }
@@ -180,6 +184,8 @@ pub struct Engine {
     peers: Option<Peers>,
     /// Final replies of plans whose client chose the id, for a client that sends one again.
     replays: Replays,
+    /// The result cache; `None` when disabled.
+    cache: Option<caching::StepResults>,
     /// Steps whose references all have results, not yet placed: drained in a loop, so a
     /// chain of steps completing at once never recurses.
     ready: VecDeque<(PlanId, StepIx)>,
@@ -203,8 +209,16 @@ impl Engine {
             .cluster
             .clone()
             .map(|c| Peers::new(c, config.name.clone(), ids.seed(), now));
+        let cache = config.cache.clone().map(|c| {
+            // The configuration layer validated it; defaults stand in for a bad one here.
+            crate::cache::Cache::new(c).unwrap_or_else(|_| {
+                crate::cache::Cache::new(crate::cache::CacheConfig::default())
+                    .expect("the default cache configuration is valid")
+            })
+        });
         Engine {
             peers,
+            cache,
             replays: Replays::default(),
             next_heartbeat: now + config.heartbeat,
             exchange: Exchange::new(config.exchange.clone()),

@@ -79,6 +79,8 @@ pub struct PlanState {
     pub rejected: Vec<(StepIx, BrokerId)>,
     /// The worker that ran the last finished step (what a forwarded step's answer names).
     pub ran_on: String,
+    /// The cache keys of its steps of cacheable functions, and their part in the cache.
+    pub cache: BTreeMap<StepIx, super::caching::StepCache>,
 }
 
 /// Finished results, looked up by step name during resolution.
@@ -108,6 +110,11 @@ impl PlanState {
     /// A step's definition.
     pub fn step(&self, step: StepIx) -> &Step {
         &self.request.steps[step as usize]
+    }
+
+    /// The steps whose results a step's references read.
+    pub fn deps(&self, step: StepIx) -> &[u32] {
+        &self.graph.deps[step as usize]
     }
 
     /// A step's version requirement, if it has one.
@@ -320,6 +327,7 @@ impl Plans {
                 deadline,
                 rejected: Vec::new(),
                 ran_on: String::new(),
+                cache: BTreeMap::new(),
             },
         );
         Ok(true)
@@ -373,6 +381,7 @@ impl Plans {
                 timeout_ms: step.timeout_ms,
                 retries: None,
                 version: step.version,
+                cache: step.cache,
             }],
             deadline_ms: Some(step.remaining_ms),
             all_results: true,
@@ -405,6 +414,7 @@ impl Plans {
                 deadline,
                 rejected: Vec::new(),
                 ran_on: String::new(),
+                cache: BTreeMap::new(),
             },
         );
         Ok(())
@@ -489,6 +499,11 @@ impl Plans {
     /// A plan in flight.
     pub fn get(&self, id: PlanId) -> Option<&PlanState> {
         self.plans.get(&id)
+    }
+
+    /// A plan in flight, to change its bookkeeping (not its request or results).
+    pub fn get_mut(&mut self, id: PlanId) -> Option<&mut PlanState> {
+        self.plans.get_mut(&id)
     }
 
     /// Records that a task now runs the step.

@@ -82,6 +82,14 @@ impl Engine {
                 let reply = BrokerToClient::Functions(self.functions_reply(request.id));
                 self.reply(out, client, &reply);
             }
+            ClientToBroker::CacheStats(request) => {
+                let reply = self.cache_stats(request.id);
+                self.reply(out, client, &reply);
+            }
+            ClientToBroker::CacheInvalidate(request) => {
+                let client = client.clone();
+                self.cache_invalidate(out, &client, request);
+            }
             ClientToBroker::Status(status) => {
                 let reply = BrokerToClient::Status(self.status(status.id, now));
                 self.reply(out, client, &reply);

@@ -20,7 +20,12 @@ impl Engine {
         counters.insert("topic_published".into(), topics.published);
         counters.insert("topic_delivered".into(), topics.delivered);
         counters.insert("topic_dropped_hwm".into(), topics.dropped);
-        let gauges = BTreeMap::from([
+        for (name, value) in self.cache_counters() {
+            if name != "invalidations" {
+                counters.insert(format!("cache_{name}"), value);
+            }
+        }
+        let mut gauges = BTreeMap::from([
             (
                 "plan_bytes_in_flight".to_string(),
                 self.plans.bytes_in_flight() as u64,
@@ -32,6 +37,11 @@ impl Engine {
             ("clients_tracked".to_string(), self.clients.len() as u64),
             ("plans_replayable".to_string(), self.replays.len() as u64),
         ]);
+        if self.cache.is_some() {
+            for name in ["entries", "bytes", "flights"] {
+                gauges.insert(format!("cache_{name}"), self.cache_gauge(name));
+            }
+        }
         let as_u64 = |n: usize| n as u64;
         let limits = BTreeMap::from([
             ("max_message_bytes", as_u64(limits.max_message_bytes)),

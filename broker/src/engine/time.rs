@@ -68,6 +68,7 @@ impl Engine {
     /// the exchange's housekeeping, stale waiting entries.
     fn heartbeat(&mut self, out: &mut impl Outbox, now: Instant) {
         self.exchange.on_tick(now);
+        self.cache_sweep(now);
         let beat = BrokerToWorker::Heartbeat(Heartbeat {});
         for (_, w) in self.scheduler.registry().iter() {
             let _ = out.to_worker(&w.addr, &beat);

@@ -62,6 +62,7 @@ impl Engine {
                             message: failure.message,
                         };
                         self.counters.steps_failed += 1;
+                        self.cache_failure(out, task.plan, task.step, &failed, now);
                         self.fail_plan(out, task.plan, failed, now);
                     }
                     self.after_task_freed(out, worker, now);
@@ -136,6 +137,7 @@ impl Engine {
                 versions: register.versions,
                 capacity,
                 key: origin.user,
+                cacheable: register.cacheable,
             },
             now,
         );
@@ -188,6 +190,35 @@ fn check_registration(register: &Register, limits: &Limits) -> Result<(), String
             ));
         }
         crate::versions::check_version(version)?;
+    }
+    for (fun, rule) in &register.cacheable {
+        if !register.functions.contains(fun) {
+            return Err(format!(
+                "`{}` is declared cacheable but the worker does not register it",
+                quote(fun)
+            ));
+        }
+        if rule.ttl_ms == Some(0) {
+            return Err(format!(
+                "cacheable `{}`: ttl_ms must be at least 1 (leave it out for no expiry)",
+                quote(fun)
+            ));
+        }
+        if rule.tags.len() > limits.max_locs {
+            return Err(format!(
+                "cacheable `{}`: {} tags; the limit is {} (max_locs)",
+                quote(fun),
+                rule.tags.len(),
+                limits.max_locs
+            ));
+        }
+        if let Some(tag) = rule.tags.iter().find(|t| t.is_empty() || t.len() > max) {
+            return Err(format!(
+                "cacheable `{}`: tag {:?} must be 1 to {max} bytes long (max_name_bytes)",
+                quote(fun),
+                quote(tag)
+            ));
+        }
     }
     if register.resources.len() > limits.max_locs {
         return Err(format!(

@@ -149,6 +149,7 @@ pub fn register(
         resources: vec![],
         capacity,
         versions: Default::default(),
+        cacheable: Default::default(),
     });
     e.on_worker(out, worker(routing), m, now);
 }

@@ -12,7 +12,7 @@ use super::Sample;
 type Decode<M> = fn(&[u8], &[u8], &Limits) -> Result<M, DecodeError>;
 
 /// A sample of one message of a direction whose messages decode with `decode`.
-fn sample<M: Clone + PartialEq + 'static>(
+pub(super) fn sample<M: Clone + PartialEq + 'static>(
     name: &'static str,
     kind: &str,
     body: Vec<u8>,
@@ -226,6 +226,7 @@ pub fn samples() -> Vec<Sample> {
             remaining_ms: 29_500,
             timeout_ms: Some(10_000),
             owner: "tcp://10.0.0.1:7403".into(),
+            cache: None,
         })
     );
     peer!(

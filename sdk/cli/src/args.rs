@@ -56,6 +56,33 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `mpreg cache ...`.
+#[derive(Debug, Clone, PartialEq, Subcommand)]
+pub enum CacheAction {
+    /// Print the cache's figures: {"broker","enabled","policy","entries","bytes",
+    /// "max_bytes","flights","counters":{"hits","misses",...}}.
+    Stats,
+    /// Drop cached results by tag or by function (exactly one), and what was computed from
+    /// them.
+    Invalidate {
+        /// Drop the results carrying this tag.
+        #[arg(long, conflicts_with = "fun", required_unless_present = "fun")]
+        tag: Option<String>,
+        /// Drop the results of this function.
+        #[arg(long)]
+        fun: Option<String>,
+    },
+}
+
+fn parse_cache_mode(text: &str) -> Result<mpreg::CacheMode, String> {
+    match text {
+        "use" => Ok(mpreg::CacheMode::Use),
+        "bypass" => Ok(mpreg::CacheMode::Bypass),
+        "refresh" => Ok(mpreg::CacheMode::Refresh),
+        other => Err(format!("{other:?}: expected use, bypass or refresh")),
+    }
+}
+
 /// The subcommands.
 #[derive(Debug, Clone, PartialEq, Subcommand)]
 pub enum Command {
@@ -75,6 +102,11 @@ pub enum Command {
         /// syntax, e.g. ">=1.2, <2"; a function registered without a version is 0.0.0).
         #[arg(long = "version", value_name = "REQUIREMENT")]
         version_req: Option<String>,
+        /// How the call uses the broker's result cache: use (default: answer from the cache
+        /// when the function is cacheable), bypass (always run, store nothing) or refresh
+        /// (always run, replace the cached result).
+        #[arg(long, value_name = "MODE", value_parser = parse_cache_mode)]
+        cache: Option<mpreg::CacheMode>,
     },
     /// Run a plan from a JSON file: an array of {"name", "fun", "args", "kwargs", "locs",
     /// "timeout_ms", "retries", "version"}.
@@ -93,6 +125,14 @@ pub enum Command {
     /// Print how this broker sees its cluster, as one JSON line:
     /// `{"cluster","self","members":[{"name","incarnation","state","endpoints","functions"}]}`.
     Cluster,
+    /// The broker's result cache: `cache stats` prints its figures as one JSON line;
+    /// `cache invalidate --tag T | --fun F` drops results here and on the cluster's other
+    /// brokers and prints `{"entries": N, "peers": M}`.
+    Cache {
+        /// What to do.
+        #[command(subcommand)]
+        action: CacheAction,
+    },
     /// Print the cluster's catalogue as one JSON line: `{"functions":[{"fun","versions",
     /// "resources","brokers","capacity"}]}`.
     Functions,
@@ -267,8 +307,17 @@ mod tests {
                 args: vec!["hi".into(), "-5".into(), "{\"a\":1}".into()],
                 locs: vec!["a".into(), "b".into()],
                 version_req: None,
+                cache: None,
             }
         );
+        let cli = parsed(&["call", "f", "--cache", "refresh"]);
+        assert!(matches!(
+            cli.command,
+            Command::Call {
+                cache: Some(mpreg::CacheMode::Refresh),
+                ..
+            }
+        ));
         let cli = parsed(&["--timeout", "2", "call", "f", "--", "-x"]);
         assert_eq!(cli.timeout, Some(Duration::from_secs(2)));
         assert!(matches!(cli.command, Command::Call { ref args, .. } if args == &["-x"]));

@@ -175,6 +175,7 @@ pub async fn execute_until(
             args,
             locs,
             version_req,
+            cache,
         } => {
             let mut step = Step::new(
                 CALL_STEP,
@@ -185,6 +186,7 @@ pub async fn execute_until(
             );
             step.locs = locs;
             step.version = version_req;
+            step.cache = cache;
             Work::Call(step)
         }
         Command::Plan {
@@ -199,6 +201,7 @@ pub async fn execute_until(
         Command::Status => Work::Status,
         Command::Cluster => Work::Cluster,
         Command::Functions => Work::Functions,
+        Command::Cache { action } => Work::Cache(action),
         Command::Pub {
             topic,
             payload,
@@ -319,6 +322,33 @@ async fn perform(
             });
             emit(out, &line.to_string())
         }
+        Work::Cache(args::CacheAction::Stats) => {
+            let reply = client.cache_stats().await?;
+            let line = serde_json::json!({
+                "broker": reply.broker,
+                "enabled": reply.enabled,
+                "policy": reply.policy,
+                "entries": reply.entries,
+                "bytes": reply.bytes,
+                "max_bytes": reply.max_bytes,
+                "flights": reply.flights,
+                "counters": reply.counters,
+            });
+            emit(out, &line.to_string())
+        }
+        Work::Cache(args::CacheAction::Invalidate { tag, fun }) => {
+            let reply = match (tag, fun) {
+                (Some(tag), _) => client.cache_invalidate_tag(&tag).await?,
+                (None, Some(fun)) => client.cache_invalidate_function(&fun).await?,
+                (None, None) => {
+                    return Err(Error::Invalid(
+                        "cache invalidate needs --tag or --fun".into(),
+                    ))
+                }
+            };
+            let line = serde_json::json!({ "entries": reply.entries, "peers": reply.peers });
+            emit(out, &line.to_string())
+        }
         Work::Functions => {
             let reply = client.functions().await?;
             emit(
@@ -353,6 +383,7 @@ enum Work {
     Status,
     Cluster,
     Functions,
+    Cache(args::CacheAction),
     Publish {
         topic: String,
         payload: Value,

@@ -8,7 +8,8 @@
 //! ]
 //! ```
 //!
-//! `args`, `kwargs`, `locs`, `timeout_ms` and `retries` are optional (`null` counts as absent);
+//! `args`, `kwargs`, `locs`, `timeout_ms`, `retries`, `version` and `cache` (`"use"`,
+//! `"bypass"`, `"refresh"`) are optional (`null` counts as absent);
 //! any other field is an error, so a typo is reported instead of ignored. Values are converted
 //! with [`mpreg::json::from_json`].
 
@@ -39,6 +40,9 @@ struct FileStep {
     /// A version requirement (`">=1.2, <2"`).
     #[serde(default)]
     version: Option<String>,
+    /// The step's cache mode: `"use"`, `"bypass"` or `"refresh"`.
+    #[serde(default)]
+    cache: Option<mpreg::CacheMode>,
 }
 
 /// Parses a plan file's text into steps.
@@ -77,6 +81,7 @@ pub fn parse_plan(text: &str, source: &str) -> Result<Vec<Step>, Error> {
                 timeout_ms: step.timeout_ms,
                 retries: step.retries,
                 version: step.version,
+                cache: step.cache,
             })
         })
         .collect()
