@@ -21,9 +21,7 @@ impl Engine {
         counters.insert("topic_delivered".into(), topics.delivered);
         counters.insert("topic_dropped_hwm".into(), topics.dropped);
         for (name, value) in self.cache_counters() {
-            if name != "invalidations" {
-                counters.insert(format!("cache_{name}"), value);
-            }
+            counters.insert(format!("cache_{name}"), value);
         }
         let mut gauges = BTreeMap::from([
             (
