@@ -200,6 +200,14 @@ pub struct Flags {
     #[arg(long)]
     #[serde(rename = "cache.max_bytes", skip_serializing_if = "Option::is_none")]
     pub cache_max_bytes: Option<usize>,
+    /// Share cached results across the cluster: each key has one owner broker (turn it on on
+    /// every broker of the cluster).
+    #[arg(long)]
+    #[serde(
+        rename = "cache.cluster_tier",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub cache_cluster_tier: bool,
     /// The result cache's eviction policy: lru or s4lru.
     #[arg(long)]
     #[serde(rename = "cache.policy", skip_serializing_if = "Option::is_none")]

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::codec::nil_as_default;
+use crate::Value;
 
 /// How a step uses the broker's result cache (`Step.cache`). Only functions a worker declared
 /// cacheable ([`CacheRule`]) are ever cached; for others the mode changes nothing.
@@ -105,4 +106,66 @@ pub struct CacheDrop {
     /// Drop the results of this function.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fun: Option<String>,
+}
+
+/// The parts of a cache key, as one broker names a call to another (cluster tier).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireKey {
+    /// The function.
+    pub fun: String,
+    /// The step's version requirement, as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The requested resources, sorted, without repetition.
+    #[serde(default, deserialize_with = "nil_as_default")]
+    pub locs: Vec<String>,
+    /// The canonical msgpack of the resolved `[args, kwargs]`.
+    #[serde(with = "serde_bytes")]
+    pub canonical: Vec<u8>,
+}
+
+/// `cache_get` (peer data link, cluster tier): do you, the key's owner, hold this result?
+/// Answered by `cache_value`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheGet {
+    /// The asker's id for this lookup (echoed).
+    pub gid: u64,
+    /// The call.
+    pub key: WireKey,
+}
+
+/// `cache_value` (peer data link): the owner's answer to `cache_get`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CacheValue {
+    /// The lookup's id.
+    pub gid: u64,
+    /// True when the owner holds the result.
+    pub hit: bool,
+    /// The result (nil on a miss).
+    #[serde(default = "nil_value")]
+    pub value: Value,
+}
+
+fn nil_value() -> Value {
+    Value::Nil
+}
+
+/// `cache_put` (peer data link, cluster tier): a result computed here, for its key's owner to
+/// keep. Not answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CachePut {
+    /// The call.
+    pub key: WireKey,
+    /// Its result.
+    pub value: Value,
+    /// How long it stays valid, in milliseconds, if limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+    /// Its tags.
+    #[serde(
+        default,
+        deserialize_with = "nil_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub tags: Vec<String>,
 }

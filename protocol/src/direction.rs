@@ -3,7 +3,8 @@
 //! Frame 2 of every message (the type) selects the variant; the body decodes into its struct.
 
 use crate::cache::{
-    CacheDrop, CacheInvalidate, CacheInvalidated, CacheStatsReply, CacheStatsRequest,
+    CacheDrop, CacheGet, CacheInvalidate, CacheInvalidated, CachePut, CacheStatsReply,
+    CacheStatsRequest, CacheValue,
 };
 use crate::client::{
     CancelRequest, ClientHeartbeat, ClusterReply, ClusterRequest, ErrorReply, FunctionsReply,
@@ -225,6 +226,12 @@ direction! {
         Bye(Bye) = "bye",
         /// Cached results were invalidated at the sender: drop them here too.
         CacheDrop(CacheDrop) = "cache_drop",
+        /// Cluster tier: does the key's owner hold this result?
+        CacheGet(CacheGet) = "cache_get",
+        /// Cluster tier: the owner's answer.
+        CacheValue(CacheValue) = "cache_value",
+        /// Cluster tier: a result for its key's owner to keep.
+        CachePut(CachePut) = "cache_put",
     }
 }
 

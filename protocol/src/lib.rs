@@ -32,8 +32,8 @@ pub mod topic;
 pub mod worker;
 
 pub use cache::{
-    CacheDrop, CacheInvalidate, CacheInvalidated, CacheMode, CacheRule, CacheStatsReply,
-    CacheStatsRequest,
+    CacheDrop, CacheGet, CacheInvalidate, CacheInvalidated, CacheMode, CachePut, CacheRule,
+    CacheStatsReply, CacheStatsRequest, CacheValue, WireKey,
 };
 pub use client::{
     CancelRequest, ClientHeartbeat, ClusterMember, ClusterReply, ClusterRequest, ErrorReply,

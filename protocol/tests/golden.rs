@@ -451,6 +451,11 @@ fn to_json(value: &Value) -> serde_json::Value {
                 .map(|(k, v)| (k.as_str().expect("string keys").to_string(), to_json(v)))
                 .collect(),
         ),
+        // Binary has no JSON form: `{"$bin": "<hex>"}`, as the CLI reads and writes it.
+        Value::Binary(bytes) => {
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            serde_json::json!({ "$bin": hex })
+        }
         other => panic!("fixtures hold no {other:?}"),
     }
 }

@@ -11,6 +11,17 @@ import msgpack
 DEFAULT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "protocol", "fixtures")
 
 
+def from_json(value):
+    """The fixture's JSON as msgpack values: {"$bin": "<hex>"} is binary (bin)."""
+    if isinstance(value, dict):
+        if list(value) == ["$bin"]:
+            return bytes.fromhex(value["$bin"])
+        return {k: from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [from_json(v) for v in value]
+    return value
+
+
 def check(directory=DEFAULT_DIR):
     """Returns a list of failure strings (empty: all good) and the number of fixtures checked."""
     failures, paths = [], sorted(glob.glob(os.path.join(directory, "*.json")))
@@ -24,9 +35,10 @@ def check(directory=DEFAULT_DIR):
         frames = fixture["frames"]
         if len(frames) != 2 or frames[0] != "MPREG/1" or not (stem == frames[1] or stem.startswith(frames[1] + "_")):
             failures.append(f"{name}: frames {frames} do not match the file name")
-        if msgpack.packb(fixture["body"]) != golden:
-            failures.append(f"{name}: encoding differs: {msgpack.packb(fixture['body']).hex()} != {golden.hex()}")
-        if msgpack.unpackb(golden, strict_map_key=False) != fixture["body"]:
+        body = from_json(fixture["body"])
+        if msgpack.packb(body) != golden:
+            failures.append(f"{name}: encoding differs: {msgpack.packb(body).hex()} != {golden.hex()}")
+        if msgpack.unpackb(golden, strict_map_key=False) != body:
             failures.append(f"{name}: decoding differs")
     if not paths:
         failures.append(f"no fixtures in {directory}")

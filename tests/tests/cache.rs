@@ -422,3 +422,60 @@ async fn invalidation_spreads_across_the_cluster() {
         node.shutdown(Duration::from_secs(1)).await;
     }
 }
+
+/// The cluster tier: a result computed through one broker answers the same call through the
+/// other, whichever of them owns the key; without the tier each broker runs it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_tier_shares_results_between_brokers() {
+    for tier in [true, false] {
+        let flags: &[&str] = if tier { &["--cache-cluster-tier"] } else { &[] };
+        let brokers = start_broker_cluster(if tier { "tier" } else { "notier" }, 2, flags);
+        let mut nodes = Vec::new();
+        for b in &brokers {
+            nodes.push(counting_node(&b.worker, None, &[]).await);
+        }
+        eventually(WAIT, "two members", || {
+            let (_, out, _) = cli(&brokers[1].client, &["cluster"], None);
+            out.matches("\"alive\"").count() == 2
+        });
+        let c1 = Client::connect(&brokers[0].client).await.unwrap();
+        let c2 = Client::connect(&brokers[1].client).await.unwrap();
+        const KEYS: i64 = 20;
+        for k in 0..KEYS {
+            assert_eq!(c1.call("pure", args![k]).await.unwrap(), Value::from(k));
+        }
+        // The hand-over to an owner is asynchronous: give it a moment.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for k in 0..KEYS {
+            assert_eq!(c2.call("pure", args![k]).await.unwrap(), Value::from(k));
+        }
+        let runs: usize = nodes.iter().map(|(_, r)| r.of(0)).sum();
+        if tier {
+            assert_eq!(
+                runs, KEYS as usize,
+                "every key ran once in the whole cluster"
+            );
+            let s1 = c1.status().await.unwrap();
+            let s2 = c2.status().await.unwrap();
+            let count = |s: &mpreg::StatusReply, k: &str| s.counters.get(k).copied().unwrap_or(0);
+            // Keys owned by broker 2 were handed to it; broker 2 asked broker 1 for the others.
+            assert_eq!(
+                count(&s1, "cache_remote_puts") + count(&s2, "cache_remote_hits"),
+                KEYS as u64,
+                "{:?} {:?}",
+                s1.counters,
+                s2.counters
+            );
+            assert!(count(&s1, "cache_remote_puts") > 0 && count(&s2, "cache_remote_hits") > 0);
+        } else {
+            assert_eq!(
+                runs,
+                2 * KEYS as usize,
+                "without the tier each broker runs each key"
+            );
+        }
+        for (node, _) in nodes {
+            node.shutdown(Duration::from_secs(1)).await;
+        }
+    }
+}

@@ -49,6 +49,21 @@ pub struct CacheConfig {
     pub max_followers: usize,
     /// Expired entries removed per sweep (at least 1).
     pub sweep_budget: usize,
+    /// The cluster tier: each key has one owner broker among the cluster's live members
+    /// (rendezvous hashing), which keeps its result for all of them; a broker missing a key
+    /// asks the owner before running the call, and hands the owner what it computed.
+    #[serde(default)]
+    pub cluster_tier: bool,
+    /// How long a broker waits for the owner's answer before it runs the call itself, ms.
+    #[serde(default = "default_cluster_tier_timeout_ms")]
+    pub cluster_tier_timeout_ms: u64,
+}
+
+/// Default wait for a key owner's answer: a few loopback or LAN round trips.
+pub const DEFAULT_CLUSTER_TIER_TIMEOUT_MS: u64 = 200;
+
+fn default_cluster_tier_timeout_ms() -> u64 {
+    DEFAULT_CLUSTER_TIER_TIMEOUT_MS
 }
 
 impl Default for CacheConfig {
@@ -61,6 +76,8 @@ impl Default for CacheConfig {
             segments: DEFAULT_SEGMENTS,
             max_followers: DEFAULT_MAX_FOLLOWERS,
             sweep_budget: DEFAULT_SWEEP_BUDGET,
+            cluster_tier: false,
+            cluster_tier_timeout_ms: DEFAULT_CLUSTER_TIER_TIMEOUT_MS,
         }
     }
 }

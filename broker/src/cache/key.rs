@@ -93,6 +93,48 @@ impl CacheKey {
         }))
     }
 
+    /// The key as another broker names it (`cache_get`, `cache_put`).
+    pub fn to_wire(&self) -> mpreg_protocol::WireKey {
+        mpreg_protocol::WireKey {
+            fun: self.0.fun.to_string(),
+            version: self.0.version.as_ref().map(|v| v.to_string()),
+            locs: self.0.locs.iter().map(|l| l.to_string()).collect(),
+            canonical: self.0.canonical.to_vec(),
+        }
+    }
+
+    /// The key another broker named (its resources are sorted and deduplicated again here).
+    pub fn from_wire(wire: &mpreg_protocol::WireKey) -> CacheKey {
+        let mut sorted: Vec<&str> = wire.locs.iter().map(String::as_str).collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        CacheKey::from_parts(
+            &wire.fun,
+            wire.version.as_deref(),
+            &sorted,
+            wire.canonical.clone(),
+        )
+    }
+
+    /// A digest of the parts that is the same in every build and process (FNV-1a, 64 bits):
+    /// what the cluster tier places keys by.
+    pub fn stable_digest(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |bytes: &[u8]| {
+            for b in (bytes.len() as u64).to_le_bytes().iter().chain(bytes) {
+                h ^= u64::from(*b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        eat(self.0.fun.as_bytes());
+        eat(self.0.version.as_deref().unwrap_or("").as_bytes());
+        for loc in self.0.locs.iter() {
+            eat(loc.as_bytes());
+        }
+        eat(&self.0.canonical);
+        h
+    }
+
     /// The function called.
     pub fn fun(&self) -> &str {
         &self.0.fun

@@ -61,6 +61,8 @@ pub enum Part {
     Alone,
     /// It has its result, from the cache or stored in it: later steps reading it link to it.
     Done,
+    /// It waits for the answer of its key's owner (the cluster tier).
+    Remote,
 }
 
 impl Engine {
@@ -110,7 +112,13 @@ impl Engine {
                 self.record_step(out, plan, step, value, bytes, CACHE_WORKER.into(), 0, now);
                 return true;
             }
+            if self.tier_lookup(out, plan, step, &key, now) {
+                return true;
+            }
         }
+        let Some(cache) = self.cache.as_mut() else {
+            return false;
+        };
         let (part, taken) = match cache.begin(&key, (plan, step)) {
             Flight::Lead => (Part::Lead, false),
             Flight::Follow => (Part::Follow, true),
@@ -120,7 +128,7 @@ impl Engine {
         taken
     }
 
-    fn set_part(&mut self, plan: PlanId, step: StepIx, key: CacheKey, part: Part) {
+    pub(super) fn set_part(&mut self, plan: PlanId, step: StepIx, key: CacheKey, part: Part) {
         if let Some(state) = self.plans.get_mut(plan) {
             state.cache.insert(step, StepCache { key, part });
         }
@@ -166,9 +174,15 @@ impl Engine {
                     tags: rule.tags,
                     parents,
                 };
-                cache
+                let tier_fill = Fill {
+                    parents: Vec::new(),
+                    ..fill.clone()
+                };
+                let followers = cache
                     .complete(&key, &(plan, step), value.clone(), fill, now)
-                    .followers
+                    .followers;
+                self.tier_put(out, &key, value, &tier_fill);
+                followers
             }
             // No longer cacheable here (its workers changed): shared, not stored.
             None => cache.fail(&key, &(plan, step)),

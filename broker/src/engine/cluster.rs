@@ -143,6 +143,9 @@ impl Engine {
                 );
             }
             PeerMessage::CacheDrop(drop) => self.on_cache_drop(drop),
+            PeerMessage::CacheGet(ask) => self.on_cache_get(out, from, ask, now),
+            PeerMessage::CacheValue(answer) => self.on_cache_value(out, answer, now),
+            PeerMessage::CachePut(put) => self.on_cache_put(put, now),
             PeerMessage::Bye(bye) => self.member_left(out, bye.broker, now),
             PeerMessage::Probe(_) | PeerMessage::ProbeAck(_) | PeerMessage::ProbeRequest(_) => {}
         }

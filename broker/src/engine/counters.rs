@@ -87,6 +87,18 @@ counters! {
     requests_denied,
     /// Cache invalidations applied (from clients and from peers).
     cache_invalidations,
+    /// Cluster tier: lookups sent to a key's owner.
+    cache_remote_lookups,
+    /// Cluster tier: lookups the owner answered with the result.
+    cache_remote_hits,
+    /// Cluster tier: lookups the owner answered without it.
+    cache_remote_misses,
+    /// Cluster tier: lookups the owner did not answer in time.
+    cache_remote_timeouts,
+    /// Cluster tier: results handed to their key's owner.
+    cache_remote_puts,
+    /// Cluster tier: lookups of other members this broker answered with a result.
+    cache_remote_served,
     /// Replies replaced by `message_too_large`.
     replies_too_large,
     /// Replies dropped because the client's queue was full.

@@ -17,6 +17,7 @@
 //! results to replies, failures), `time` (timers) and `status`. Every failure is a
 //! [`failure::Failure`], turned into an `error` in one place.
 
+mod cache_tier;
 mod caching;
 mod clients;
 mod cluster;
@@ -186,6 +187,8 @@ pub struct Engine {
     replays: Replays,
     /// The result cache; `None` when disabled.
     cache: Option<caching::StepResults>,
+    /// Cache lookups waiting for their key's owner (the cluster tier).
+    tier: cache_tier::TierLookups,
     /// Steps whose references all have results, not yet placed: drained in a loop, so a
     /// chain of steps completing at once never recurses.
     ready: VecDeque<(PlanId, StepIx)>,
@@ -219,6 +222,7 @@ impl Engine {
         Engine {
             peers,
             cache,
+            tier: cache_tier::TierLookups::default(),
             replays: Replays::default(),
             next_heartbeat: now + config.heartbeat,
             exchange: Exchange::new(config.exchange.clone()),
@@ -290,6 +294,7 @@ impl Engine {
             self.scheduler.next_timeout(),
             self.shutdown_deadline,
             self.peers.as_ref().map(Peers::next_deadline),
+            self.tier.next_deadline(),
         ]
         .into_iter()
         .flatten()

@@ -56,6 +56,7 @@ impl Engine {
             self.counters.steps_timed_out += 1;
             self.fail_plan(out, state.plan, failure, now);
         }
+        self.tier_timeouts(now);
         if self.shutdown_deadline.is_some_and(|at| now >= at) {
             for plan in self.plans.ids() {
                 self.fail_plan(out, plan, Failure::ShutDown, now);

@@ -112,6 +112,46 @@ pub fn samples() -> Vec<Sample> {
         tag: None,
         fun: Some("embed".into()),
     });
+    let key = WireKey {
+        fun: "embed".into(),
+        version: Some("^2".into()),
+        locs: vec!["model-x".into()],
+        canonical: vec![0x92, 0x91, 0xa4, b't', b'e', b'x', b't', 0x80],
+    };
+    for (name, m) in [
+        (
+            "peer.cache_get",
+            PeerMessage::CacheGet(CacheGet {
+                gid: 11,
+                key: key.clone(),
+            }),
+        ),
+        (
+            "peer.cache_value",
+            PeerMessage::CacheValue(CacheValue {
+                gid: 11,
+                hit: true,
+                value: Value::Array(vec![Value::from(0.25), Value::from(-1.5)]),
+            }),
+        ),
+        (
+            "peer.cache_put",
+            PeerMessage::CachePut(CachePut {
+                key,
+                value: Value::from("vector"),
+                ttl_ms: Some(60_000),
+                tags: vec!["model-x".into()],
+            }),
+        ),
+    ] {
+        out.push(sample(
+            name,
+            m.kind(),
+            m.encode_body(),
+            m,
+            PeerMessage::decode,
+        ));
+    }
     out.push(sample(
         "peer.cache_drop",
         drop.kind(),
