@@ -36,6 +36,7 @@ fn session(seed: u64) -> (Vec<u8>, usize) {
         id: 1,
         patterns: vec!["progress.#".into(), "news.*".into()],
         backlog: false,
+        cluster_ack: false,
     };
     e.on_client(&mut out, c1(), ClientToBroker::Subscribe(sub), at(1));
     let token = match &out.client.last().unwrap().1 {

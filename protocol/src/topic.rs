@@ -34,6 +34,16 @@ pub struct Subscribe {
         skip_serializing_if = "is_false"
     )]
     pub backlog: bool,
+    /// In a cluster: answer only once every reachable peer broker knows the patterns (has
+    /// acknowledged the catalogue change that added them), so that a publish anywhere in the
+    /// cluster after the reply is forwarded here. A peer that stays silent for the broker's
+    /// acknowledgement timeout is counted unreachable. No effect outside a cluster.
+    #[serde(
+        default,
+        deserialize_with = "nil_as_default",
+        skip_serializing_if = "is_false"
+    )]
+    pub cluster_ack: bool,
 }
 
 /// `subscribed`: the subscription exists; subscribe a SUB socket to `sub` on `events`.

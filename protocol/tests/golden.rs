@@ -298,7 +298,8 @@ fn samples() -> Vec<Sample> {
         ClientToBroker::Subscribe(Subscribe {
             id: 11,
             patterns: vec!["orders.*.eu".into(), "alerts.#".into()],
-            backlog: true
+            backlog: true,
+            cluster_ack: false,
         })
     );
     sample!(

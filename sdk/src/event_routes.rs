@@ -56,6 +56,8 @@ pub(crate) struct NewSubscription {
     pub patterns: Vec<String>,
     /// Ask for the retained backlog (again at each re-subscription).
     pub backlog: bool,
+    /// Ask the broker to answer once every peer of its cluster knows the patterns.
+    pub cluster_ack: bool,
     pub deliveries: DeliverySender,
     pub activated: ActivatedSender,
 }
@@ -82,6 +84,7 @@ enum RouteState {
 struct Route {
     patterns: Vec<String>,
     backlog: bool,
+    cluster_ack: bool,
     state: RouteState,
     /// The caller of `subscribe`, until the first activation.
     first: Option<ActivatedSender>,
@@ -151,6 +154,7 @@ impl EventRoutes {
         let route = Route {
             patterns: new.patterns,
             backlog: new.backlog,
+            cluster_ack: new.cluster_ack,
             state: RouteState::Subscribing,
             first: Some(new.activated),
             buffer: DeliveryBuffer::new(new.deliveries),
@@ -158,15 +162,15 @@ impl EventRoutes {
         self.routes.insert(new.key, route);
     }
 
-    /// The patterns and backlog flag of a subscription to (re-)subscribe, marking it
-    /// `Subscribing`; `None` if it is gone.
+    /// The patterns, backlog and cluster-ack flags of a subscription to (re-)subscribe,
+    /// marking it `Subscribing`; `None` if it is gone.
     pub(crate) fn subscribe_request(
         &mut self,
         key: SubscriptionKey,
-    ) -> Option<(Vec<String>, bool)> {
+    ) -> Option<(Vec<String>, bool, bool)> {
         let route = self.routes.get_mut(&key)?;
         route.state = RouteState::Subscribing;
-        Some((route.patterns.clone(), route.backlog))
+        Some((route.patterns.clone(), route.backlog, route.cluster_ack))
     }
 
     /// The subscriptions waiting to be made again after a lost connection.

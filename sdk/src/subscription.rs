@@ -66,6 +66,11 @@ pub struct SubscribeOptions {
     /// Deliveries held for this subscription until the application reads them; more are
     /// dropped and reported (see the [module docs](self)). At least 2.
     pub buffer: usize,
+    /// On a broker in a cluster: `subscribe` returns only once every reachable peer broker
+    /// knows the patterns, so a message published on any broker after it returns is not
+    /// missed (it may wait up to the broker's acknowledgement timeout, 5 s by default, for a
+    /// silent peer). No effect on a broker on its own.
+    pub cluster_ack: bool,
 }
 
 impl Default for SubscribeOptions {
@@ -73,6 +78,7 @@ impl Default for SubscribeOptions {
         SubscribeOptions {
             backlog: false,
             buffer: DEFAULT_SUBSCRIPTION_BUFFER,
+            cluster_ack: false,
         }
     }
 }
@@ -87,6 +93,17 @@ impl SubscribeOptions {
     /// Sets [`SubscribeOptions::buffer`] (values below 2 are raised to 2).
     pub fn with_buffer(mut self, buffer: usize) -> Self {
         self.buffer = buffer;
+        self
+    }
+
+    /// Sets [`SubscribeOptions::cluster_ack`].
+    ///
+    /// ```
+    /// let options = mpreg::SubscribeOptions::default().with_cluster_ack(true);
+    /// assert!(options.cluster_ack);
+    /// ```
+    pub fn with_cluster_ack(mut self, cluster_ack: bool) -> Self {
+        self.cluster_ack = cluster_ack;
         self
     }
 }
@@ -444,6 +461,7 @@ impl Client {
             key,
             patterns,
             backlog: options.backlog,
+            cluster_ack: options.cluster_ack,
             deliveries: deliveries_tx,
             activated: activated_tx,
         }))

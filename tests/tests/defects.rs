@@ -53,6 +53,7 @@ impl Conn {
                 id,
                 patterns,
                 backlog: false,
+                cluster_ack: false,
             })
         }) {
             BrokerToClient::Subscribed(s) => s.sub,

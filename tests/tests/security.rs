@@ -161,6 +161,7 @@ fn subscribe(id: u64, pattern: &str) -> ClientToBroker {
         id,
         patterns: vec![pattern.into()],
         backlog: false,
+        cluster_ack: false,
     })
 }
 

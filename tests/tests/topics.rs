@@ -40,6 +40,7 @@ impl Conn {
                 id,
                 patterns,
                 backlog,
+                cluster_ack: false,
             })
         }) {
             BrokerToClient::Subscribed(s) => Ok(s),

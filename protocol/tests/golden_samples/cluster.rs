@@ -116,6 +116,15 @@ pub fn samples() -> Vec<Sample> {
         "client_to_broker.functions",
         ClientToBroker::Functions(FunctionsRequest { id: 4 })
     );
+    client!(
+        "client_to_broker.subscribe_cluster_ack",
+        ClientToBroker::Subscribe(Subscribe {
+            id: 5,
+            patterns: vec!["orders.#".into()],
+            backlog: false,
+            cluster_ack: true,
+        })
+    );
     reply!(
         "broker_to_client.cluster",
         BrokerToClient::Cluster(ClusterReply {

@@ -304,13 +304,14 @@ impl Link {
 
     /// Sends (or sends again) a subscription's `subscribe`.
     fn send_subscribe(&mut self, io: &mut Io, key: SubscriptionKey) {
-        let Some((patterns, backlog)) = self.events.subscribe_request(key) else {
+        let Some((patterns, backlog, cluster_ack)) = self.events.subscribe_request(key) else {
             return;
         };
         let message = ClientToBroker::Subscribe(Subscribe {
             id: self.next_id(),
             patterns,
             backlog,
+            cluster_ack,
         });
         self.send_internal(io, message, ReplyTo::Subscribe(key));
     }

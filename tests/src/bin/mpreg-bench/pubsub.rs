@@ -124,6 +124,7 @@ fn broker_sub_ops_per_s(client: &str, n: usize) -> f64 {
                 id: sent as u64 + 1,
                 patterns: vec![format!("bench.{sent}.*")],
                 backlog: false,
+                cluster_ack: false,
             };
             d.send(&ClientToBroker::Subscribe(s).to_frames())
                 .expect("send");
@@ -173,6 +174,7 @@ fn broker_throughput(
             id: 1_000 + i as u64,
             patterns: vec!["bench.#".into()],
             backlog: false,
+            cluster_ack: false,
         };
         d.send(&ClientToBroker::Subscribe(s).to_frames())
             .expect("send");
