@@ -1,8 +1,9 @@
 //! Who may connect and what they may do: the access file of a CURVE broker.
 //!
-//! The file (TOML) lists client keys and worker keys separately; a key is let onto a socket by
-//! the ZAP handler only when it is listed for that socket's role, so a client key cannot
-//! register as a worker. Each client entry says which functions it may call and which topics it
+//! The file (TOML) lists client keys, worker keys and peer keys (the other brokers of the
+//! cluster) separately; a key is let onto a socket by the ZAP handler only when it is listed
+//! for that socket's role, so a client key cannot register as a worker, nor a worker key join
+//! the cluster through the peer and gossip sockets. Each client entry says which functions it may call and which topics it
 //! may publish to and subscribe to; everything not granted is denied (`404 access_denied`).
 //!
 //! ```toml
@@ -16,7 +17,16 @@
 //! [[worker]]
 //! name = "gpu-1"
 //! key = "..."
+//!
+//! [[peer]]                          # brokers of the cluster (peer and gossip sockets)
+//! name = "cluster"
+//! key_file = "broker.pub"
 //! ```
+//!
+//! A broker connects to its peers as a CURVE client with its own key pair and expects them to
+//! serve that same public key: the brokers of a cluster share one key pair (as their nodes and
+//! clients already assume, with one server key for every broker), and each lists it as a
+//! peer.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -94,6 +104,7 @@ impl Denied {
 pub struct AccessList {
     clients: HashMap<String, ClientRules>,
     workers: HashMap<String, String>,
+    peers: HashMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -118,6 +129,8 @@ struct AccessFile {
     client: Vec<FileEntry>,
     #[serde(default)]
     worker: Vec<FileEntry>,
+    #[serde(default)]
+    peer: Vec<FileEntry>,
 }
 
 /// The socket a ZAP request is about, from its domain.
@@ -127,6 +140,8 @@ pub enum Role {
     Client,
     /// The worker ROUTER: worker keys.
     Worker,
+    /// The peer ROUTER and the gossip PUB: peer keys (the other brokers of the cluster).
+    Peer,
 }
 
 /// ZAP domains the broker sets on its sockets.
@@ -135,6 +150,10 @@ pub const CLIENT_DOMAIN: &str = "mpreg-client";
 pub const WORKER_DOMAIN: &str = "mpreg-worker";
 /// ZAP domain of the event socket (subscribers are clients).
 pub const EVENT_DOMAIN: &str = "mpreg-events";
+/// ZAP domain of the peer ROUTER (the other brokers' links).
+pub const PEER_DOMAIN: &str = "mpreg-peer";
+/// ZAP domain of the gossip PUB (the other brokers' gossip SUBs).
+pub const GOSSIP_DOMAIN: &str = "mpreg-gossip";
 
 impl Role {
     /// The role a ZAP domain stands for.
@@ -144,6 +163,7 @@ impl Role {
                 Some(Role::Client)
             }
             d if d == WORKER_DOMAIN.as_bytes() => Some(Role::Worker),
+            d if d == PEER_DOMAIN.as_bytes() || d == GOSSIP_DOMAIN.as_bytes() => Some(Role::Peer),
             _ => None,
         }
     }
@@ -210,6 +230,17 @@ impl AccessList {
                 return Err(format!("worker[{i}] ({}): key listed twice", e.name));
             }
         }
+        for (i, e) in file.peer.iter().enumerate() {
+            let key = key_of("peer", i, e)?;
+            let name = if e.name.is_empty() {
+                format!("peer-{}", &key[..8])
+            } else {
+                e.name.clone()
+            };
+            if list.peers.insert(key, name).is_some() {
+                return Err(format!("peer[{i}] ({}): key listed twice", e.name));
+            }
+        }
         Ok(list)
     }
 
@@ -220,6 +251,7 @@ impl AccessList {
         let listed = match role {
             Role::Client => self.clients.contains_key(&z85),
             Role::Worker => self.workers.contains_key(&z85),
+            Role::Peer => self.peers.contains_key(&z85),
         };
         listed.then_some(z85)
     }
@@ -234,14 +266,22 @@ impl AccessList {
         self.workers.get(user).map(String::as_str)
     }
 
+    /// The name of a peer key (Z85), if it is listed.
+    pub fn peer(&self, user: &str) -> Option<&str> {
+        self.peers.get(user).map(String::as_str)
+    }
     /// Numbers of client and worker keys.
     pub fn len(&self) -> (usize, usize) {
         (self.clients.len(), self.workers.len())
     }
 
+    /// Number of peer keys.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
     /// True when no key is listed.
     pub fn is_empty(&self) -> bool {
-        self.clients.is_empty() && self.workers.is_empty()
+        self.clients.is_empty() && self.workers.is_empty() && self.peers.is_empty()
     }
 
     /// Checks a client request of the key `user` (the ZAP `User-Id`; `None` if the
@@ -419,7 +459,18 @@ mod tests {
         let k = Key::from_z85(&key).unwrap();
         assert!(list.admit(Role::Client, &k).is_some());
         assert!(list.admit(Role::Worker, &k).is_some());
+        assert!(list.admit(Role::Peer, &k).is_none(), "a client key is no peer");
+        let peers = format!("[[peer]]\nname = \"b\"\nkey = \"{key}\"\n");
+        let list = AccessList::parse(&peers, Path::new(".")).unwrap();
+        assert_eq!((list.len(), list.peer_count()), ((0, 0), 1));
+        assert!(list.admit(Role::Peer, &k).is_some());
+        assert!(list.admit(Role::Client, &k).is_none() && list.admit(Role::Worker, &k).is_none());
+        assert_eq!(list.peer(&key), Some("b"));
+        assert_eq!(Role::of_domain(PEER_DOMAIN.as_bytes()), Some(Role::Peer));
+        assert_eq!(Role::of_domain(GOSSIP_DOMAIN.as_bytes()), Some(Role::Peer));
         for bad in [
+            format!("[[peer]]\nkey = \"{key}\"\n[[peer]]\nkey = \"{key}\"\n"),
+            "[[peer]]\nname = \"no key\"\n".to_string(),
             "[[client]]\nname = \"no key\"\n".to_string(),
             "[[client]]\nkey = \"short\"\n".to_string(),
             format!("[[client]]\nkey = \"{key}\"\n[[client]]\nkey = \"{key}\"\n"),

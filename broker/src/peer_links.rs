@@ -11,13 +11,19 @@
 //!
 //! Control traffic (probes, introductions, catalogue sync) has its own link so it never waits
 //! behind bulk payloads (forwarded arguments and results up to the message limit).
+//!
+//! On a CURVE broker all of them run CURVE with the broker's key pair: the ROUTER and the PUB
+//! as servers whose ZAP domains ([`PEER_DOMAIN`], [`GOSSIP_DOMAIN`]) admit only the access
+//! file's `[[peer]]` keys, the DEALERs and the SUB as clients expecting the peers to serve the
+//! same public key (the brokers of a cluster share one key pair).
 
 use std::collections::BTreeMap;
 
 use mpreg_protocol::peer::PeerEndpoints;
 use mpreg_protocol::{compact_frame, BrokerId, Gossip, PeerMessage};
-use mpreg_transport::{Io, SendError, SocketId, SocketKind, SocketOptions, SocketSpec};
+use mpreg_transport::{Curve, Io, KeyPair, SendError, SocketId, SocketKind, SocketOptions, SocketSpec};
 
+use crate::access::{GOSSIP_DOMAIN, PEER_DOMAIN};
 use crate::outbox::{Delivery, Link};
 
 /// Messages queued per peer link before sends fail (then the peer counts as unreachable for
@@ -40,28 +46,45 @@ pub struct PeerLinks {
 }
 
 impl PeerLinks {
-    /// Binds the peer ROUTER and the gossip PUB, opens the gossip SUB.
+    /// Binds the peer ROUTER and the gossip PUB, opens the gossip SUB; with `keys` (a CURVE
+    /// broker), every one of them runs CURVE (see the module documentation).
     pub fn open(
         io: &mut Io,
         me: BrokerId,
         peer_endpoint: &str,
         gossip_endpoint: &str,
         max_frame_bytes: usize,
+        keys: Option<&KeyPair>,
     ) -> Result<PeerLinks, mpreg_transport::TransportError> {
+        let server = |options: SocketOptions, domain: &str| SocketOptions {
+            zap_domain: keys.map(|_| domain.to_string()),
+            ..options.with_curve(keys.map(|k| Curve::Server(k.clone())))
+        };
+        let client = keys.map(|k| Curve::Client {
+            server: k.public,
+            own: k.clone(),
+        });
         let options = SocketOptions {
             sndhwm: PEER_HWM,
             rcvhwm: PEER_HWM,
             ..SocketOptions::router_server()
         }
         .with_max_frame_bytes(max_frame_bytes);
-        let router =
-            io.open(&SocketSpec::new(SocketKind::Router, options.clone()).bind(peer_endpoint))?;
+        let router = io.open(
+            &SocketSpec::new(SocketKind::Router, server(options, PEER_DOMAIN)).bind(peer_endpoint),
+        )?;
         let gossip_pub = io.open(
-            &SocketSpec::new(SocketKind::Pub, SocketOptions::default()).bind(gossip_endpoint),
+            &SocketSpec::new(
+                SocketKind::Pub,
+                server(SocketOptions::default(), GOSSIP_DOMAIN),
+            )
+            .bind(gossip_endpoint),
         )?;
         let mut sub = SocketSpec::new(
             SocketKind::Sub,
-            SocketOptions::default().with_max_frame_bytes(max_frame_bytes),
+            SocketOptions::default()
+                .with_max_frame_bytes(max_frame_bytes)
+                .with_curve(client.clone()),
         );
         sub.subscribe.push(Vec::new());
         let gossip_sub = io.open(&sub)?;
@@ -76,7 +99,8 @@ impl PeerLinks {
                 immediate: true,
                 ..SocketOptions::dealer_client()
             }
-            .with_max_frame_bytes(max_frame_bytes),
+            .with_max_frame_bytes(max_frame_bytes)
+            .with_curve(client),
         })
     }
 
@@ -97,8 +121,14 @@ impl PeerLinks {
                 routing_id: Some(id),
                 ..self.options.clone()
             };
-            io.open(&SocketSpec::new(SocketKind::Dealer, options).connect(endpoint))
-                .ok()
+            let spec = SocketSpec::new(SocketKind::Dealer, options).connect(endpoint);
+            // The control link's connection events tell the engine when a peer's connection
+            // comes up (introductions go out at once) or drops (the member is suspected).
+            let spec = match link {
+                Link::Control => spec.monitored(),
+                Link::Data => spec,
+            };
+            io.open(&spec).ok()
         };
         let links = [open(Link::Control)?, open(Link::Data)?];
         self.dealers.insert(endpoint.to_string(), links);
@@ -128,6 +158,22 @@ impl PeerLinks {
         }
     }
 
+    /// The peer endpoint whose control link is `socket`, if it is one.
+    pub fn control_endpoint(&self, socket: SocketId) -> Option<String> {
+        self.dealers
+            .iter()
+            .find(|(_, [control, _])| *control == socket)
+            .map(|(endpoint, _)| endpoint.clone())
+    }
+    /// Closes the links to the peer at `endpoint` (opened again, with a fresh connect, by the
+    /// next message to it); its gossip stays followed.
+    pub fn reset(&mut self, io: &mut Io, endpoint: &str) {
+        if let Some(links) = self.dealers.remove(endpoint) {
+            for socket in links {
+                io.close(socket);
+            }
+        }
+    }
     /// Publishes on the gossip socket.
     pub fn gossip(&mut self, io: &mut Io, message: &Gossip) {
         let frame = compact_frame(message.kind().as_bytes(), &message.encode_body());

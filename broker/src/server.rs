@@ -9,8 +9,8 @@ use mpreg_protocol::{
     PeerMessage, Task, VERSION,
 };
 use mpreg_transport::{
-    spawn, Context, Curve, Handler, Io, Key, KeyPair, ReactorHandle, ReactorThread, SendError,
-    SocketId, SocketKind, SocketOptions, SocketSpec, TransportError,
+    spawn, Context, Curve, Handler, Io, Key, KeyPair, MonitorEvent, ReactorHandle, ReactorThread,
+    SendError, SocketEvent, SocketId, SocketKind, SocketOptions, SocketSpec, TransportError,
 };
 use slog::{info, warn, Logger};
 
@@ -161,6 +161,12 @@ impl Outbox for Sockets<'_> {
     fn disconnect_peer(&mut self, endpoints: &PeerEndpoints) {
         if let Some(peers) = self.peers.as_deref_mut() {
             peers.disconnect(self.io, endpoints);
+        }
+    }
+
+    fn reset_peer(&mut self, peer_endpoint: &str) {
+        if let Some(peers) = self.peers.as_deref_mut() {
+            peers.reset(self.io, peer_endpoint);
         }
     }
 }
@@ -324,6 +330,22 @@ impl Handler for BrokerHandler {
         Some(self.engine.next_deadline())
     }
 
+    fn on_socket_event(&mut self, io: &mut Io, event: MonitorEvent) {
+        // Only the peer control links are monitored.
+        let Some(endpoint) = self.peers.as_ref().and_then(|p| p.control_endpoint(event.socket))
+        else {
+            return;
+        };
+        let up = match event.event {
+            SocketEvent::HandshakeSucceeded => true,
+            SocketEvent::Disconnected => false,
+            _ => return,
+        };
+        let now = io.now();
+        let (engine, mut out) = self.split(io);
+        engine.on_peer_link(&mut out, &endpoint, up, now);
+    }
+
     fn on_handles_dropped(&mut self, io: &mut Io) {
         // The owner is gone without asking for a graceful shutdown: stop now.
         if !self.finished && !self.engine.is_shutting_down() {
@@ -373,6 +395,15 @@ impl Broker {
         } else {
             (None, None)
         };
+        if let Some(access) = &access {
+            if config.clustered() && access.peer_count() == 0 {
+                return Err(StartError::Security(format!(
+                    "{}: a CURVE broker in a cluster needs the brokers' public key as a [[peer]] (docs/CLUSTER.md); none is listed",
+                    config.security.access_file
+                )));
+            }
+        }
+        let peer_keys = keys.clone();
         let curve = keys.map(Curve::Server);
         let secured = |options: SocketOptions, domain: &str| SocketOptions {
             zap_domain: curve.as_ref().map(|_| domain.to_string()),
@@ -461,7 +492,8 @@ impl Broker {
             let mut peers = None;
             let mut cluster_endpoints = None;
             if let Some((peer, gossip, name, seeds, swim, digest)) = cluster {
-                let links = PeerLinks::open(io, me, &peer, &gossip, max_frame)?;
+                let links =
+                    PeerLinks::open(io, me, &peer, &gossip, max_frame, peer_keys.as_ref())?;
                 let (peer, gossip) = links.bound(io);
                 let endpoints = PeerEndpoints {
                     client: io.bound_endpoints(client)[0].clone(),

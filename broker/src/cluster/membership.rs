@@ -11,6 +11,18 @@
 //! endpoint as an older one retires the older one at once, so a restarted broker never
 //! inherits its former self's routing.
 //!
+//! Two departures from the paper, both because the brokers form a full mesh of direct links:
+//! - a change this broker decides itself (a suspicion, a death, the refutation of a rumour
+//!   about itself) is sent at once to every member it can reach, instead of waiting to be
+//!   piggybacked (one small message per member, on a rare event): every member hears of a
+//!   crash within one hop rather than after O(log n) probe periods;
+//! - a member declared dead that was only cut off (a partition) comes back: when it learns of
+//!   its death it refutes it with a higher incarnation, and an *alive* update with a higher
+//!   incarnation than the one it died with revives it (the engine keeps introducing itself to
+//!   dead members' endpoints so that both sides learn of the heal). Rumours are news: one
+//!   older than [`SwimConfig::rumour_ttl`] is no longer piggybacked, so a verdict reached
+//!   during a partition is not replayed into the other side long after it healed.
+//!
 //! Pure: time is passed in, randomness comes from a seed, and every effect is returned as an
 //! [`Action`] for the shell (send, connect, disconnect) and the engine (state changes).
 
@@ -35,6 +47,8 @@ pub struct SwimConfig {
     pub dead_retention: Duration,
     /// Times each membership update is piggybacked, times log2 of the cluster size.
     pub retransmit_factor: usize,
+    /// Age after which a rumour is no longer piggybacked.
+    pub rumour_ttl: Duration,
 }
 
 impl Default for SwimConfig {
@@ -46,6 +60,7 @@ impl Default for SwimConfig {
             suspicion_timeout: Duration::from_millis(1_500),
             dead_retention: Duration::from_secs(60),
             retransmit_factor: 3,
+            rumour_ttl: Duration::from_millis(3_500),
         }
     }
 }
@@ -124,14 +139,18 @@ pub struct Membership {
     probe: Option<Probe>,
     relays: BTreeMap<u64, Relay>,
     seq: u64,
-    /// Updates to piggyback, with their remaining transmissions.
-    rumours: VecDeque<(MemberUpdate, usize)>,
+    /// Updates to piggyback, with their remaining transmissions and when they were queued.
+    rumours: VecDeque<(MemberUpdate, usize, Instant)>,
     rng: SplitMix,
 }
 
 /// Most updates piggybacked on one message.
 pub const MAX_PIGGYBACK: usize = 16;
 
+/// The probe sequence number of an announcement: a `ping` carrying a change this broker
+/// decided, sent to every member at once. Probes are numbered from 1, so its ack matches no
+/// probe.
+pub const ANNOUNCEMENT_SEQ: u64 = 0;
 impl Membership {
     /// A cluster of one: this broker.
     pub fn new(
@@ -204,10 +223,13 @@ impl Membership {
 
     fn merge(&mut self, u: MemberUpdate, now: Instant, actions: &mut Vec<Action>) {
         if u.broker == self.me {
-            // A rumour about this broker: refute anything but alive by a higher incarnation.
+            // A rumour about this broker: refute anything but alive by a higher incarnation,
+            // and tell everyone at once.
             if u.state != MemberState::Alive && u.incarnation >= self.my_incarnation {
                 self.my_incarnation = u.incarnation + 1;
-                self.spread(self.me());
+                let me = self.me();
+                self.spread(me.clone(), now);
+                self.announce(&me, actions);
             }
             return;
         }
@@ -223,7 +245,7 @@ impl Membership {
                 self.order.push(u.broker);
                 actions.push(Action::Connect(u.broker, u.endpoints.clone()));
                 actions.push(Action::Changed(u.broker, u.state));
-                self.spread(u);
+                self.spread(u, now);
             }
             Some(m) => {
                 if !supersedes(&u, m) {
@@ -238,13 +260,18 @@ impl Membership {
                 if was != u.state {
                     m.state = u.state;
                     m.since = now;
+                    if was == MemberState::Dead {
+                        // It refuted its death (it was cut off, not gone): links again.
+                        self.order.push(u.broker);
+                        actions.push(Action::Connect(u.broker, u.endpoints.clone()));
+                    }
                     actions.push(Action::Changed(u.broker, u.state));
                     if u.state == MemberState::Dead {
                         actions.push(Action::Disconnect(u.broker));
                         self.order.retain(|&id| id != u.broker);
                     }
                 }
-                self.spread(u);
+                self.spread(u, now);
             }
         }
     }
@@ -263,6 +290,8 @@ impl Membership {
         }
     }
 
+    /// This broker's own verdict about a member: applied, piggybacked, and announced to every
+    /// member at once.
     fn declare(
         &mut self,
         id: BrokerId,
@@ -284,34 +313,73 @@ impl Membership {
             self.order.retain(|&o| o != id);
         }
         let update = update_of(id, m);
-        self.spread(update);
+        self.spread(update.clone(), now);
+        self.announce(&update, actions);
     }
 
-    fn spread(&mut self, update: MemberUpdate) {
+    /// Sends `update` at once to every member not dead (the subject of a suspicion included:
+    /// it can refute it sooner), as an announcement ([`ANNOUNCEMENT_SEQ`]).
+    fn announce(&self, update: &MemberUpdate, actions: &mut Vec<Action>) {
+        for (&id, m) in &self.members {
+            if m.state == MemberState::Dead
+                || (id == update.broker && update.state == MemberState::Dead)
+            {
+                continue;
+            }
+            actions.push(Action::Send(
+                id,
+                Swim::Ping {
+                    seq: ANNOUNCEMENT_SEQ,
+                    updates: vec![update.clone()],
+                },
+            ));
+        }
+    }
+    fn spread(&mut self, update: MemberUpdate, now: Instant) {
         let n = self.members.len() + 1;
         let times = self.config.retransmit_factor * (usize::BITS - n.leading_zeros()) as usize;
-        self.rumours.retain(|(u, _)| u.broker != update.broker);
-        self.rumours.push_back((update, times.max(1)));
+        self.rumours.retain(|(u, _, _)| u.broker != update.broker);
+        self.rumours.push_back((update, times.max(1), now));
     }
 
-    /// Updates to piggyback on the next message (each counts one transmission).
-    fn piggyback(&mut self) -> Vec<MemberUpdate> {
+    /// Updates to piggyback on the next message (each counts one transmission); rumours past
+    /// their age are dropped.
+    fn piggyback(&mut self, now: Instant) -> Vec<MemberUpdate> {
+        let ttl = self.config.rumour_ttl;
         let mut out = Vec::new();
         let mut kept = VecDeque::new();
-        while let Some((u, left)) = self.rumours.pop_front() {
+        while let Some((u, left, queued)) = self.rumours.pop_front() {
+            if now.saturating_duration_since(queued) > ttl {
+                continue;
+            }
             if out.len() < MAX_PIGGYBACK {
                 out.push(u.clone());
                 if left > 1 {
-                    kept.push_back((u, left - 1));
+                    kept.push_back((u, left - 1, queued));
                 }
             } else {
-                kept.push_back((u, left));
+                kept.push_back((u, left, queued));
             }
         }
         self.rumours = kept;
         out
     }
 
+    /// Direct evidence that a member may be gone (its connection dropped): it becomes suspect
+    /// now, rather than when a probe of it next fails, and is dead after the suspicion timeout
+    /// unless it refutes (a live member hears of the suspicion at once: it is announced to it
+    /// too).
+    pub fn suspect(&mut self, id: BrokerId, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self
+            .members
+            .get(&id)
+            .is_some_and(|m| m.state == MemberState::Alive)
+        {
+            self.declare(id, MemberState::Suspect, now, &mut actions);
+        }
+        actions
+    }
     /// A SWIM message from member `from`.
     pub fn on_message(&mut self, from: BrokerId, message: Swim, now: Instant) -> Vec<Action> {
         let mut actions = Vec::new();
@@ -325,7 +393,7 @@ impl Membership {
         }
         match message {
             Swim::Ping { seq, .. } => {
-                let updates = self.piggyback();
+                let updates = self.piggyback(now);
                 actions.push(Action::Send(
                     from,
                     Swim::Ack {
@@ -344,7 +412,7 @@ impl Membership {
                 }
                 if let Some(relay) = self.relays.remove(&seq) {
                     if relay.target == acked {
-                        let updates = self.piggyback();
+                        let updates = self.piggyback(now);
                         actions.push(Action::Send(
                             relay.requester,
                             Swim::Ack {
@@ -368,7 +436,7 @@ impl Membership {
                             sent: now,
                         },
                     );
-                    let updates = self.piggyback();
+                    let updates = self.piggyback(now);
                     actions.push(Action::Send(
                         target,
                         Swim::Ping {
@@ -403,7 +471,7 @@ impl Membership {
                 let (target, seq) = (p.target, p.seq);
                 let helpers = self.pick_helpers(target);
                 for helper in helpers {
-                    let updates = self.piggyback();
+                    let updates = self.piggyback(now);
                     actions.push(Action::Send(
                         helper,
                         Swim::PingReq {
@@ -447,7 +515,7 @@ impl Membership {
                 sent: now,
                 indirect_sent: false,
             });
-            let updates = self.piggyback();
+            let updates = self.piggyback(now);
             actions.push(Action::Send(
                 target,
                 Swim::Ping {
@@ -526,10 +594,11 @@ fn rank(state: MemberState) -> u8 {
 }
 
 /// SWIM's precedence: a higher incarnation wins; at the same incarnation dead beats suspect
-/// beats alive. Dead is final for an id (a restart is a new id).
+/// beats alive. A dead member comes back only by refuting its death itself (alive, with a
+/// higher incarnation than the one it died with); a restart is a new id, never a revival.
 fn supersedes(u: &MemberUpdate, m: &Member) -> bool {
     if m.state == MemberState::Dead {
-        return false;
+        return u.state == MemberState::Alive && u.incarnation > m.incarnation;
     }
     u.incarnation > m.incarnation
         || (u.incarnation == m.incarnation && rank(u.state) > rank(m.state))

@@ -195,3 +195,145 @@ fn a_suspicion_of_oneself_is_refuted() {
     m.apply(about_me, t0);
     assert_eq!(m.me().incarnation, 1, "refuted with a higher incarnation");
 }
+#[test]
+fn a_member_cut_off_and_declared_dead_comes_back_by_refuting_its_death() {
+    let t0 = Instant::now();
+    let mut net = Net::new(3, t0);
+    net.join_all_via(0, t0);
+    net.run(t0, t0 + Duration::from_secs(2), &mut |_, _, _| false);
+    let cut = id(3);
+    let later = t0 + Duration::from_secs(2);
+    net.run(later, later + Duration::from_secs(6), &mut |a, b, _| {
+        a == cut || b == cut
+    });
+    assert_eq!(net.state(0, cut), Some(MemberState::Dead));
+    assert_eq!(net.state(2, id(1)), Some(MemberState::Dead), "both sides");
+    // The heal: an introduction tells the cut member what member 1 believes of it.
+    let healed = later + Duration::from_secs(6);
+    let verdict = update_of(cut, net.nodes[0].1.get(cut).unwrap());
+    net.nodes[2].1.apply(verdict, healed);
+    let refutation = net.nodes[2].1.me();
+    assert!(
+        refutation.incarnation > 0,
+        "refuted with a higher incarnation"
+    );
+    // An alive update at the old incarnation does not revive it; the refutation does.
+    let mut stale = refutation.clone();
+    stale.incarnation = 0;
+    assert!(net.nodes[0].1.apply(stale, healed).is_empty());
+    let actions = net.nodes[0].1.apply(refutation, healed);
+    assert!(
+        actions.contains(&Action::Connect(cut, endpoints(3))),
+        "links again: {actions:?}"
+    );
+    assert_eq!(net.state(0, cut), Some(MemberState::Alive));
+    // Member 1 is then refuted to member 3 the same way, and everyone agrees again.
+    let mut one = net.nodes[0].1.me();
+    one.state = MemberState::Dead;
+    net.nodes[0].1.apply(one, healed);
+    let one = net.nodes[0].1.me();
+    net.nodes[2].1.apply(one.clone(), healed);
+    net.nodes[1].1.apply(one, healed);
+    net.run(healed, healed + Duration::from_secs(4), &mut |_, _, _| {
+        false
+    });
+    for k in 0..3 {
+        for (_, m) in net.nodes[k].1.members() {
+            assert_eq!(m.state, MemberState::Alive, "observer {k} sees {}", m.name);
+        }
+    }
+}
+#[test]
+fn own_verdicts_are_announced_to_every_member_at_once() {
+    let t0 = Instant::now();
+    let mut m = Membership::new(
+        id(1),
+        "b1".into(),
+        endpoints(1),
+        SwimConfig::default(),
+        1,
+        t0,
+    );
+    for n in 2..=5 {
+        let mut other = Membership::new(
+            id(n),
+            format!("b{n}"),
+            endpoints(n),
+            SwimConfig::default(),
+            1,
+            t0,
+        );
+        m.apply(other.me(), t0);
+        let _ = other.on_tick(t0);
+    }
+    let actions = m.suspect(id(3), t0);
+    let pinged: Vec<BrokerId> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send(to, Swim::Ping { seq, updates })
+                if *seq == ANNOUNCEMENT_SEQ
+                    && updates
+                        .iter()
+                        .any(|u| u.broker == id(3) && u.state == MemberState::Suspect) =>
+            {
+                Some(*to)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        pinged,
+        vec![id(2), id(3), id(4), id(5)],
+        "the suspect too, so it can refute"
+    );
+    assert_eq!(m.get(id(3)).unwrap().state, MemberState::Suspect);
+    assert!(m.suspect(id(3), t0).is_empty(), "already suspect");
+    // An acknowledgement of an announcement settles no probe.
+    let ack = Swim::Ack {
+        seq: ANNOUNCEMENT_SEQ,
+        target: None,
+        updates: vec![],
+    };
+    assert!(m.on_message(id(2), ack, t0).is_empty());
+}
+#[test]
+fn old_rumours_are_not_piggybacked() {
+    let t0 = Instant::now();
+    let config = SwimConfig::default();
+    let ttl = config.rumour_ttl;
+    let mut m = Membership::new(id(1), "b1".into(), endpoints(1), config, 1, t0);
+    let other = Membership::new(
+        id(2),
+        "b2".into(),
+        endpoints(2),
+        SwimConfig::default(),
+        2,
+        t0,
+    );
+    m.apply(other.me(), t0);
+    // Fresh: the join rumour rides on the ack of a ping.
+    let ping = Swim::Ping {
+        seq: 1,
+        updates: vec![],
+    };
+    let fresh = m.on_message(id(2), ping.clone(), t0 + ttl / 2);
+    assert!(fresh
+        .iter()
+        .any(|a| matches!(a, Action::Send(_, Swim::Ack { updates, .. }) if !updates.is_empty())));
+    let mut m = Membership::new(
+        id(1),
+        "b1".into(),
+        endpoints(1),
+        SwimConfig::default(),
+        1,
+        t0,
+    );
+    m.apply(other.me(), t0);
+    let old = m.on_message(id(2), ping, t0 + ttl + Duration::from_millis(1));
+    assert!(
+        old.iter().all(
+            |a| !matches!(a, Action::Send(_, Swim::Ack { updates, .. }) if !updates.is_empty())
+        ),
+        "{old:?}"
+    );
+}

@@ -67,26 +67,32 @@ impl Engine {
                 let Some(peers) = &self.peers else { return };
                 let snapshot = peers.local.snapshot(peers.config.me);
                 if let Some(endpoint) = peers.endpoint_of(from).map(str::to_string) {
-                    let _ = out.to_peer(&endpoint, Link::Control, &PeerMessage::Snapshot(snapshot));
+                    self.send_control(out, &endpoint, &PeerMessage::Snapshot(snapshot));
                 }
             }
             PeerMessage::Snapshot(snapshot) => {
-                if let Some(peers) = &mut self.peers {
-                    if peers.catalogue.apply_snapshot(&snapshot) {
-                        peers.interest_changed();
-                    }
+                let Some(peers) = &mut self.peers else { return };
+                // Only a live member's own catalogue (a late snapshot of one that just died
+                // must not bring its entries back).
+                if snapshot.origin != from || !peers.membership.is_reachable(from) {
+                    return;
                 }
+                if peers.catalogue.apply_snapshot(&snapshot) {
+                    peers.interest_changed();
+                }
+                self.acknowledge(out, from);
             }
             PeerMessage::Catalogue(delta) => {
-                let origin = delta.origin;
-                let seq = delta.seq;
-                self.apply_delta(out, delta);
-                if let Some(endpoint) = self.peer_endpoint(from) {
-                    let ack = PeerMessage::DeltaAck(DeltaAck { origin, seq });
-                    let _ = out.to_peer(&endpoint, Link::Control, &ack);
+                // Sent on the control link when the origin waits for the acknowledgement (a
+                // `cluster_ack` subscription); answered with what this broker holds now (after a
+                // gap, the snapshot it pulls is acknowledged when it arrives).
+                if delta.origin != from {
+                    return;
                 }
+                self.apply_delta(out, delta);
+                self.acknowledge(out, from);
             }
-            PeerMessage::DeltaAck(_) => {}
+            PeerMessage::DeltaAck(ack) => self.on_delta_ack(out, from, ack),
             PeerMessage::FwdStep(step) => self.serve_forward(out, from, step, now),
             PeerMessage::FwdResult(result) => {
                 let task = TaskId(result.fid);
@@ -133,6 +139,7 @@ impl Engine {
             }
             PeerMessage::FwdPublish(publish) => {
                 // For this broker's subscribers only: never forwarded again.
+                self.counters.forwarded_publishes_received += 1;
                 self.exchange.publish_as(
                     out,
                     publish.id,
@@ -151,8 +158,42 @@ impl Engine {
         }
     }
 
+    /// The control link to the peer at `endpoint` connected (`up`) or dropped. Connected: a
+    /// pending introduction goes out now. Dropped: the member there is suspected at once (a
+    /// crashed broker's connections reset, so every member suspects it within milliseconds
+    /// instead of when a probe next picks it); a live one refutes.
+    pub fn on_peer_link(&mut self, out: &mut impl Outbox, endpoint: &str, up: bool, now: Instant) {
+        let Some(peers) = &mut self.peers else { return };
+        if up {
+            if peers.introductions.contains_key(endpoint) {
+                let hello = PeerMessage::Hello(peers.hello());
+                let sent = self.send_control(out, endpoint, &hello) == Delivery::Sent;
+                if let Some(peers) = &mut self.peers {
+                    peers.introduced(endpoint, sent, now);
+                }
+            }
+            return;
+        }
+        let suspects: Vec<BrokerId> = peers
+            .membership
+            .members()
+            .filter(|(_, m)| m.state == MemberState::Alive && m.endpoints.peer == endpoint)
+            .map(|(id, _)| id)
+            .collect();
+        for id in suspects {
+            slog::info!(self.log, "peer link dropped"; "member" => %id, "endpoint" => endpoint);
+            let actions = match &mut self.peers {
+                Some(peers) => peers.membership.suspect(id, now),
+                None => return,
+            };
+            self.member_actions(out, actions, now);
+        }
+        self.drain_ready(out, now);
+    }
+
     /// A message from a peer's gossip socket.
     pub fn on_gossip(&mut self, out: &mut impl Outbox, message: Gossip, now: Instant) {
+        self.counters.gossip_bytes_received += message.encode_body().len() as u64;
         match message {
             Gossip::Catalogue(delta) => self.apply_delta(out, delta),
             Gossip::Digest(digest) => {
@@ -182,10 +223,22 @@ impl Engine {
         }
     }
 
+    /// Tells `origin` up to which change this broker holds its catalogue.
+    fn acknowledge(&mut self, out: &mut impl Outbox, origin: BrokerId) {
+        let Some(peers) = &self.peers else { return };
+        let Some(seq) = peers.catalogue.view(origin).map(|v| v.seq) else {
+            return;
+        };
+        if let Some(endpoint) = peers.endpoint_of(origin).map(str::to_string) {
+            let ack = PeerMessage::DeltaAck(DeltaAck { origin, seq });
+            self.send_control(out, &endpoint, &ack);
+        }
+    }
+
     fn request_sync(&mut self, out: &mut impl Outbox, origin: BrokerId) {
         if let Some(endpoint) = self.peer_endpoint(origin) {
             let sync = PeerMessage::Sync(SyncRequest { origin });
-            let _ = out.to_peer(&endpoint, Link::Control, &sync);
+            self.send_control(out, &endpoint, &sync);
         }
     }
 
@@ -201,18 +254,35 @@ impl Engine {
                     peers.config.cluster, hello.cluster
                 ),
             });
-            let _ = out.to_peer(&endpoint, Link::Control, &refused);
+            self.send_control(out, &endpoint, &refused);
             return;
         }
-        peers.unanswered_seeds.remove(&endpoint);
+        peers.introductions.remove(&endpoint);
+        let incarnation = peers.membership.me().incarnation;
         let mut actions = peers.membership.apply(hello.me, now);
+        // The member list of an introduction is the sender's view, possibly old (a broker back
+        // from a partition still holds this side dead): it introduces members, and tells this
+        // broker what others believe of it; suspicions and deaths of third parties travel only
+        // as SWIM rumours.
+        let me = peers.config.me;
         for member in hello.members {
-            actions.extend(peers.membership.apply(member, now));
+            if member.state == MemberState::Alive || member.broker == me {
+                actions.extend(peers.membership.apply(member, now));
+            }
         }
-        if answer {
-            let welcome = PeerMessage::Welcome(peers.hello());
-            let _ = out.to_peer(&endpoint, Link::Control, &welcome);
+        // Both sides send their catalogue at once, rather than waiting for a digest.
+        let snapshot = PeerMessage::Snapshot(peers.local.snapshot(me));
+        if answer || peers.membership.me().incarnation != incarnation {
+            // A welcome, or a fresh hello when this broker just refuted its own death.
+            let reply = peers.hello();
+            let reply = if answer {
+                PeerMessage::Welcome(reply)
+            } else {
+                PeerMessage::Hello(reply)
+            };
+            self.send_control(out, &endpoint, &reply);
         }
+        self.send_control(out, &endpoint, &snapshot);
         self.member_actions(out, actions, now);
     }
 
@@ -227,14 +297,15 @@ impl Engine {
             match action {
                 Action::Send(to, swim) => {
                     if let Some(endpoint) = self.peer_endpoint(to) {
-                        let _ = out.to_peer(&endpoint, Link::Control, &PeerMessage::from(swim));
+                        self.send_control(out, &endpoint, &PeerMessage::from(swim));
                     }
                 }
                 Action::Connect(id, endpoints) => {
                     out.connect_peer(&endpoints);
-                    let Some(peers) = &self.peers else { continue };
-                    let hello = PeerMessage::Hello(peers.hello());
-                    let _ = out.to_peer(&endpoints.peer, Link::Control, &hello);
+                    let Some(peers) = &mut self.peers else {
+                        continue;
+                    };
+                    peers.introduce(&endpoints.peer, now);
                     slog::info!(self.log, "member joined"; "member" => %id, "endpoint" => &endpoints.peer);
                 }
                 Action::Disconnect(id) => self.member_left(out, id, now),
@@ -271,6 +342,7 @@ impl Engine {
         if let Some(endpoints) = endpoints {
             out.disconnect_peer(&endpoints);
         }
+        self.forget_acks_of(out, id);
         for (task, orphan) in self.scheduler.remove_peer(id) {
             self.plans.task_ended(orphan.plan, task);
             match self
@@ -489,7 +561,9 @@ impl Engine {
         });
         for &peer in peers {
             if let Some(endpoint) = self.peer_endpoint(peer) {
-                if out.to_peer(&endpoint, Link::Data, &message) != Delivery::Sent {
+                if out.to_peer(&endpoint, Link::Data, &message) == Delivery::Sent {
+                    self.counters.publishes_forwarded += 1;
+                } else {
                     self.counters.publishes_not_forwarded += 1;
                 }
             }
@@ -513,7 +587,7 @@ impl Engine {
         let classes = local_classes(self.scheduler.registry());
         let patterns = self.exchange.patterns();
         if let Some(delta) = peers.refresh_local(classes, patterns) {
-            out.gossip(&Gossip::Catalogue(delta));
+            self.send_gossip(out, &Gossip::Catalogue(delta));
         }
     }
 
@@ -528,13 +602,37 @@ impl Engine {
     pub(super) fn cluster_tick(&mut self, out: &mut impl Outbox, now: Instant) {
         let Some(peers) = &mut self.peers else { return };
         let actions = peers.membership.on_tick(now);
-        if now >= peers.next_hello && !peers.unanswered_seeds.is_empty() {
-            peers.next_hello = now + peers.config.hello_interval;
+        let mut hellos = peers.due_introductions(now);
+        let rejoin = now >= peers.next_rejoin;
+        if rejoin {
+            peers.next_rejoin = now + peers.config.hello_interval;
+        }
+        let targets = if rejoin {
+            peers.rejoin_targets()
+        } else {
+            Vec::new()
+        };
+        if !hellos.is_empty() || !targets.is_empty() {
             let hello = PeerMessage::Hello(peers.hello());
-            for seed in &peers.unanswered_seeds {
-                let _ = out.to_peer(seed, Link::Control, &hello);
+            for endpoint in hellos.drain(..) {
+                let sent = self.send_control(out, &endpoint, &hello) == Delivery::Sent;
+                if let Some(peers) = &mut self.peers {
+                    peers.introduced(&endpoint, sent, now);
+                }
+            }
+            for endpoint in targets {
+                if self.send_control(out, &endpoint, &hello) != Delivery::Sent {
+                    // Not connected: a connect stuck in TCP's SYN back-off (a partition drops
+                    // SYNs) would only retry seconds after the heal; start afresh, and
+                    // introduce this broker as soon as the new link is up.
+                    out.reset_peer(&endpoint);
+                    if let Some(peers) = &mut self.peers {
+                        peers.introduce(&endpoint, now);
+                    }
+                }
             }
         }
+        let Some(peers) = &mut self.peers else { return };
         if now >= peers.next_digest {
             peers.next_digest = now + peers.config.digest_interval;
             let free = self
@@ -549,10 +647,11 @@ impl Engine {
                 seq: peers.local.view().seq,
                 free,
             };
-            out.gossip(&Gossip::Digest(digest));
+            self.send_gossip(out, &Gossip::Digest(digest));
         }
         self.member_actions(out, actions, now);
         self.publish_catalogue(out);
+        self.cluster_ack_tick(out, now);
     }
 
     /// Says goodbye to every member (graceful shutdown).
@@ -569,11 +668,32 @@ impl Engine {
         }
     }
 
+    /// Sends on a peer's control link, counting the bytes (`peer_control_bytes_sent`).
+    pub(super) fn send_control(
+        &mut self,
+        out: &mut impl Outbox,
+        endpoint: &str,
+        message: &PeerMessage,
+    ) -> Delivery {
+        let delivery = out.to_peer(endpoint, Link::Control, message);
+        if delivery == Delivery::Sent {
+            self.counters.peer_control_bytes_sent += message.encode_body().len() as u64;
+        }
+        delivery
+    }
+
+    /// Publishes on the gossip socket, counting the bytes (`gossip_bytes_sent`, once per
+    /// message: the PUB copies it to every member).
+    fn send_gossip(&mut self, out: &mut impl Outbox, message: &Gossip) {
+        self.counters.gossip_bytes_sent += message.encode_body().len() as u64;
+        out.gossip(message);
+    }
+
     fn peer_endpoint(&self, id: BrokerId) -> Option<String> {
         self.peers.as_ref()?.endpoint_of(id).map(str::to_string)
     }
 
-    fn peer_name(&self, id: BrokerId) -> String {
+    pub(super) fn peer_name(&self, id: BrokerId) -> String {
         self.peers
             .as_ref()
             .and_then(|p| p.membership.get(id))

@@ -21,6 +21,7 @@ mod cache_tier;
 mod caching;
 mod clients;
 mod cluster;
+mod cluster_acks;
 mod cluster_info;
 pub mod counters;
 pub mod failure;

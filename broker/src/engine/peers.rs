@@ -10,11 +10,14 @@ use std::time::{Duration, Instant};
 use mpreg_protocol::peer::{Capability, CatalogueDelta, Hello, MemberState, PeerEndpoints};
 use mpreg_protocol::BrokerId;
 
+use super::cluster_acks::PendingAck;
 use crate::cluster::catalogue::{Catalogue, Local};
 use crate::cluster::membership::{Membership, SwimConfig};
 use crate::matcher::Matcher;
 use crate::versions::Requirement;
 
+/// The first retry of a `hello` that could not be sent (its link was still connecting).
+pub const FIRST_RETRY: Duration = Duration::from_millis(10);
 /// A broker's cluster settings.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -30,8 +33,12 @@ pub struct ClusterConfig {
     pub swim: SwimConfig,
     /// How often this broker publishes its digest (latest catalogue change and load).
     pub digest_interval: Duration,
-    /// How often an unanswered `hello` to a seed is repeated.
+    /// How often this broker introduces itself again to the seeds and the dead members it has
+    /// no live member at (so that the two sides of a healed partition find each other).
     pub hello_interval: Duration,
+    /// Longest wait of a `subscribe` with `cluster_ack` for a peer's acknowledgement (a peer
+    /// still silent then is counted unreachable and the reply goes out).
+    pub ack_timeout: Duration,
 }
 
 impl ClusterConfig {
@@ -50,6 +57,7 @@ impl ClusterConfig {
             swim: SwimConfig::default(),
             digest_interval: Duration::from_millis(500),
             hello_interval: Duration::from_secs(1),
+            ack_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -64,16 +72,24 @@ pub struct Peers {
     pub catalogue: Catalogue,
     /// What this broker can run and wants.
     pub local: Local,
-    /// Seeds not yet answered (peer endpoints).
-    pub unanswered_seeds: BTreeSet<String>,
-    /// When to repeat `hello` to them.
-    pub next_hello: Instant,
+    /// Peer endpoints this broker must introduce itself to: each with when to try next and
+    /// the back-off after a `hello` that could not be sent (the link was not connected yet).
+    pub introductions: BTreeMap<String, (Instant, Duration)>,
+    /// When to introduce this broker again to seeds and dead members ([`Peers::rejoin_targets`]).
+    pub next_rejoin: Instant,
     /// When to publish the next digest.
     pub next_digest: Instant,
     /// The catalogue changed locally since it was last published.
     pub dirty: bool,
     /// Free task slots each peer last announced (its digest): the load placement compares.
     pub load: BTreeMap<BrokerId, u32>,
+    /// This broker's last catalogue delta (sent again on the control link to peers that must
+    /// acknowledge it).
+    pub last_delta: Option<CatalogueDelta>,
+    /// The highest sequence number of this broker's catalogue each peer acknowledged.
+    pub acked: BTreeMap<BrokerId, u64>,
+    /// `subscribed` replies waiting for the peers' acknowledgements.
+    pub pending_acks: Vec<PendingAck>,
     /// Every peer's patterns, keyed by the peer's position in `interest_owners`.
     interest: Matcher,
     interest_owners: Vec<BrokerId>,
@@ -93,13 +109,13 @@ impl Peers {
             now,
         );
         Peers {
-            unanswered_seeds: config
+            introductions: config
                 .seeds
                 .iter()
                 .filter(|s| **s != config.endpoints.peer)
-                .cloned()
+                .map(|s| (s.clone(), (now, FIRST_RETRY)))
                 .collect(),
-            next_hello: now,
+            next_rejoin: now + config.hello_interval,
             next_digest: now + config.digest_interval,
             config,
             membership,
@@ -107,6 +123,9 @@ impl Peers {
             local: Local::default(),
             dirty: true,
             load: BTreeMap::new(),
+            last_delta: None,
+            acked: BTreeMap::new(),
+            pending_acks: Vec::new(),
             interest: Matcher::new(),
             interest_owners: Vec::new(),
             interest_stale: false,
@@ -172,7 +191,11 @@ impl Peers {
         patterns: BTreeSet<String>,
     ) -> Option<CatalogueDelta> {
         self.dirty = false;
-        self.local.update(self.config.me, classes, patterns)
+        let delta = self.local.update(self.config.me, classes, patterns);
+        if let Some(delta) = &delta {
+            self.last_delta = Some(delta.clone());
+        }
+        delta
     }
 
     /// The peers whose subscribers want `topic`, in id order.
@@ -210,12 +233,70 @@ impl Peers {
         self.interest_stale = false;
     }
 
+    /// Introduces this broker to `endpoint` as soon as its link is up.
+    pub fn introduce(&mut self, endpoint: &str, now: Instant) {
+        if endpoint != self.config.endpoints.peer {
+            self.introductions
+                .entry(endpoint.to_string())
+                .or_insert((now, FIRST_RETRY));
+        }
+    }
+    /// The introductions due now (their endpoints).
+    pub fn due_introductions(&self, now: Instant) -> Vec<String> {
+        self.introductions
+            .iter()
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(e, _)| e.clone())
+            .collect()
+    }
+    /// What became of a `hello` to `endpoint`: sent (the introduction is done), or not (the
+    /// link is not connected yet: tried again after a back-off doubling up to the hello
+    /// interval).
+    pub fn introduced(&mut self, endpoint: &str, sent: bool, now: Instant) {
+        if sent {
+            self.introductions.remove(endpoint);
+        } else if let Some((at, backoff)) = self.introductions.get_mut(endpoint) {
+            *at = now + *backoff;
+            *backoff = (*backoff * 2).min(self.config.hello_interval);
+        }
+    }
+    /// The peer endpoints to introduce this broker to again, every hello interval: seeds and
+    /// members held dead, where no member is alive (or suspect) now. A partition's two sides
+    /// learn of its heal this way (a member cut off refutes its death once it hears of it).
+    pub fn rejoin_targets(&self) -> Vec<String> {
+        let live: BTreeSet<&str> = self
+            .membership
+            .members()
+            .filter(|(_, m)| m.state != MemberState::Dead)
+            .map(|(_, m)| m.endpoints.peer.as_str())
+            .collect();
+        let dead = self
+            .membership
+            .members()
+            .filter(|(_, m)| m.state == MemberState::Dead)
+            .map(|(_, m)| m.endpoints.peer.as_str());
+        let mut targets: BTreeSet<&str> = self
+            .config
+            .seeds
+            .iter()
+            .map(String::as_str)
+            .chain(dead)
+            .filter(|e| !live.contains(e) && *e != self.config.endpoints.peer)
+            .collect();
+        targets.retain(|e| !e.is_empty());
+        targets.into_iter().map(str::to_string).collect()
+    }
     /// When the plane next needs the clock.
     pub fn next_deadline(&self) -> Instant {
-        let mut next = self.membership.next_deadline().min(self.next_digest);
-        if !self.unanswered_seeds.is_empty() {
-            next = next.min(self.next_hello);
-        }
-        next
+        let next = self
+            .membership
+            .next_deadline()
+            .min(self.next_digest)
+            .min(self.next_rejoin);
+        self.introductions
+            .values()
+            .map(|(at, _)| *at)
+            .chain(self.pending_acks.iter().map(PendingAck::next_deadline))
+            .fold(next, Instant::min)
     }
 }

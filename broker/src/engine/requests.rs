@@ -112,7 +112,12 @@ impl Engine {
                     }),
                     Err(e) => BrokerToClient::Error(subscribe_failure(e).into_reply(Some(sub.id))),
                 };
-                self.reply(out, client, &reply);
+                match reply {
+                    BrokerToClient::Subscribed(ok) if sub.cluster_ack => {
+                        self.subscribed_after_cluster_ack(out, client, ok, now);
+                    }
+                    reply => self.reply(out, client, &reply),
+                }
             }
             ClientToBroker::Unsubscribe(unsub) => {
                 let reply = match self.exchange.unsubscribe(&client.routing, &unsub.sub) {
