@@ -3,8 +3,9 @@
 //! The file (TOML) lists client keys, worker keys and peer keys (the other brokers of the
 //! cluster) separately; a key is let onto a socket by the ZAP handler only when it is listed
 //! for that socket's role, so a client key cannot register as a worker, nor a worker key join
-//! the cluster through the peer and gossip sockets. Each client entry says which functions it may call and which topics it
-//! may publish to and subscribe to; everything not granted is denied (`404 access_denied`).
+//! the cluster through the peer and gossip sockets. Each client entry says which functions it
+//! may call and which topics it may publish to and subscribe to; everything not granted is
+//! denied (`404 access_denied`).
 //!
 //! ```toml
 //! [[client]]
@@ -270,6 +271,7 @@ impl AccessList {
     pub fn peer(&self, user: &str) -> Option<&str> {
         self.peers.get(user).map(String::as_str)
     }
+
     /// Numbers of client and worker keys.
     pub fn len(&self) -> (usize, usize) {
         (self.clients.len(), self.workers.len())
@@ -279,6 +281,7 @@ impl AccessList {
     pub fn peer_count(&self) -> usize {
         self.peers.len()
     }
+
     /// True when no key is listed.
     pub fn is_empty(&self) -> bool {
         self.clients.is_empty() && self.workers.is_empty() && self.peers.is_empty()
@@ -459,7 +462,10 @@ mod tests {
         let k = Key::from_z85(&key).unwrap();
         assert!(list.admit(Role::Client, &k).is_some());
         assert!(list.admit(Role::Worker, &k).is_some());
-        assert!(list.admit(Role::Peer, &k).is_none(), "a client key is no peer");
+        assert!(
+            list.admit(Role::Peer, &k).is_none(),
+            "a client key is no peer"
+        );
         let peers = format!("[[peer]]\nname = \"b\"\nkey = \"{key}\"\n");
         let list = AccessList::parse(&peers, Path::new(".")).unwrap();
         assert_eq!((list.len(), list.peer_count()), ((0, 0), 1));

@@ -118,6 +118,7 @@ pub trait Outbox: EventSink {
     fn disconnect_peer(&mut self, endpoints: &PeerEndpoints) {
         let _ = endpoints;
     }
+
     /// Closes the links to the peer at `peer_endpoint` that are not connected, so that the
     /// next message opens them again with a fresh connect.
     fn reset_peer(&mut self, peer_endpoint: &str) {

@@ -21,7 +21,9 @@ use std::collections::BTreeMap;
 
 use mpreg_protocol::peer::PeerEndpoints;
 use mpreg_protocol::{compact_frame, BrokerId, Gossip, PeerMessage};
-use mpreg_transport::{Curve, Io, KeyPair, SendError, SocketId, SocketKind, SocketOptions, SocketSpec};
+use mpreg_transport::{
+    Curve, Io, KeyPair, SendError, SocketId, SocketKind, SocketOptions, SocketSpec,
+};
 
 use crate::access::{GOSSIP_DOMAIN, PEER_DOMAIN};
 use crate::outbox::{Delivery, Link};
@@ -165,6 +167,7 @@ impl PeerLinks {
             .find(|(_, [control, _])| *control == socket)
             .map(|(endpoint, _)| endpoint.clone())
     }
+
     /// Closes the links to the peer at `endpoint` (opened again, with a fresh connect, by the
     /// next message to it); its gossip stays followed.
     pub fn reset(&mut self, io: &mut Io, endpoint: &str) {
@@ -174,6 +177,7 @@ impl PeerLinks {
             }
         }
     }
+
     /// Publishes on the gossip socket.
     pub fn gossip(&mut self, io: &mut Io, message: &Gossip) {
         let frame = compact_frame(message.kind().as_bytes(), &message.encode_body());

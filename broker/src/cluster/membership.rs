@@ -151,6 +151,7 @@ pub const MAX_PIGGYBACK: usize = 16;
 /// decided, sent to every member at once. Probes are numbered from 1, so its ack matches no
 /// probe.
 pub const ANNOUNCEMENT_SEQ: u64 = 0;
+
 impl Membership {
     /// A cluster of one: this broker.
     pub fn new(
@@ -335,6 +336,7 @@ impl Membership {
             ));
         }
     }
+
     fn spread(&mut self, update: MemberUpdate, now: Instant) {
         let n = self.members.len() + 1;
         let times = self.config.retransmit_factor * (usize::BITS - n.leading_zeros()) as usize;
@@ -380,6 +382,7 @@ impl Membership {
         }
         actions
     }
+
     /// A SWIM message from member `from`.
     pub fn on_message(&mut self, from: BrokerId, message: Swim, now: Instant) -> Vec<Action> {
         let mut actions = Vec::new();

@@ -195,6 +195,7 @@ fn a_suspicion_of_oneself_is_refuted() {
     m.apply(about_me, t0);
     assert_eq!(m.me().incarnation, 1, "refuted with a higher incarnation");
 }
+
 #[test]
 fn a_member_cut_off_and_declared_dead_comes_back_by_refuting_its_death() {
     let t0 = Instant::now();
@@ -243,6 +244,7 @@ fn a_member_cut_off_and_declared_dead_comes_back_by_refuting_its_death() {
         }
     }
 }
+
 #[test]
 fn own_verdicts_are_announced_to_every_member_at_once() {
     let t0 = Instant::now();
@@ -296,6 +298,7 @@ fn own_verdicts_are_announced_to_every_member_at_once() {
     };
     assert!(m.on_message(id(2), ack, t0).is_empty());
 }
+
 #[test]
 fn old_rumours_are_not_piggybacked() {
     let t0 = Instant::now();

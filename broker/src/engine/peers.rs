@@ -18,6 +18,7 @@ use crate::versions::Requirement;
 
 /// The first retry of a `hello` that could not be sent (its link was still connecting).
 pub const FIRST_RETRY: Duration = Duration::from_millis(10);
+
 /// A broker's cluster settings.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -241,6 +242,7 @@ impl Peers {
                 .or_insert((now, FIRST_RETRY));
         }
     }
+
     /// The introductions due now (their endpoints).
     pub fn due_introductions(&self, now: Instant) -> Vec<String> {
         self.introductions
@@ -249,6 +251,7 @@ impl Peers {
             .map(|(e, _)| e.clone())
             .collect()
     }
+
     /// What became of a `hello` to `endpoint`: sent (the introduction is done), or not (the
     /// link is not connected yet: tried again after a back-off doubling up to the hello
     /// interval).
@@ -260,6 +263,7 @@ impl Peers {
             *backoff = (*backoff * 2).min(self.config.hello_interval);
         }
     }
+
     /// The peer endpoints to introduce this broker to again, every hello interval: seeds and
     /// members held dead, where no member is alive (or suspect) now. A partition's two sides
     /// learn of its heal this way (a member cut off refutes its death once it hears of it).
@@ -286,6 +290,7 @@ impl Peers {
         targets.retain(|e| !e.is_empty());
         targets.into_iter().map(str::to_string).collect()
     }
+
     /// When the plane next needs the clock.
     pub fn next_deadline(&self) -> Instant {
         let next = self
