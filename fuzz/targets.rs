@@ -412,6 +412,7 @@ pub fn plan_validation(data: &[u8]) {
             progress: false,
             progress_topic: None,
             plan: None,
+            trace: false,
         };
         let body = encode_body(&plan);
         let decoded = decode_body::<PlanRequest>(&body, &Limits::default())

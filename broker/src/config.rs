@@ -1,8 +1,10 @@
 //! Broker configuration: the embedded defaults (`config/default.toml`), then an optional file,
 //! then `MPREG_BROKER_*` environment variables, then command-line flags.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use mpreg_process::http::HttpSetting;
 use mpreg_protocol::Limits;
 use serde::Deserialize;
 
@@ -25,6 +27,9 @@ pub struct BrokerConfig {
     pub event_endpoint: String,
     /// Event endpoint announced to subscribers (empty: the bound one).
     pub advertise_event_endpoint: String,
+    /// HTTP endpoint (`/metrics`, `/healthz`, `/readyz`, the dashboard): `auto` (the client
+    /// port + 5 on loopback), `off`, or `host:port`.
+    pub http_endpoint: String,
     /// Heartbeat interval, milliseconds.
     pub heartbeat_ms: u64,
     /// Missed intervals before a worker expires.
@@ -150,6 +155,11 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event_endpoint: Option<String>,
+    /// HTTP endpoint for /metrics, /healthz, /readyz and the dashboard: auto (the client port
+    /// + 5 on loopback; an OS-chosen port when the client port is), off, or host:port.
+    #[arg(long, value_name = "auto|off|HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_endpoint: Option<String>,
     /// Heartbeat interval to workers, milliseconds.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -272,6 +282,15 @@ impl BrokerConfig {
             mpreg_transport::endpoint::validate(&self.advertise_event_endpoint)
                 .map_err(|e| format!("configuration `advertise_event_endpoint`: {e}"))?;
         }
+        let http = HttpSetting::parse(&self.http_endpoint)
+            .map_err(|e| format!("configuration `http_endpoint`: {e}"))?;
+        if let HttpSetting::At(addr) = http {
+            if !addr.ip().is_loopback() && !self.curve() && !self.security.insecure {
+                return Err(format!(
+                    "protected mode: `http_endpoint` = {addr} is reachable from other hosts, but the broker has no CURVE keys (`security.key_file`); bind loopback, configure CURVE, or pass --insecure"
+                ));
+            }
+        }
         mpreg_process::logging::check_level("log_level", &self.log_level)?;
         self.cache
             .validate()
@@ -347,6 +366,38 @@ impl BrokerConfig {
                 .any(|(_, e)| !mpreg_transport::endpoint::is_local_only(e))
     }
 
+    /// Where the HTTP endpoint listens, with the client endpoint actually bound: `None` when
+    /// it is off; the flag says whether the address was configured (`true`) or derived from
+    /// the client endpoint (`auto`: the client port + 5 on the client's loopback host, or
+    /// 127.0.0.1; port 0 when the client port is OS-chosen or the client endpoint is not TCP).
+    pub fn http_addr(&self, bound_client: &str) -> Result<Option<(SocketAddr, bool)>, String> {
+        match HttpSetting::parse(&self.http_endpoint)? {
+            HttpSetting::Off => Ok(None),
+            HttpSetting::At(addr) => Ok(Some((addr, true))),
+            HttpSetting::Auto => {
+                let loopback = SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), 0);
+                let Some((host, port)) = bound_client
+                    .strip_prefix("tcp://")
+                    .and_then(|rest| rest.rsplit_once(':'))
+                else {
+                    return Ok(Some((loopback, false)));
+                };
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                let ip = match host.parse::<std::net::IpAddr>() {
+                    Ok(ip) if ip.is_loopback() => ip,
+                    _ => loopback.ip(),
+                };
+                let port = match (self.client_endpoint.ends_with(":*"), port.parse::<u16>()) {
+                    (false, Ok(port)) => port.checked_add(HTTP_PORT_OFFSET).ok_or_else(|| {
+                        format!("`http_endpoint` = auto: the client port {port} + {HTTP_PORT_OFFSET} is not a port; set `http_endpoint`")
+                    })?,
+                    _ => 0,
+                };
+                Ok(Some((SocketAddr::new(ip, port), false)))
+            }
+        }
+    }
+
     /// True when this broker joins (or can be joined by) a cluster.
     pub fn clustered(&self) -> bool {
         !self.cluster.peer_endpoint.is_empty()
@@ -409,6 +460,9 @@ impl BrokerConfig {
         }
     }
 }
+
+/// `http_endpoint = "auto"` listens on the client port plus this (7405 for the default broker).
+pub const HTTP_PORT_OFFSET: u16 = 5;
 
 /// Smallest `max_message_bytes` accepted: a smaller one could not carry an error reply.
 pub const MIN_MESSAGE_BYTES: usize = 4096;

@@ -18,6 +18,8 @@
 //! The shell:
 //! - [`frontend`]: frames off the sockets to typed messages with their origin.
 //! - [`server`]: the reactor thread owning the sockets; encodes what the engine emits.
+//! - [`http`]: `/metrics`, health and the dashboard, on threads of their own, fed snapshots
+//!   the reactor makes when asked.
 //! - [`config`]: layered configuration.
 //!
 //! The one rule: modules import each other in one direction only (shell -> engine -> planes
@@ -30,6 +32,7 @@ pub mod config;
 pub mod engine;
 pub mod exchange;
 pub mod frontend;
+pub mod http;
 pub mod ids;
 pub mod matcher;
 pub mod outbox;

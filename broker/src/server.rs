@@ -33,6 +33,8 @@ pub enum Command {
     /// Replace the access rules (SIGHUP): new connections are checked against them, requests
     /// too, and workers whose key was removed are dropped.
     Reload(Box<AccessList>),
+    /// Send a copy of the broker's figures (for the HTTP thread: `/metrics`, the dashboard).
+    Snapshot(crate::http::SnapshotReply),
 }
 
 /// Why a broker could not start.
@@ -44,6 +46,9 @@ pub enum StartError {
     /// The key file or the access file is unusable.
     #[error("security: {0}")]
     Security(String),
+    /// The configured HTTP endpoint could not be bound.
+    #[error("http_endpoint: {0}")]
+    Http(String),
 }
 
 /// Where libzmq sends ZAP requests (RFC 27); bound in each context before any CURVE socket.
@@ -311,6 +316,10 @@ impl Handler for BrokerHandler {
                 let (engine, mut out) = self.split(io);
                 engine.set_access(&mut out, *access, now);
             }
+            Command::Snapshot(reply) => {
+                // A full or closed channel: the asker gave up waiting; nothing to do.
+                let _ = reply.try_send(Box::new(self.engine.metrics_snapshot(io.now())));
+            }
         }
     }
 
@@ -378,8 +387,12 @@ pub struct Broker {
     pub event_endpoint: String,
     /// In a cluster: this broker's incarnation id and its peer and gossip endpoints, bound.
     pub cluster: Option<(BrokerId, String, String)>,
+    /// The HTTP endpoint actually bound (`/metrics`, health, dashboard); `None` when off.
+    pub http_endpoint: Option<std::net::SocketAddr>,
     handle: ReactorHandle<Command>,
     thread: ReactorThread<BrokerHandler>,
+    /// Stopped when the broker is joined or dropped.
+    http: Option<mpreg_process::http::HttpServer>,
 }
 
 impl Broker {
@@ -528,7 +541,8 @@ impl Broker {
             };
             let now = io.now();
             let mut engine = Engine::new(engine_config, now, IdSource::from_entropy(now))
-                .with_logger(engine_log.clone());
+                .with_logger(engine_log.clone())
+                .with_wall_clock(std::time::SystemTime::now());
             if let Some(access) = handler_access.clone() {
                 let mut out = Sockets {
                     io,
@@ -557,13 +571,26 @@ impl Broker {
         let (client_endpoint, worker_endpoint, event_endpoint, cluster) = endpoints_rx
             .recv()
             .map_err(|_| TransportError::Reactor("broker reactor ended during start".into()))?;
+        let http = match start_http(config, &client_endpoint, &handle, &log) {
+            Ok(http) => http,
+            Err(e) => {
+                let _ = handle.try_send(Command::Shutdown {
+                    grace: Duration::ZERO,
+                });
+                drop(handle);
+                let _ = thread.join();
+                return Err(e);
+            }
+        };
         Ok(Broker {
             client_endpoint,
             worker_endpoint,
             event_endpoint,
             cluster,
+            http_endpoint: http.as_ref().map(|h| h.local_addr()),
             handle,
             thread,
+            http,
         })
     }
 
@@ -577,9 +604,49 @@ impl Broker {
         let _ = self.handle.try_send(Command::Reload(Box::new(access)));
     }
 
-    /// Waits for the broker thread to end.
+    /// Waits for the broker thread to end (the HTTP endpoint stops first).
     pub fn join(self) -> Result<(), TransportError> {
+        drop(self.http);
         drop(self.handle);
         self.thread.join().map(|_| ())
+    }
+}
+
+/// Starts the HTTP endpoint the configuration asks for (`http_endpoint`), asking the reactor
+/// behind `handle` for its figures. A derived address (`auto`) that cannot be bound is logged
+/// and skipped: the broker's own work does not depend on it; a configured one is an error.
+fn start_http(
+    config: &BrokerConfig,
+    bound_client: &str,
+    handle: &ReactorHandle<Command>,
+    log: &Logger,
+) -> Result<Option<mpreg_process::http::HttpServer>, StartError> {
+    let Some((addr, explicit)) = config.http_addr(bound_client).map_err(StartError::Http)? else {
+        return Ok(None);
+    };
+    // Weak: the HTTP threads must not keep the reactor alive once the broker is dropped.
+    let weak = handle.downgrade();
+    let ask: crate::http::Ask = Box::new(move |reply| {
+        let handle = weak.upgrade().ok_or(crate::http::Unavailable::Stopped)?;
+        handle
+            .try_send(Command::Snapshot(reply))
+            .map_err(|e| match e {
+                mpreg_transport::TrySendError::Full(_) => crate::http::Unavailable::Busy,
+                mpreg_transport::TrySendError::Closed(_) => crate::http::Unavailable::Stopped,
+            })
+    });
+    let http_log = log.new(slog::o!("component" => "http"));
+    match crate::http::start(addr, ask, http_log) {
+        Ok(server) => {
+            if !server.local_addr().ip().is_loopback() {
+                warn!(log, "the HTTP endpoint is reachable from other hosts and has no authentication (read-only figures and the dashboard)"; "http" => %server.local_addr());
+            }
+            Ok(Some(server))
+        }
+        Err(e) if !explicit => {
+            warn!(log, "no HTTP endpoint: the derived address cannot be bound (set http_endpoint)"; "address" => %addr, "error" => %e);
+            Ok(None)
+        }
+        Err(e) => Err(StartError::Http(format!("cannot listen on {addr}: {e}"))),
     }
 }

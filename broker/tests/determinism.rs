@@ -76,6 +76,7 @@ fn session(seed: u64) -> (Vec<u8>, usize) {
         let m = WorkerToBroker::Result(TaskResult {
             task: task.task,
             value: Value::from(task.task.0),
+            timing: None,
         });
         e.on_worker(&mut out, worker(&routing), m, at(5));
     }
@@ -131,6 +132,7 @@ fn session(seed: u64) -> (Vec<u8>, usize) {
             let m = WorkerToBroker::Result(TaskResult {
                 task: task.task,
                 value: Value::Array(task.args.to_vec()),
+                timing: None,
             });
             e.on_worker(&mut out, worker(&routing), m, at(ms + 1));
         }

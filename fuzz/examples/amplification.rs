@@ -78,6 +78,7 @@ fn plan(steps: Vec<Step>) -> Vec<u8> {
         progress: false,
         progress_topic: None,
         plan: None,
+        trace: false,
     })
 }
 
@@ -96,6 +97,7 @@ fn size_amplification(result_bytes: usize, references: usize) {
     let result = encode_body(&TaskResult {
         task: 1,
         value: Value::Binary(vec![0; result_bytes]),
+        timing: None,
     });
     let result_len = result.len();
     engine.on_worker_message(&mut out, &frames(b"w", "result", result), now);
@@ -124,6 +126,7 @@ fn depth_amplification() {
     let result = encode_body(&TaskResult {
         task: 1,
         value: deep.clone(),
+        timing: None,
     });
     let result_check = mpreg_protocol::msgpack_scan::scan(&result, limits.max_depth);
     engine.on_worker_message(&mut out, &frames(b"w", "result", result), now);
@@ -142,6 +145,7 @@ fn depth_amplification() {
     let result = encode_body(&TaskResult {
         task: 1,
         value: deep,
+        timing: None,
     });
     engine.on_worker_message(&mut out, &frames(b"w", "result", result), now);
     let (kind, reply) = out.to_client.last().expect("the engine replied");

@@ -47,6 +47,7 @@ fn plan(id: u64, steps: Vec<Step>) -> PlanRequest {
         progress: false,
         progress_topic: None,
         plan: None,
+        trace: false,
     }
 }
 
@@ -190,6 +191,7 @@ fn main() {
         let result = encode_body(&TaskResult {
             task: i as u64 + 1,
             value: Value::Map(vec![(s("x"), Value::Array(vec![s("r0"), s("r1")]))]),
+            timing: None,
         });
         conversation.extend(message(worker(4), &[b"w1", VERSION, b"result", &result]));
         if i == 3 {

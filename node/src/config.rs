@@ -28,6 +28,9 @@ pub struct NodeConfig {
     pub key_file: String,
     /// Versions of the built-in functions, by name (`echo = "1.2.0"`).
     pub versions: std::collections::BTreeMap<String, String>,
+    /// HTTP endpoint (`/metrics`, `/healthz`, `/readyz`): `auto` (127.0.0.1, an OS-chosen
+    /// port), `off`, or `host:port`.
+    pub http_endpoint: String,
 }
 
 /// The command-line flags, each declared once: clap reads the flag, serde names the
@@ -70,6 +73,11 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_file: Option<String>,
+    /// HTTP endpoint for /metrics, /healthz and /readyz: auto (127.0.0.1, an OS-chosen port,
+    /// printed in the `listening` line), off, or host:port.
+    #[arg(long, value_name = "auto|off|HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_endpoint: Option<String>,
     /// A built-in function's version, as NAME=VERSION (repeatable), e.g. echo=1.2.0.
     #[arg(long = "function-version", value_name = "NAME=VERSION")]
     #[serde(
@@ -188,7 +196,20 @@ impl NodeConfig {
         if let Err(e) = mpreg_process::logging::check_level("log_level", &self.log_level) {
             return Err(config::ConfigError::Message(e));
         }
+        if let Err(e) = self.http_addr() {
+            return invalid("http_endpoint", e);
+        }
         Ok(())
+    }
+
+    /// Where the HTTP endpoint listens; `None` when it is off.
+    pub fn http_addr(&self) -> Result<Option<std::net::SocketAddr>, String> {
+        use mpreg_process::http::HttpSetting;
+        Ok(match HttpSetting::parse(&self.http_endpoint)? {
+            HttpSetting::Off => None,
+            HttpSetting::Auto => Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+            HttpSetting::At(addr) => Some(addr),
+        })
     }
 
     /// The log level (validated by [`NodeConfig::load`]).

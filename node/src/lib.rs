@@ -11,6 +11,8 @@
 //! - `link` (private): the reactor handler, one DEALER per broker: registration, heartbeats,
 //!   liveness, reconnection, the task queue and capacity, cancel, drain.
 //! - [`config`]: the binary's layered configuration (defaults, file, environment, flags).
+//! - [`metrics`]: the node's metrics and its HTTP endpoint (`/metrics`, `/healthz`,
+//!   `/readyz`), when [`NodeBuilder::http`] asks for one.
 //!
 //! Threads: the broker connections live on one reactor thread (`mpreg-node`, from
 //! `mpreg-transport`). Functions added with [`NodeBuilder::inline_function`] and the built-ins
@@ -51,6 +53,7 @@
 pub mod config;
 pub mod functions;
 mod link;
+pub mod metrics;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -75,6 +78,9 @@ pub enum NodeError {
     /// A socket could not be set up (bad endpoint, ...).
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// The HTTP endpoint could not be bound.
+    #[error("http endpoint: {0}")]
+    Http(String),
 }
 
 /// Builds a node: name, brokers, resources, capacity and functions.
@@ -89,6 +95,7 @@ pub struct NodeBuilder {
     on_registered: Option<OnRegistered>,
     log: slog::Logger,
     curve: Option<mpreg_transport::Curve>,
+    http: Option<std::net::SocketAddr>,
 }
 
 impl NodeBuilder {
@@ -105,7 +112,22 @@ impl NodeBuilder {
             on_registered: None,
             log: slog::Logger::root(slog::Discard, slog::o!()),
             curve: None,
+            http: None,
         }
+    }
+
+    /// Serves `/metrics` (Prometheus text format), `/healthz` and `/readyz` (registered with
+    /// a broker and not draining) on `addr` (port 0: the OS chooses; see
+    /// [`Node::http_endpoint`]). It has no authentication: prefer a loopback address.
+    ///
+    /// ```
+    /// let node = mpreg_node::NodeBuilder::new("n")
+    ///     .builtins()
+    ///     .http("127.0.0.1:0".parse().unwrap());
+    /// ```
+    pub fn http(mut self, addr: std::net::SocketAddr) -> Self {
+        self.http = Some(addr);
+        self
     }
 
     /// Connects with CURVE: `server` is the brokers' public key, `own` this node's key pair
@@ -258,7 +280,8 @@ impl NodeBuilder {
     ///
     /// # Errors
     /// [`NodeError::NoRuntime`] outside a tokio runtime, [`NodeError::NoBroker`] when no
-    /// broker was given, [`NodeError::Transport`] for an invalid endpoint.
+    /// broker was given, [`NodeError::Transport`] for an invalid endpoint, [`NodeError::Http`]
+    /// when the HTTP address cannot be bound.
     pub fn start(self) -> Result<Node, NodeError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| NodeError::NoRuntime)?;
         if self.brokers.is_empty() {
@@ -269,6 +292,23 @@ impl NodeBuilder {
         }
         let (registered_tx, registered) = tokio::sync::watch::channel(0usize);
         let (refused_tx, refused) = tokio::sync::watch::channel(None);
+        let metrics = Arc::new(metrics::NodeMetrics::new(self.capacity));
+        let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let http = match self.http {
+            Some(addr) => {
+                let state = metrics::HttpState {
+                    metrics: Arc::clone(&metrics),
+                    registered: registered.clone(),
+                    draining: Arc::clone(&draining),
+                };
+                let log = self.log.new(slog::o!("component" => "http"));
+                Some(
+                    metrics::serve(addr, state, log)
+                        .map_err(|e| NodeError::Http(format!("cannot listen on {addr}: {e}")))?,
+                )
+            }
+            None => None,
+        };
         let ctx = Context::new();
         let setup = NodeSetup {
             name: self.name,
@@ -284,6 +324,7 @@ impl NodeBuilder {
             registered: registered_tx,
             refused: refused_tx,
             log: self.log,
+            metrics,
         };
         let (handle, thread) =
             spawn_with_handle("mpreg-node", &ctx, COMMAND_CAPACITY, move |io, own| {
@@ -294,6 +335,8 @@ impl NodeBuilder {
             thread: Some(thread),
             registered,
             refused,
+            http,
+            draining,
         })
     }
 }
@@ -309,9 +352,18 @@ pub struct Node {
     thread: Option<ReactorThread<NodeHandler>>,
     registered: tokio::sync::watch::Receiver<usize>,
     refused: tokio::sync::watch::Receiver<Option<String>>,
+    /// The HTTP endpoint, stopped with the node.
+    http: Option<mpreg_process::http::HttpServer>,
+    /// Set at shutdown (`/readyz` then answers 503).
+    draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Node {
+    /// The HTTP endpoint actually bound, when [`NodeBuilder::http`] asked for one.
+    pub fn http_endpoint(&self) -> Option<std::net::SocketAddr> {
+        self.http.as_ref().map(|h| h.local_addr())
+    }
+
     /// Brokers this node is registered with now.
     pub fn registered_brokers(&self) -> usize {
         *self.registered.borrow()
@@ -345,6 +397,8 @@ impl Node {
     /// arrive; lets running and queued tasks finish and sends their results, for at most
     /// `drain`; then closes the connections. Returns when the node has stopped.
     pub async fn shutdown(mut self, drain: Duration) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let _ = self
             .handle
             .send(Command::Shutdown {
@@ -353,6 +407,10 @@ impl Node {
             .await;
         if let Some(thread) = self.thread.take() {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        if let Some(http) = self.http.take() {
+            // Joins the accept thread: off the runtime's worker threads.
+            let _ = tokio::task::spawn_blocking(move || drop(http)).await;
         }
     }
 }

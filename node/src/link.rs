@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use mpreg_protocol::{
     compact_frame, encode_body, failure_kind, parse_envelope, BrokerToWorker, Disconnect,
-    Heartbeat, Limits, Register, Task, TaskFailure, TaskId, TaskResult,
+    Heartbeat, Limits, Register, Task, TaskFailure, TaskId, TaskResult, TaskTiming,
 };
 use mpreg_transport::{
     Handler, Io, SocketId, SocketKind, SocketOptions, SocketSpec, WeakReactorHandle,
@@ -22,6 +22,7 @@ use slog::{debug, error, info, warn, Logger};
 use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::functions::{call_catching_panics, panicked, Failure, Function, Outcome};
+use crate::metrics::NodeMetrics;
 
 /// First delay before reopening a connection to a broker that went silent.
 pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
@@ -61,6 +62,8 @@ pub enum Command {
         key: TaskKey,
         /// Its outcome.
         outcome: Option<Outcome>,
+        /// When its function started and returned (`None` when it panicked or was aborted).
+        ran: Option<(Instant, Instant)>,
     },
     /// Stop taking tasks, finish the running ones until `deadline`, then end.
     Shutdown {
@@ -124,6 +127,8 @@ impl Link {
 struct Queued {
     key: TaskKey,
     task: Task<'static>,
+    /// When the task was read.
+    received: Instant,
 }
 
 /// A task running off the reactor; it counts against the capacity until its `Done` arrives.
@@ -131,6 +136,9 @@ struct Running {
     abort: AbortHandle,
     /// Cancelled or its session ended: its outcome is not sent.
     abandoned: bool,
+    /// Its function, and when the task was read (for its timing).
+    fun: String,
+    received: Instant,
 }
 
 /// Where the node is in its life.
@@ -168,6 +176,8 @@ pub(crate) struct NodeSetup {
     /// Set once every broker refused the registration as invalid.
     pub(crate) refused: tokio::sync::watch::Sender<Option<String>>,
     pub(crate) log: Logger,
+    /// Updated as tasks come and go; read by the HTTP endpoint.
+    pub(crate) metrics: Arc<NodeMetrics>,
 }
 
 /// The node's state on its reactor thread.
@@ -237,6 +247,13 @@ impl NodeHandler {
 
     fn capacity(&self) -> usize {
         self.setup.capacity.max(1) as usize
+    }
+
+    /// Tasks running and queued, for the metrics.
+    fn update_gauges(&self) {
+        let m = &self.setup.metrics;
+        m.running.set(self.running.len() as i64);
+        m.queued.set(self.queue.len() as i64);
     }
 
     fn open(&mut self, io: &mut Io, i: usize) -> Result<(), mpreg_transport::TransportError> {
@@ -332,8 +349,13 @@ impl NodeHandler {
         let link = &mut self.links[i];
         let old = link.generation;
         link.generation += 1;
+        let before = self.queue.len();
         self.queue
             .retain(|q| !(q.key.link == i && q.key.generation == old));
+        self.setup
+            .metrics
+            .abandoned
+            .inc_by((before - self.queue.len()) as u64);
         for (key, running) in self.running.iter_mut() {
             if key.link == i && key.generation == old && !running.abandoned {
                 running.abandoned = true;
@@ -351,6 +373,7 @@ impl NodeHandler {
             io.close(socket);
         }
         link.reopen_at = Some(now + link.backoff);
+        self.setup.metrics.connections_lost.inc();
         warn!(self.setup.log, "broker connection lost";
             "broker" => &link.endpoint, "why" => why,
             "retry_in_ms" => link.backoff.as_millis() as u64);
@@ -370,9 +393,11 @@ impl NodeHandler {
         match message {
             Ok(BrokerToWorker::Registered(r)) => self.on_registered(io, i, r),
             Ok(BrokerToWorker::Task(task)) => {
+                self.setup.metrics.received.inc();
                 if matches!(self.phase, Phase::Closing { .. } | Phase::Finished) {
                     // Too late to run anything: the broker re-dispatches it when we vanish.
                     debug!(self.setup.log, "task refused while closing"; "task" => %task.task);
+                    self.setup.metrics.abandoned.inc();
                     return;
                 }
                 let key = TaskKey {
@@ -380,7 +405,12 @@ impl NodeHandler {
                     generation: self.links[i].generation,
                     task: task.task,
                 };
-                self.queue.push_back(Queued { key, task });
+                let received = Instant::now();
+                self.queue.push_back(Queued {
+                    key,
+                    task,
+                    received,
+                });
                 self.pump(io);
             }
             Ok(BrokerToWorker::Cancel(cancel)) => {
@@ -389,7 +419,12 @@ impl NodeHandler {
                     generation: self.links[i].generation,
                     task: cancel.task,
                 };
+                let before = self.queue.len();
                 self.queue.retain(|q| q.key != key);
+                self.setup
+                    .metrics
+                    .abandoned
+                    .inc_by((before - self.queue.len()) as u64);
                 if let Some(running) = self.running.get_mut(&key) {
                     // The slot frees when the aborted task's `Done` arrives.
                     running.abandoned = true;
@@ -474,36 +509,51 @@ impl NodeHandler {
     /// Starts queued tasks while there is capacity.
     fn pump(&mut self, io: &mut Io) {
         while self.running.len() < self.capacity() {
-            let Some(Queued { key, task }) = self.queue.pop_front() else {
+            let Some(Queued {
+                key,
+                task,
+                received,
+            }) = self.queue.pop_front()
+            else {
                 return;
             };
             let args = task.args.into_owned();
             let kwargs = task.kwargs.into_owned();
-            let join: JoinHandle<Outcome> = match self.setup.functions.get(task.fun.as_ref()) {
+            let fun = task.fun.into_owned();
+            type Timed = (Outcome, Instant, Instant);
+            let join: JoinHandle<Timed> = match self.setup.functions.get(fun.as_str()) {
                 None => {
                     let failure = Failure {
                         kind: failure_kind::UNKNOWN_FUNCTION,
-                        message: format!("this node does not serve `{}`", task.fun),
+                        message: format!("this node does not serve `{fun}`"),
                     };
-                    self.reply(io, key, Err(failure));
+                    self.reply(io, key, Err(failure), None);
                     continue;
                 }
                 Some(Function::Inline(f)) => {
+                    let started = Instant::now();
                     let outcome = call_catching_panics(f.as_ref(), args, kwargs);
-                    self.reply(io, key, outcome);
+                    let timing = self.timing(&fun, received, started, Instant::now());
+                    self.reply(io, key, outcome, Some(timing));
                     continue;
                 }
                 Some(Function::Blocking(f)) => {
                     let f = Arc::clone(f);
-                    self.setup.runtime.spawn_blocking(move || f(args, kwargs))
+                    self.setup.runtime.spawn_blocking(move || {
+                        let started = Instant::now();
+                        let outcome = f(args, kwargs);
+                        (outcome, started, Instant::now())
+                    })
                 }
                 Some(Function::Async(f)) => {
                     // Called inside the task: the closure's synchronous part (and any panic in
                     // it) stays off the reactor thread.
                     let f = Arc::clone(f);
-                    self.setup
-                        .runtime
-                        .spawn(async move { f(args, kwargs).await })
+                    self.setup.runtime.spawn(async move {
+                        let started = Instant::now();
+                        let outcome = f(args, kwargs).await;
+                        (outcome, started, Instant::now())
+                    })
                 }
             };
             self.running.insert(
@@ -511,36 +561,57 @@ impl NodeHandler {
                 Running {
                     abort: join.abort_handle(),
                     abandoned: false,
+                    fun,
+                    received,
                 },
             );
             // The function runs in its own task, so a panic or an abort ends only that task;
             // the watcher always reports, so the capacity slot is always given back.
             let own = self.own.clone();
             self.setup.runtime.spawn(async move {
-                let outcome = match join.await {
-                    Ok(outcome) => Some(outcome),
-                    Err(e) if e.is_panic() => Some(Err(panicked(e.into_panic().as_ref()))),
-                    Err(_) => None,
+                let (outcome, ran) = match join.await {
+                    Ok((outcome, started, ended)) => (Some(outcome), Some((started, ended))),
+                    Err(e) if e.is_panic() => (Some(Err(panicked(e.into_panic().as_ref()))), None),
+                    Err(_) => (None, None),
                 };
                 // None: the node is gone, and so is the slot to give back.
                 if let Some(handle) = own.upgrade() {
-                    let _ = handle.send(Command::Done { key, outcome }).await;
+                    let _ = handle.send(Command::Done { key, outcome, ran }).await;
                 }
             });
         }
     }
 
-    fn reply(&mut self, io: &mut Io, key: TaskKey, outcome: Outcome) {
+    /// Records a task's times in the metrics; returns them as the broker is told them.
+    fn timing(&self, fun: &str, received: Instant, started: Instant, ended: Instant) -> TaskTiming {
+        let queued = started.saturating_duration_since(received);
+        let ran = ended.saturating_duration_since(started);
+        self.setup.metrics.observe(fun, queued, ran);
+        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        TaskTiming {
+            queued_us: micros(queued),
+            ran_us: micros(ran),
+        }
+    }
+
+    fn reply(&mut self, io: &mut Io, key: TaskKey, outcome: Outcome, timing: Option<TaskTiming>) {
         if self.links[key.link].generation != key.generation {
+            self.setup.metrics.abandoned.inc();
             return; // Its session is gone; the broker re-dispatches it.
         }
         let task = key.task;
         let sent = match outcome {
             Ok(value) => {
-                let body = encode_body(&TaskResult { task, value });
+                self.setup.metrics.completed.inc();
+                let body = encode_body(&TaskResult {
+                    task,
+                    value,
+                    timing,
+                });
                 self.send(io, key.link, "result", &body)
             }
             Err(f) => {
+                self.setup.metrics.failure(f.kind);
                 let body = encode_body(&TaskFailure {
                     task,
                     kind: f.kind.to_string(),
@@ -567,6 +638,8 @@ impl NodeHandler {
             warn!(self.setup.log, "drain deadline passed; abandoning tasks";
                 "running" => self.running.len(), "queued" => self.queue.len());
         }
+        let dropped = self.running.len() + self.queue.len();
+        self.setup.metrics.abandoned.inc_by(dropped as u64);
         for (_, running) in self.running.drain() {
             running.abort.abort();
         }
@@ -602,14 +675,20 @@ impl Handler for NodeHandler {
         if let Some(i) = self.link_of(socket) {
             self.on_broker_message(io, i, frames);
         }
+        self.update_gauges();
     }
 
     fn on_command(&mut self, io: &mut Io, command: Command) {
         match command {
-            Command::Done { key, outcome } => {
+            Command::Done { key, outcome, ran } => {
                 if let Some(running) = self.running.remove(&key) {
                     if let (false, Some(outcome)) = (running.abandoned, outcome) {
-                        self.reply(io, key, outcome);
+                        let timing = ran.map(|(started, ended)| {
+                            self.timing(&running.fun, running.received, started, ended)
+                        });
+                        self.reply(io, key, outcome, timing);
+                    } else {
+                        self.setup.metrics.abandoned.inc();
                     }
                 }
                 self.pump(io);
@@ -617,6 +696,7 @@ impl Handler for NodeHandler {
             }
             Command::Shutdown { deadline } => self.start_drain(io, deadline),
         }
+        self.update_gauges();
     }
 
     fn on_timer(&mut self, io: &mut Io) {

@@ -137,6 +137,9 @@ pub struct ErrorReply {
     /// The id the broker gave the plan (its trace id), on errors about a plan it read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<PlanId>,
+    /// The trace of the plan's finished steps, when the plan asked for it (`plan.trace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<Box<crate::trace::PlanTrace>>,
 }
 
 impl ErrorReply {
@@ -156,6 +159,7 @@ impl ErrorReply {
             cycle: None,
             partial: BTreeMap::new(),
             plan: None,
+            trace: None,
         }
     }
 

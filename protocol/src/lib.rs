@@ -5,7 +5,8 @@
 //! - [`envelope`]: the frames around a body (version tag, message type) and ROUTER prefixes.
 //! - [`codec`]: msgpack bodies as named maps; size, structure and depth checks before decoding.
 //! - [`msgpack_scan`]: the non-recursive structural check behind the codec.
-//! - [`plan`], [`client`], [`worker`], [`topic`], [`peer`], [`cache`]: the message structs.
+//! - [`plan`], [`client`], [`worker`], [`topic`], [`peer`], [`cache`]: the message structs;
+//!   [`trace`]: plan traces and the timing workers report.
 //! - [`direction`]: one enum per direction (`ClientToBroker`, `BrokerToClient`,
 //!   `WorkerToBroker`, `BrokerToWorker`, `PeerMessage`, `Gossip`) keyed by the message type
 //!   frame.
@@ -29,6 +30,7 @@ pub mod msgpack_scan;
 pub mod peer;
 pub mod plan;
 pub mod topic;
+pub mod trace;
 pub mod worker;
 
 pub use cache::{
@@ -58,6 +60,7 @@ pub use topic::{
     Publish, PublishBatch, Published, PublishedBatch, Subscribe, Subscribed, TopicMessage,
     TopicMessageRef, Unsubscribe, Unsubscribed,
 };
+pub use trace::{PlanTrace, StepOutcome, StepTrace, TaskTiming};
 pub use worker::{
     failure_kind, CancelTask, Disconnect, Heartbeat, Reconnect, Register, Registered, Task,
     TaskFailure, TaskResult,

@@ -266,6 +266,11 @@ pub struct FwdResult {
     pub value: Value,
     /// The worker that ran it.
     pub worker: String,
+    /// How long the step waited here (from this broker accepting the forward to the function
+    /// starting, in `queued_us`) and ran, when its worker reported it: the owner's trace of
+    /// the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timing: Option<crate::trace::TaskTiming>,
 }
 
 /// `fwd_failure`: a forwarded step failed (its function failed, or it timed out, or its

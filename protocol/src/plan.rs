@@ -106,6 +106,14 @@ pub struct PlanRequest {
     /// Default: the broker gives the plan an id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<PlanId>,
+    /// Ask for the plan's trace: the `result` (or the `error`) then carries `trace`, where and
+    /// when each finished step ran. Default false.
+    #[serde(
+        default,
+        deserialize_with = "nil_as_default",
+        skip_serializing_if = "is_false"
+    )]
+    pub trace: bool,
 }
 
 pub(crate) fn is_false(b: &bool) -> bool {
@@ -122,6 +130,9 @@ pub struct PlanResult {
     pub plan: Option<PlanId>,
     /// Sink steps' results (or every step's, if asked).
     pub results: BTreeMap<String, Value>,
+    /// The plan's trace, when the plan asked for it (`trace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<Box<crate::trace::PlanTrace>>,
 }
 
 /// `progress`: one step of a plan finished.

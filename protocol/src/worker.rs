@@ -83,6 +83,10 @@ pub struct TaskResult {
     pub task: TaskId,
     /// The function's return value.
     pub value: Value,
+    /// How long the task waited in the worker's queue and ran (optional; the broker derives
+    /// the step's start time from it for traces and metrics).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timing: Option<crate::trace::TaskTiming>,
 }
 
 /// Worker-side error kinds a `failure` may carry.

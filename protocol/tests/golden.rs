@@ -24,6 +24,8 @@ type Sample = (&'static str, Vec<u8>, Vec<u8>, Box<dyn Fn(&[u8]) -> bool>);
 mod cache;
 #[path = "golden_samples/cluster.rs"]
 mod cluster;
+#[path = "golden_samples/trace.rs"]
+mod trace;
 
 fn samples() -> Vec<Sample> {
     let limits = Limits::default();
@@ -54,6 +56,7 @@ fn samples() -> Vec<Sample> {
         progress: true,
         progress_topic: Some("plans.progress".into()),
         plan: Some("01JQ4Y5VJ7T0D8S3R5Y2M6W8XC".parse().unwrap()),
+        trace: false,
     };
     let mut results = BTreeMap::new();
     results.insert(
@@ -132,7 +135,8 @@ fn samples() -> Vec<Sample> {
         BrokerToClient::Result(PlanResult {
             id: 42,
             plan: Some("01JQ4Y5VJ7T0D8S3R5Y2M6W8XB".parse().unwrap()),
-            results
+            results,
+            trace: None,
         })
     );
     sample!(
@@ -217,7 +221,8 @@ fn samples() -> Vec<Sample> {
         WorkerToBroker,
         WorkerToBroker::Result(TaskResult {
             task: TaskId(9),
-            value: v("hi there!")
+            value: v("hi there!"),
+            timing: None,
         })
     );
     sample!(
@@ -472,6 +477,7 @@ fn every_message_matches_its_golden_bytes() {
     let mut all = samples();
     all.extend(cluster::samples());
     all.extend(cache::samples());
+    all.extend(trace::samples());
     for (name, kind, body, decodes_back) in &all {
         let bin_path = dir.join(format!("{name}.msgpack"));
         let json_path = dir.join(format!("{name}.json"));

@@ -216,6 +216,9 @@ pub struct RemoteError {
     pub cycle: Option<Vec<String>>,
     /// Results of the steps that finished before the failure.
     pub partial: BTreeMap<String, Value>,
+    /// The trace of the steps that finished, when the plan asked for it
+    /// ([`PlanBuilder::trace`](crate::PlanBuilder::trace)).
+    pub trace: Option<mpreg_protocol::PlanTrace>,
 }
 
 impl RemoteError {
@@ -250,6 +253,7 @@ impl From<ErrorReply> for RemoteError {
             path: r.path,
             cycle: r.cycle,
             partial: r.partial,
+            trace: r.trace.map(|t| *t),
         }
     }
 }

@@ -94,11 +94,11 @@ pub use client::{
 };
 pub use error::{Error, RemoteError};
 pub use mpreg_protocol::{
-    CacheInvalidated, CacheMode, CacheStatsReply, ErrorCode, Limits, Pong, Progress, StatusReply,
-    Step, Value, WorkerStatus,
+    CacheInvalidated, CacheMode, CacheStatsReply, ErrorCode, Limits, PlanId, PlanTrace, Pong,
+    Progress, StatusReply, Step, StepOutcome, StepTrace, Value, WorkerStatus,
 };
 pub use mpreg_transport::{Key, KeyError, KeyPair};
-pub use plan_builder::{PlanBuilder, PlanEvent, PlanStream};
+pub use plan_builder::{PlanBuilder, PlanEvent, PlanStream, Traced};
 
 /// Reads a CURVE public key given as 40 Z85 characters or as a key file (`.pub` or `.key`).
 pub fn load_public_key(key_or_path: &str) -> Result<Key, Error> {

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use mpreg_protocol::{BrokerToClient, ClientToBroker, PlanRequest, Progress, Step};
+use mpreg_protocol::{
+    BrokerToClient, ClientToBroker, PlanId, PlanRequest, PlanTrace, Progress, Step,
+};
 use tokio::sync::mpsc;
 
 use crate::client::Client;
@@ -47,8 +49,20 @@ pub struct PlanBuilder {
     all_results: bool,
     progress: bool,
     progress_topic: Option<String>,
+    trace: bool,
     /// The first misuse of the builder (a step option before any step), reported by `run`.
     misuse: Option<String>,
+}
+
+/// A plan's results with its trace, from [`PlanBuilder::run_traced`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Traced {
+    /// Results by step name, as [`PlanBuilder::run`] returns them.
+    pub results: BTreeMap<String, Value>,
+    /// The id the broker gave the plan (its trace id; `None` from brokers before it existed).
+    pub plan: Option<PlanId>,
+    /// Where and when each step ran (`None` from a broker that does not trace).
+    pub trace: Option<PlanTrace>,
 }
 
 /// What a [`PlanStream`] yields: progress events, then the results.
@@ -70,6 +84,7 @@ impl PlanBuilder {
             all_results: false,
             progress: false,
             progress_topic: None,
+            trace: false,
             misuse: None,
         }
     }
@@ -179,6 +194,17 @@ impl PlanBuilder {
         self
     }
 
+    /// Asks the broker for the plan's trace: where each step ran (broker, worker) and when it
+    /// became ready, was dispatched, started and finished, in microseconds since the broker
+    /// accepted the plan ([`PlanTrace`]). [`run_traced`](PlanBuilder::run_traced) sets it and
+    /// returns the trace; with [`stream`](PlanBuilder::stream), read it from
+    /// [`PlanStream::trace`]; when the plan fails, the trace of the steps that finished is in
+    /// [`RemoteError::trace`](crate::RemoteError::trace).
+    pub fn trace(mut self) -> Self {
+        self.trace = true;
+        self
+    }
+
     /// The steps so far.
     pub fn steps(&self) -> &[Step] {
         &self.steps
@@ -200,6 +226,7 @@ impl PlanBuilder {
             progress: self.progress,
             progress_topic: self.progress_topic.clone(),
             plan: None,
+            trace: self.trace,
         })
     }
 
@@ -235,7 +262,37 @@ impl PlanBuilder {
     /// - [`Error::Closed`]: the client was closed (its plans in flight are cancelled).
     pub async fn run(self) -> Result<BTreeMap<String, Value>, Error> {
         let pending = self.send(None).await?;
-        plan_results(pending.wait().await?)
+        plan_results(pending.wait().await?).map(|(results, _)| results)
+    }
+
+    /// Runs the plan with its trace (see [`trace`](PlanBuilder::trace)) and returns both.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: mpreg::Client) -> Result<(), mpreg::Error> {
+    /// use mpreg::args;
+    /// let traced = client.plan().step("a", "echo", args![1]).run_traced().await?;
+    /// for step in traced.trace.map(|t| t.steps).unwrap_or_default() {
+    ///     println!("{} ran on {}/{} in {:?} us", step.step, step.broker, step.worker,
+    ///         step.started_us.map(|s| step.finished_us - s));
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`run`](PlanBuilder::run); a [`RemoteError`](crate::RemoteError) of the plan carries
+    /// the trace of the steps that finished.
+    pub async fn run_traced(mut self) -> Result<Traced, Error> {
+        self.trace = true;
+        let pending = self.send(None).await?;
+        match pending.wait().await? {
+            BrokerToClient::Result(result) => Ok(Traced {
+                results: result.results,
+                plan: result.plan,
+                trace: result.trace.map(|t| *t),
+            }),
+            BrokerToClient::Error(e) => Err(e.into()),
+            other => Err(unexpected("result", &other)),
+        }
     }
 
     /// Sends the plan with progress on, and returns a stream of its events: one
@@ -267,6 +324,7 @@ impl PlanBuilder {
         Ok(PlanStream {
             progress: rx,
             pending: Some(pending),
+            trace: None,
         })
     }
 
@@ -331,6 +389,7 @@ impl PlanBuilder {
 pub struct PlanStream {
     progress: mpsc::Receiver<Progress>,
     pending: Option<PendingReply>,
+    trace: Option<PlanTrace>,
 }
 
 impl PlanStream {
@@ -350,14 +409,25 @@ impl PlanStream {
                 .wait()
                 .await
                 .and_then(plan_results)
-                .map(PlanEvent::Done),
+                .map(|(results, trace)| {
+                    self.trace = trace;
+                    PlanEvent::Done(results)
+                }),
         )
+    }
+
+    /// The plan's trace, once [`PlanEvent::Done`] came, when the plan asked for it
+    /// ([`PlanBuilder::trace`]).
+    pub fn trace(&self) -> Option<&PlanTrace> {
+        self.trace.as_ref()
     }
 }
 
-fn plan_results(reply: BrokerToClient) -> Result<BTreeMap<String, Value>, Error> {
+type PlanOutcome = (BTreeMap<String, Value>, Option<PlanTrace>);
+
+fn plan_results(reply: BrokerToClient) -> Result<PlanOutcome, Error> {
     match reply {
-        BrokerToClient::Result(result) => Ok(result.results),
+        BrokerToClient::Result(result) => Ok((result.results, result.trace.map(|t| *t))),
         BrokerToClient::Error(e) => Err(e.into()),
         other => Err(unexpected("result", &other)),
     }
@@ -395,11 +465,12 @@ mod tests {
             .deadline(Duration::from_secs(2))
             .all_results()
             .progress()
+            .trace()
             .to_request(7)
             .unwrap();
         assert_eq!(request.id, 7);
         assert_eq!(request.deadline_ms, Some(2000));
-        assert!(request.all_results && request.progress);
+        assert!(request.all_results && request.progress && request.trace);
         let [first, second] = &request.steps[..] else {
             panic!("two steps expected: {:?}", request.steps);
         };
@@ -431,7 +502,7 @@ mod tests {
             .to_request(1)
             .unwrap();
         assert_eq!(request.deadline_ms, None);
-        assert!(!request.all_results && !request.progress);
+        assert!(!request.all_results && !request.progress && !request.trace);
         assert_eq!(request.steps[0].timeout_ms, None);
         assert_eq!(request.steps[0].retries, None);
         assert!(request.steps[0].kwargs.is_empty() && request.steps[0].locs.is_empty());

@@ -212,6 +212,9 @@ pub struct BrokerProc {
     pub gossip: Option<String>,
     /// The broker's name.
     pub name: String,
+    /// The HTTP endpoint (`host:port`: `/metrics`, `/healthz`, `/readyz`, the dashboard),
+    /// unless it is off.
+    pub http: Option<String>,
     /// The process.
     pub proc: Proc,
 }
@@ -259,6 +262,7 @@ fn launch_broker(
         peer: optional("peer"),
         gossip: optional("gossip"),
         name: line["name"].as_str().unwrap_or_default().to_string(),
+        http: optional("http"),
         proc,
     }
 }

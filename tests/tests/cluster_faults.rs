@@ -292,8 +292,9 @@ impl Lab {
         }
         // `ip netns exec` execs the broker: the PID is the broker's.
         let mut proc = Proc::spawn("broker", std::path::Path::new("ip"), &args, &[]);
-        proc.wait_event("listening", START_TIMEOUT);
+        let line = proc.wait_event("listening", START_TIMEOUT);
         BrokerProc {
+            http: line["http"].as_str().map(str::to_string),
             client: ep(7400),
             worker: ep(7401),
             events: ep(7402),

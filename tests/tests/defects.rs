@@ -99,6 +99,7 @@ impl Conn {
                 progress: false,
                 progress_topic: None,
                 plan: None,
+                trace: false,
             })
         })
     }

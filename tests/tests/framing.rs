@@ -20,6 +20,7 @@ fn plan(id: u64) -> ClientToBroker {
         progress: false,
         progress_topic: None,
         plan: None,
+        trace: false,
     })
 }
 

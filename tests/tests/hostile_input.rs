@@ -109,6 +109,7 @@ fn oversized_bodies_and_plans_are_refused_with_their_codes() {
         progress: false,
         progress_topic: None,
         plan: None,
+        trace: false,
     };
     let base = encode_body(&plan).len();
     // A str32 header is 5 bytes where the empty string took 1: exactly one byte over.
@@ -139,6 +140,7 @@ fn oversized_bodies_and_plans_are_refused_with_their_codes() {
             progress: false,
             progress_topic: None,
             plan: None,
+            trace: false,
         })
         .to_frames(),
     )
@@ -165,6 +167,7 @@ fn invalid_plans_are_rejected_before_running() {
                 progress: false,
                 progress_topic: None,
                 plan: None,
+                trace: false,
             })
             .to_frames(),
         )
@@ -210,6 +213,7 @@ fn invalid_plans_are_rejected_before_running() {
             progress: false,
             progress_topic: None,
             plan: None,
+            trace: false,
         })
         .to_frames(),
     )
@@ -245,6 +249,7 @@ fn a_loop_through_max_steps_is_a_cycle_error_not_a_crash() {
         progress: false,
         progress_topic: None,
         plan: None,
+        trace: false,
     };
     d.send(&ClientToBroker::Plan(plan).to_frames()).unwrap();
     let e = error(&d);

@@ -153,6 +153,7 @@ fn plan(id: u64, fun: &str, arg: Value) -> PlanRequest {
         progress: false,
         progress_topic: None,
         plan: None,
+        trace: false,
     }
 }
 
@@ -465,6 +466,7 @@ fn sleep_plan(id: u64, ms: u64, payload: Value) -> ClientToBroker {
         progress: false,
         progress_topic: None,
         plan: None,
+        trace: false,
     })
 }
 

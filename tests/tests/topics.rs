@@ -417,6 +417,7 @@ fn plan_progress_is_published_to_a_topic() {
             progress: false,
             progress_topic: Some("plans.p1.progress".into()),
             plan: None,
+            trace: false,
         })
     });
     assert!(matches!(reply, BrokerToClient::Result(_)), "{reply:?}");

@@ -1,7 +1,8 @@
 //! `mpreg-broker`: serves plans on a client endpoint and workers on a worker endpoint.
 //!
 //! On start it prints one JSON line on stdout with the endpoints it bound:
-//! `{"event":"listening","name":...,"client":"tcp://...","worker":"tcp://...","events":"tcp://..."}`.
+//! `{"event":"listening","name":...,"client":"tcp://...","worker":"tcp://...","events":"tcp://...","http":"127.0.0.1:7405"}`
+//! (`http` is `null` when the HTTP endpoint is off).
 //! SIGTERM or SIGINT: stop accepting plans, let those in flight finish (up to
 //! `shutdown_timeout_ms`), tell the workers, exit 0. SIGHUP: reload the access file of a CURVE
 //! broker (an unreadable or invalid file is logged and the current rules stay).
@@ -68,6 +69,7 @@ fn main() -> ExitCode {
         "client": broker.client_endpoint,
         "worker": broker.worker_endpoint,
         "events": broker.event_endpoint,
+        "http": broker.http_endpoint.map(|a| a.to_string()),
     });
     if let Some((id, peer, gossip)) = &broker.cluster {
         line["id"] = serde_json::json!(id.to_string());

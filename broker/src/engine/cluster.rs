@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use mpreg_protocol::peer::{
-    Bye, Capability, DeltaAck, FwdCancel, FwdFailure, FwdPublish, FwdReject, FwdResult, FwdStep,
-    Hello, MemberState, Refused, SyncRequest,
+    Bye, Capability, DeltaAck, FwdCancel, FwdFailure, FwdPublish, FwdReject, FwdStep, Hello,
+    MemberState, Refused, SyncRequest,
 };
 use mpreg_protocol::{BrokerId, Gossip, PeerMessage, PlanId, TaskId, Value};
 
@@ -98,7 +98,8 @@ impl Engine {
                 let task = TaskId(result.fid);
                 if let Some(state) = self.scheduler.answered_by_peer(from, task) {
                     self.plans.ran_on(state.plan, &result.worker);
-                    self.complete_task(out, task, state, result.value, 0, now);
+                    let timing = result.timing;
+                    self.complete_task(out, task, state, result.value, 0, timing, now);
                 }
             }
             PeerMessage::FwdFailure(failure) => {
@@ -487,19 +488,6 @@ impl Engine {
             });
             let _ = out.to_peer(&endpoint, Link::Data, &reject);
         }
-    }
-
-    /// The answer to a forwarded step: its value.
-    pub(super) fn answer_forward(
-        &mut self,
-        out: &mut impl Outbox,
-        endpoint: &str,
-        fid: u64,
-        value: Value,
-        worker: String,
-    ) {
-        let result = PeerMessage::FwdResult(FwdResult { fid, value, worker });
-        let _ = out.to_peer(endpoint, Link::Data, &result);
     }
 
     /// The answer to a forwarded step that failed here, or that no worker here can run.

@@ -1,18 +1,25 @@
 //! The engine's counters, one named field each (not keyed by strings), reported in `status`
-//! under the same names (PROTOCOL.md section 5 lists them).
+//! under the same names (PROTOCOL.md section 5 lists them) and in `/metrics` as
+//! `mpreg_<name>_total` with their documentation as help text (docs/OPERATIONS.md).
 
 macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident,)*) => {
+    ($($(#[doc = $doc:literal])* $name:ident,)*) => {
         /// Monotonic counters; a field is only ever incremented.
         #[derive(Debug, Default, Clone, PartialEq, Eq)]
         pub struct Counters {
-            $($(#[$doc])* pub $name: u64,)*
+            $($(#[doc = $doc])* pub $name: u64,)*
         }
 
         impl Counters {
             /// Every counter with its name, in declaration order.
             pub fn entries(&self) -> impl Iterator<Item = (&'static str, u64)> {
                 [$((stringify!($name), self.$name)),*].into_iter()
+            }
+
+            /// Every counter with its name and its documentation (the help text of the
+            /// `/metrics` exposition), in declaration order.
+            pub fn described(&self) -> impl Iterator<Item = (&'static str, &'static str, u64)> {
+                [$((stringify!($name), concat!($($doc),*), self.$name)),*].into_iter()
             }
         }
     };

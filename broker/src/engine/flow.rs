@@ -8,15 +8,17 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use mpreg_protocol::peer::FwdResult;
 use mpreg_protocol::{
-    BrokerToClient, BrokerToWorker, PlanId, PlanResult, Progress, Task, TaskId, Value, WorkerId,
+    BrokerToClient, BrokerToWorker, PeerMessage, PlanId, PlanResult, Progress, StepOutcome, Task,
+    TaskId, TaskTiming, Value, WorkerId,
 };
 
 use super::failure::Failure;
 use super::plans::{ReplyTo, StepIx};
 use super::scheduler::{Runner, TaskState};
 use super::Engine;
-use crate::outbox::{Delivery, Outbox, WorkerAddr};
+use crate::outbox::{Delivery, Link, Outbox, WorkerAddr};
 use crate::placement::Placement;
 
 impl Engine {
@@ -24,6 +26,7 @@ impl Engine {
     /// failing its plan.
     pub(super) fn drain_ready(&mut self, out: &mut impl Outbox, now: Instant) {
         while let Some((plan, step)) = self.ready.pop_front() {
+            self.note_ready(plan, step, now);
             if self.cache_before_placing(out, plan, step, now) {
                 continue;
             }
@@ -39,9 +42,12 @@ impl Engine {
                 Placement::Wait => {
                     let fun = def.fun.clone();
                     self.scheduler.wait(&fun, plan, step);
+                    self.note_waiting(plan, step, now);
                 }
                 Placement::NoRoute(reason) => {
                     if self.forward_step(out, plan, step, now) {
+                        // Forwarded (or the plan ended trying: then nothing is noted).
+                        self.note_dispatched(plan, step, now);
                         continue;
                     }
                     let Some(def) = self.plans.get(plan).map(|p| p.step(step)) else {
@@ -108,6 +114,7 @@ impl Engine {
             Delivery::Sent => {
                 self.counters.tasks_dispatched += 1;
                 self.plans.task_started(plan, task.task);
+                self.note_dispatched(plan, step, now);
             }
             _ => {
                 self.expire_worker(out, worker, now);
@@ -116,7 +123,9 @@ impl Engine {
         }
     }
 
-    /// A worker answered `task` with a value.
+    /// A worker (or a peer) answered `task` with a value, and with how long it waited in the
+    /// worker's queue and ran when it says (`timing`).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn complete_task(
         &mut self,
         out: &mut impl Outbox,
@@ -124,9 +133,18 @@ impl Engine {
         state: TaskState,
         value: Value,
         bytes: usize,
+        timing: Option<TaskTiming>,
         now: Instant,
     ) {
         self.plans.task_ended(state.plan, task);
+        self.note_ran(
+            state.plan,
+            state.step,
+            state.runner,
+            state.sent,
+            timing,
+            now,
+        );
         let Some(plan) = self.plans.get(state.plan) else {
             return;
         };
@@ -169,6 +187,11 @@ impl Engine {
         elapsed_us: u64,
         now: Instant,
     ) {
+        let outcome = match worker.as_str() {
+            super::caching::CACHE_WORKER => StepOutcome::Cached,
+            _ => StepOutcome::Ok,
+        };
+        self.note_finished(id, step, &worker, outcome, now);
         let Some(plan) = self.plans.get(id) else {
             return;
         };
@@ -223,10 +246,12 @@ impl Engine {
         match state.reply_to.clone() {
             ReplyTo::Client(client) => {
                 self.counters.plans_completed += 1;
+                let trace = self.plan_ended(plan, &state, now);
                 let reply = BrokerToClient::Result(PlanResult {
                     id: state.request_id,
                     plan: Some(plan),
                     results: state.results(),
+                    trace,
                 });
                 self.reply(out, &client, &reply);
                 if state.request.plan == Some(plan) {
@@ -236,7 +261,8 @@ impl Engine {
             ReplyTo::Peer { endpoint, fid, .. } => {
                 let value = state.results().into_values().next().unwrap_or(Value::Nil);
                 let worker = std::mem::take(&mut state.ran_on);
-                self.answer_forward(out, &endpoint, fid, value, worker);
+                let timing = state.timing.forward.take();
+                self.answer_forward(out, &endpoint, fid, value, worker, timing);
             }
         }
     }
@@ -267,6 +293,12 @@ impl Engine {
             ReplyTo::Client(client) => {
                 self.counters.plans_failed += 1;
                 let mut reply = failure.into_reply(Some(state.request_id));
+                *self.metrics.plans_failed.entry(reply.code).or_default() += 1;
+                if let (true, Some(step)) = (state.timing.traced(), &reply.step) {
+                    let worker = reply.worker.as_deref().unwrap_or_default();
+                    state.timing.failed(&state.request.steps, step, worker, now);
+                }
+                reply.trace = self.plan_ended(plan, &state, now);
                 reply.plan = Some(plan);
                 reply.partial = state.partial();
                 let reply = BrokerToClient::Error(reply);
@@ -357,6 +389,26 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// The answer to a step forwarded here by a peer: its value, the worker that ran it, and
+    /// how long it waited here and ran (for the owner's trace).
+    fn answer_forward(
+        &mut self,
+        out: &mut impl Outbox,
+        endpoint: &str,
+        fid: u64,
+        value: Value,
+        worker: String,
+        timing: Option<TaskTiming>,
+    ) {
+        let result = PeerMessage::FwdResult(FwdResult {
+            fid,
+            value,
+            worker,
+            timing,
+        });
+        let _ = out.to_peer(endpoint, Link::Data, &result);
     }
 
     /// Sends a worker an `error` about something it did.

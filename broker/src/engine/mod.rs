@@ -14,7 +14,8 @@
 //!
 //! This file holds the engine's state and its small public surface. The edges and flows are
 //! in `requests` (client messages), `workers` (worker messages), `flow` (ready steps to tasks,
-//! results to replies, failures), `time` (timers) and `status`. Every failure is a
+//! results to replies, failures), `time` (timers), `status`, `trace` (plan timing and traces)
+//! and `metrics` (histograms, the snapshot `/metrics` shows). Every failure is a
 //! [`failure::Failure`], turned into an `error` in one place.
 
 mod cache_tier;
@@ -26,6 +27,7 @@ mod cluster_info;
 pub mod counters;
 pub mod failure;
 mod flow;
+pub mod metrics;
 mod peers;
 mod plans;
 mod replay;
@@ -33,6 +35,7 @@ mod requests;
 mod scheduler;
 mod status;
 mod time;
+mod trace;
 mod workers;
 
 use std::collections::VecDeque;
@@ -47,6 +50,7 @@ pub use crate::outbox::{ClientAddr, Delivery, Outbox, WorkerAddr};
 pub use clients::{CLIENT_HEARTBEAT_MAX, CLIENT_HEARTBEAT_MIN};
 pub use counters::Counters;
 pub use failure::Failure;
+pub use metrics::MetricsSnapshot;
 pub use peers::ClusterConfig;
 pub use plans::{ReplyTo, StepIx};
 pub use scheduler::Runner;
@@ -196,6 +200,8 @@ pub struct Engine {
     next_heartbeat: Instant,
     shutdown_deadline: Option<Instant>,
     counters: Counters,
+    /// Latency histograms and errors by code (see `metrics`).
+    metrics: metrics::EngineMetrics,
     log: slog::Logger,
 }
 
@@ -237,6 +243,7 @@ impl Engine {
             ready: VecDeque::new(),
             shutdown_deadline: None,
             counters: Counters::default(),
+            metrics: metrics::EngineMetrics::default(),
             log: slog::Logger::root(slog::Discard, slog::o!()),
         }
     }

@@ -81,6 +81,8 @@ pub struct PlanState {
     pub ran_on: String,
     /// The cache keys of its steps of cacheable functions, and their part in the cache.
     pub cache: BTreeMap<StepIx, super::caching::StepCache>,
+    /// When it was accepted, and its steps' times when it asked for its trace.
+    pub timing: super::trace::PlanTiming,
 }
 
 /// Finished results, looked up by step name during resolution.
@@ -298,6 +300,7 @@ impl Plans {
             .map_or(self.limits.default_deadline, Duration::from_millis);
         let deadline = now + wait.min(self.limits.max_deadline);
         let n = request.steps.len();
+        let timing = super::trace::PlanTiming::new(now, request.trace, n);
         let pending: Vec<u32> = graph.deps.iter().map(|d| d.len() as u32).collect();
         ready.extend(
             (0..n as StepIx)
@@ -328,6 +331,7 @@ impl Plans {
                 rejected: Vec::new(),
                 ran_on: String::new(),
                 cache: BTreeMap::new(),
+                timing,
             },
         );
         Ok(true)
@@ -388,6 +392,7 @@ impl Plans {
             progress: false,
             progress_topic: None,
             plan: None,
+            trace: false,
         };
         ready.push_back((id, 0));
         *self.per_client.entry(quota.clone()).or_default() += 1;
@@ -415,6 +420,7 @@ impl Plans {
                 rejected: Vec::new(),
                 ran_on: String::new(),
                 cache: BTreeMap::new(),
+                timing: super::trace::PlanTiming::new(now, false, 1),
             },
         );
         Ok(())

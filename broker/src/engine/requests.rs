@@ -303,6 +303,7 @@ impl Engine {
                     id: request_id,
                     plan: Some(plan),
                     results: BTreeMap::new(),
+                    trace: None,
                 });
                 self.reply(out, &client, &result);
             }
@@ -341,6 +342,9 @@ impl Engine {
         client: &ClientAddr,
         message: &BrokerToClient,
     ) {
+        if let BrokerToClient::Error(e) = message {
+            self.count_error(e.code);
+        }
         match out.reply(client, message) {
             Delivery::Sent => {}
             Delivery::Full => self.counters.client_replies_dropped_hwm += 1,

@@ -39,7 +39,8 @@ impl Engine {
             (WorkerToBroker::Heartbeat(_), Some(_)) => {}
             (WorkerToBroker::Result(result), Some(worker)) => {
                 if let Some(task) = self.scheduler.answered(worker, result.task) {
-                    self.complete_task(out, result.task, task, result.value, origin.bytes, now);
+                    let (value, timing) = (result.value, result.timing);
+                    self.complete_task(out, result.task, task, value, origin.bytes, timing, now);
                     self.after_task_freed(out, worker, now);
                     self.drain_ready(out, now);
                 }

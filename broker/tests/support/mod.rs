@@ -164,6 +164,7 @@ pub fn plan(id: u64, steps: Vec<Step>) -> PlanRequest {
         progress: false,
         progress_topic: None,
         plan: None,
+        trace: false,
     }
 }
 
@@ -181,6 +182,10 @@ pub fn answer(
     value: Value,
     now: Instant,
 ) {
-    let m = WorkerToBroker::Result(TaskResult { task, value });
+    let m = WorkerToBroker::Result(TaskResult {
+        task,
+        value,
+        timing: None,
+    });
     e.on_worker(out, worker(routing), m, now);
 }

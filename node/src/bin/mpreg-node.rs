@@ -1,7 +1,8 @@
 //! `mpreg-node`: a worker serving the built-in functions (`echo`, `echos`, `sleep`, `fail`).
 //!
-//! Prints one JSON line on stdout each time it registers with a broker:
-//! `{"event":"registered","node":"<name>","broker":"<endpoint>"}`.
+//! Prints one JSON line on stdout once it runs, with its HTTP endpoint (`null` when off):
+//! `{"event":"listening","node":"<name>","http":"127.0.0.1:NNNN"}`, then one each time it
+//! registers with a broker: `{"event":"registered","node":"<name>","broker":"<endpoint>"}`.
 //! SIGTERM or SIGINT: tell the brokers, finish running tasks (`drain_timeout_ms`), exit 0.
 
 use std::io::Write;
@@ -52,12 +53,19 @@ async fn main() -> ExitCode {
     let (log, log_guard) =
         stderr_logger(config.slog_level(), slog::o!("node" => config.name.clone()));
     let name = config.name.clone();
+    // `registered` lines wait for the `listening` line.
+    let listening_gate = std::sync::Arc::new(std::sync::Mutex::new(()));
+    let gate = std::sync::Arc::clone(&listening_gate);
     let mut builder = NodeBuilder::new(&config.name)
         .resources(config.resources.clone())
         .capacity(config.capacity)
         .builtins()
         .logger(log.clone())
         .on_registered(move |broker| {
+            // After the `listening` line, which main prints holding the gate.
+            let _after_listening = gate
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let line = serde_json::json!({"event": "registered", "node": name, "broker": broker});
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{line}");
@@ -68,6 +76,10 @@ async fn main() -> ExitCode {
     }
     for (function, version) in &config.versions {
         builder = builder.version(function, version);
+    }
+    // Validated by `load`.
+    if let Ok(Some(addr)) = config.http_addr() {
+        builder = builder.http(addr);
     }
     match (config.server_key.is_empty(), config.key_file.is_empty()) {
         (true, true) => {}
@@ -90,6 +102,9 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    let listening = listening_gate
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let node = match builder.start() {
         Ok(node) => node,
         Err(e) => {
@@ -97,6 +112,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let http = node.http_endpoint();
+    let line = serde_json::json!({"event": "listening", "node": config.name, "http": http.map(|a| a.to_string())});
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+    drop(out);
+    drop(listening);
     slog::info!(log, "started"; "node" => &config.name, "brokers" => config.brokers.join(","), "resources" => config.resources.join(","), "capacity" => config.capacity);
     let refused = tokio::select! {
         _ = term.recv() => None,

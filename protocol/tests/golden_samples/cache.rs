@@ -45,6 +45,7 @@ pub fn samples() -> Vec<Sample> {
         progress: false,
         progress_topic: None,
         plan: None,
+        trace: false,
     });
     out.push(sample(
         "client_to_broker.plan_cache_modes",

@@ -244,6 +244,7 @@ pub fn samples() -> Vec<Sample> {
             fid: 77,
             value: Value::from(0.93),
             worker: "gpu-node-4".into(),
+            timing: None,
         })
     );
     peer!(

@@ -116,9 +116,15 @@ pub enum Command {
         /// Print every step's result, not only the sinks'.
         #[arg(long)]
         all: bool,
-        /// Print one JSON line per finished step before the result line.
+        /// Print one JSON line per finished step before the result line (and, when stderr
+        /// is a terminal, a live status line there while the plan runs).
         #[arg(long)]
         progress: bool,
+        /// After the result line, print one JSON line per step: where it ran (broker,
+        /// worker) and when it became ready, was dispatched, started and finished, in
+        /// microseconds since the broker accepted the plan.
+        #[arg(long)]
+        trace: bool,
     },
     /// Print the broker's status.
     Status,
@@ -325,13 +331,14 @@ mod tests {
 
     #[test]
     fn plan_and_status() {
-        let cli = parsed(&["plan", "-", "--all", "--progress"]);
+        let cli = parsed(&["plan", "-", "--all", "--progress", "--trace"]);
         assert_eq!(
             cli.command,
             Command::Plan {
                 file: "-".into(),
                 all: true,
-                progress: true
+                progress: true,
+                trace: true,
             }
         );
         assert_eq!(cli.timeout, None);

@@ -1,9 +1,12 @@
 //! The `mpreg` command-line client, built on the SDK.
 //!
 //! - `mpreg call FUN [ARG ...] [--locs a,b]`: prints the function's result as one JSON line.
-//! - `mpreg plan FILE|- [--all] [--progress]`: prints the result map as one JSON line; with
-//!   `--progress`, first one line `{"step", "fun", "worker", "result", "elapsed_us"}` per finished
-//!   step, in the order they finished (printed once the plan succeeded).
+//! - `mpreg plan FILE|- [--all] [--progress] [--trace]`: prints the result map as one JSON line;
+//!   with `--progress`, first one line `{"step", "fun", "worker", "result", "elapsed_us"}` per
+//!   finished step, in the order they finished (printed once the plan succeeded), and while
+//!   the plan runs a live status line on stderr when stderr is a terminal
+//!   ([`status_line`]); with `--trace`, after the result line one line per step saying where
+//!   and when it ran ([`trace`]).
 //! - `mpreg status`: prints the broker's status reply as one JSON line.
 //! - `mpreg pub TOPIC PAYLOAD [--header K=V]... [--confirm]`: publishes (PAYLOAD is JSON, or a
 //!   string when it is not JSON) and always waits for the broker to route it, so the message
@@ -27,13 +30,16 @@
 //! `905 interrupted` and exits with 130 (SIGINT) or 143 (SIGTERM).
 //!
 //! Layout: [`args`] (the command line), [`plan_file`] (the plan file format),
-//! `topic_commands` (`pub` and `sub`), `interrupt` (the signals), and here the other commands
-//! and the output lines.
+//! `topic_commands` (`pub` and `sub`), `interrupt` (the signals), [`trace`] (trace lines),
+//! [`status_line`] (the live line on a terminal), and here the other commands and the output
+//! lines.
 
 pub mod args;
 mod interrupt;
 pub mod plan_file;
+pub mod status_line;
 mod topic_commands;
+pub mod trace;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -193,10 +199,12 @@ pub async fn execute_until(
             file,
             all,
             progress,
+            trace,
         } => Work::Plan {
             steps: plan_file::parse_plan(&read_plan(&file)?, &file)?,
             all,
             progress,
+            trace,
         },
         Command::Status => Work::Status,
         Command::Cluster => Work::Cluster,
@@ -282,6 +290,7 @@ async fn perform(
             steps,
             all,
             progress,
+            trace,
         } => {
             let mut plan = client.plan();
             for step in steps {
@@ -293,19 +302,28 @@ async fn perform(
             if all {
                 plan = plan.all_results();
             }
+            if trace {
+                plan = plan.trace();
+            }
             // Progress lines are held until the plan succeeds: on an error nothing reaches
             // stdout (the contract scripts rely on), and the error carries partial results.
             let mut lines = Vec::new();
-            let results = if progress {
-                plan.run_with_progress(|p| lines.push(progress_line(&p)))
-                    .await?
+            let (results, plan_trace) = if progress {
+                status_line::run_with_status(plan, |p| lines.push(progress_line(p))).await?
+            } else if trace {
+                let traced = plan.run_traced().await?;
+                (traced.results, traced.trace)
             } else {
-                plan.run().await?
+                (plan.run().await?, None)
             };
             for line in &lines {
                 emit(out, line)?;
             }
-            emit(out, &results_line(&results))
+            emit(out, &results_line(&results))?;
+            for line in plan_trace.iter().flat_map(trace::trace_lines) {
+                emit(out, &line)?;
+            }
+            Ok(())
         }
         Work::Status => {
             let status = client.status().await?;
@@ -379,6 +397,7 @@ enum Work {
         steps: Vec<Step>,
         all: bool,
         progress: bool,
+        trace: bool,
     },
     Status,
     Cluster,

@@ -489,6 +489,7 @@ fn echo_plan(id: u64, steps: usize) -> [Vec<u8>; 3] {
         progress: false,
         progress_topic: None,
         plan: None,
+        trace: false,
     })
     .to_frames()
 }
@@ -544,6 +545,7 @@ fn sleep_plan(id: u64) -> [Vec<u8>; 3] {
         progress: false,
         progress_topic: None,
         plan: None,
+        trace: false,
     })
     .to_frames()
 }

@@ -76,6 +76,7 @@ impl PlanClient {
             progress: false,
             progress_topic: None,
             plan: None,
+            trace: false,
         };
         self.dealer
             .send(&[compact_frame(b"plan", &encode_body(&plan))])
@@ -121,6 +122,7 @@ fn pipelined(client: &mut PlanClient, count: usize, window: usize) -> f64 {
             progress: false,
             progress_topic: None,
             plan: None,
+            trace: false,
         })
     };
     let start = Instant::now();
@@ -221,6 +223,7 @@ fn rpc(args: &[String]) {
         progress: false,
         progress_topic: None,
         plan: None,
+        trace: false,
     });
     let wait_floor = Instant::now();
     while floor
