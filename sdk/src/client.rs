@@ -15,12 +15,13 @@ use tokio::sync::{mpsc, oneshot};
 pub use crate::client_options::{
     ClientCounters, ClientOptions, DEFAULT_ACTIVATION_TIMEOUT, DEFAULT_COMMAND_CAPACITY,
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEADLINE_MARGIN, DEFAULT_ENDPOINT, DEFAULT_HEARTBEAT,
-    DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_PUBLISH_BUFFER, DEFAULT_REQUEST_TIMEOUT,
 };
 use crate::error::Error;
 use crate::link::{Command, Link, LinkConfig, LinkCounters, Request, RequestKind};
 use crate::pending_reply::{unexpected, PendingReply};
 use crate::plan_builder::PlanBuilder;
+use crate::publish_queue::PublishQueue;
 use crate::Value;
 
 /// How long what is still queued for the broker (the `cancel` of every plan in flight, the
@@ -66,6 +67,8 @@ struct Inner {
     broker: OnceLock<String>,
     options: ClientOptions,
     counters: Arc<LinkCounters>,
+    /// Unconfirmed publishes on their way to the reactor (`publish.rs`).
+    publishes: Arc<PublishQueue>,
 }
 
 impl fmt::Debug for Client {
@@ -130,6 +133,7 @@ impl Client {
             .map_err(|e| Error::Invalid(format!("broker endpoint: {e}")))?;
         let counters = Arc::new(LinkCounters::default());
         let next_id = Arc::new(AtomicU64::new(1));
+        let publishes = Arc::new(PublishQueue::new(options.publish_buffer));
         let socket_options = SocketOptions::dealer_client()
             .with_curve(options.curve.clone())
             .with_max_frame_bytes(options.limits.max_message_bytes);
@@ -146,6 +150,7 @@ impl Client {
             heartbeat: options.heartbeat,
             next_id: Arc::clone(&next_id),
             counters: Arc::clone(&counters),
+            publishes: Arc::clone(&publishes),
         };
         // Brief: init opens one socket and starts a non-blocking connect.
         let (handle, _thread) = mpreg_transport::spawn(
@@ -170,6 +175,7 @@ impl Client {
                 broker: OnceLock::new(),
                 options,
                 counters,
+                publishes,
             }),
         })
     }
@@ -409,6 +415,10 @@ impl Client {
         &self.inner.counters
     }
 
+    pub(crate) fn publish_queue(&self) -> &PublishQueue {
+        &self.inner.publishes
+    }
+
     /// Sends a command to the connection's reactor, waiting for room.
     pub(crate) async fn command(&self, command: Command) -> Result<(), Error> {
         self.inner
@@ -489,6 +499,34 @@ impl Client {
         wait: Duration,
         progress: Option<mpsc::Sender<Progress>>,
     ) -> Result<PendingReply, Error> {
+        let (request, pending) = self.prepare(message, kind, wait, progress)?;
+        self.command(Command::Request(request)).await?;
+        Ok(pending)
+    }
+
+    /// [`Client::request_as`] for a request that must not overtake the unconfirmed publishes
+    /// still queued in the client (a confirmed publish, a batch, flush's ping).
+    pub(crate) async fn request_behind_publishes(
+        &self,
+        message: ClientToBroker,
+        kind: RequestKind,
+        wait: Duration,
+    ) -> Result<PendingReply, Error> {
+        let (request, pending) = self.prepare(message, kind, wait, None)?;
+        if let Some(request) = self.inner.publishes.push_request(request)? {
+            self.command(Command::Request(request)).await?;
+        }
+        Ok(pending)
+    }
+
+    /// Encodes a request and pairs it with the caller's side of its reply.
+    fn prepare(
+        &self,
+        message: ClientToBroker,
+        kind: RequestKind,
+        wait: Duration,
+        progress: Option<mpsc::Sender<Progress>>,
+    ) -> Result<(Request, PendingReply), Error> {
         let id = message.request_id();
         let frames = self.encode(&message)?;
         let (reply, rx) = oneshot::channel();
@@ -501,12 +539,10 @@ impl Client {
             reply,
             progress,
         };
-        self.inner
-            .handle
-            .send(Command::Request(request))
-            .await
-            .map_err(|_| Error::Closed)?;
-        Ok(PendingReply::new(id, rx, Arc::clone(&self.inner.handle)))
+        Ok((
+            request,
+            PendingReply::new(id, rx, Arc::clone(&self.inner.handle)),
+        ))
     }
 }
 

@@ -29,6 +29,9 @@ pub const DEFAULT_ACTIVATION_TIMEOUT: Duration = Duration::from_secs(10);
 /// otherwise idle, so a broker cancels the plans of a client that was killed within its grace
 /// period (three intervals).
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
+/// Default [`ClientOptions::publish_buffer`]: 8 MiB of encoded messages, about 80,000
+/// messages of 64 bytes; enough to keep a broker busy while its confirmations travel back.
+pub const DEFAULT_PUBLISH_BUFFER: usize = 8 * 1024 * 1024;
 
 /// How a [`Client`] waits and what it accepts.
 ///
@@ -63,6 +66,10 @@ pub struct ClientOptions {
     /// intervals of silence). `None` (or zero): never; the broker then keeps a killed
     /// client's plans until their deadline.
     pub heartbeat: Option<Duration>,
+    /// Bytes of unconfirmed publishes (encoded) the client holds, queued or sent and not yet
+    /// confirmed by the broker: beyond it, [`Client::publish`] waits for room. Bounds the
+    /// memory a fast publisher can make the client use while the broker is slow.
+    pub publish_buffer: usize,
 }
 
 impl Default for ClientOptions {
@@ -76,6 +83,7 @@ impl Default for ClientOptions {
             activation_timeout: DEFAULT_ACTIVATION_TIMEOUT,
             curve: None,
             heartbeat: Some(DEFAULT_HEARTBEAT),
+            publish_buffer: DEFAULT_PUBLISH_BUFFER,
         }
     }
 }
@@ -124,6 +132,17 @@ impl ClientOptions {
     /// Sets [`ClientOptions::limits`].
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Sets [`ClientOptions::publish_buffer`] (bytes; at least one message is always taken).
+    ///
+    /// ```
+    /// let small = mpreg::ClientOptions::default().with_publish_buffer(1 << 20);
+    /// assert_eq!(small.publish_buffer, 1 << 20);
+    /// ```
+    pub fn with_publish_buffer(mut self, bytes: usize) -> Self {
+        self.publish_buffer = bytes;
         self
     }
 

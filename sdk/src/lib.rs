@@ -51,6 +51,8 @@
 //! - [`client`]: [`Client`] (connect, call, plan, status, ping, close) and [`ClientOptions`].
 //! - [`plan_builder`]: [`PlanBuilder`] and the progress stream of a running plan.
 //! - [`publish`]: [`Client::publish`], [`PublishOptions`] (headers, confirm), [`Client::flush`].
+//! - `publish_queue` (private): unconfirmed publishes, bounded in bytes (a publish waits for
+//!   room), coalesced into confirmed batches and settled by the broker's answers.
 //! - [`subscription`]: [`Client::subscribe`] and the [`Subscription`] stream of [`Delivery`]
 //!   items ([`Message`], [`Lagging`] and connection notices); what happens when the
 //!   application does not read, and across a broker restart.
@@ -85,12 +87,13 @@ mod link;
 mod pending_reply;
 pub mod plan_builder;
 pub mod publish;
+mod publish_queue;
 pub mod subscription;
 
 pub use client::{
     Client, ClientCounters, ClientOptions, CALL_STEP, CLOSE_LINGER, DEFAULT_ACTIVATION_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEADLINE_MARGIN, DEFAULT_ENDPOINT, DEFAULT_HEARTBEAT,
-    DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_PUBLISH_BUFFER, DEFAULT_REQUEST_TIMEOUT,
 };
 pub use error::{Error, RemoteError};
 pub use mpreg_protocol::{

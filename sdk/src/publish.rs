@@ -1,21 +1,38 @@
-//! Publishing to topics: [`Client::publish`], [`Client::publish_with`] and
-//! [`Client::flush`].
+//! Publishing to topics: [`Client::publish`], [`Client::publish_with`],
+//! [`Client::publish_batch`] and [`Client::flush`].
 //!
-//! An unconfirmed publish returns as soon as the connection has taken it; the broker answers
-//! only if it rejects it (a bad topic, a payload over its size limit). Such late errors are
-//! not lost: the connection matches them to the publish by request id, counts them
-//! ([`ClientCounters::publish_errors`](crate::ClientCounters::publish_errors)) and keeps the
-//! latest ([`Client::last_publish_error`]). The broker handles one connection's requests in
-//! order, so after [`Client::flush`] returns, every error about an earlier publish has arrived.
+//! **An unconfirmed publish is never dropped by the client.** It returns once the client has
+//! taken the message into its publish queue; when the queue already holds
+//! [`ClientOptions::publish_buffer`](crate::ClientOptions::publish_buffer) bytes of messages
+//! not yet confirmed by the broker (8 MiB by default), it waits, asynchronously, for the broker
+//! to catch up. The client coalesces queued messages into `publish_batch` requests that the
+//! broker confirms, so a fast publisher costs the broker one request per batch, and a
+//! subscriber gets its share of a batch as one event.
+//!
+//! **Errors come later, and are not lost.** A message the broker rejects (an invalid or
+//! forbidden topic) is counted
+//! ([`ClientCounters::publish_errors`](crate::ClientCounters::publish_errors)) and the latest
+//! error kept ([`Client::last_publish_error`]), with the publish's own request id; the messages
+//! coalesced with it are sent again. Messages whose batch was unanswered when the connection to
+//! the broker broke may or may not have been routed: they are counted in
+//! [`ClientCounters::publishes_in_doubt`](crate::ClientCounters::publishes_in_doubt).
+//!
+//! **Order.** One client's unconfirmed publishes leave in the order they were handed over, and
+//! a confirmed publish, a [`Client::publish_batch`] or a [`Client::flush`] never overtakes
+//! them. (Plans and other requests may.) The only exception: after a rejected message, the
+//! messages sent again with it follow batches that had already left.
 
 use std::collections::BTreeMap;
 
-use mpreg_protocol::{BatchItem, BrokerToClient, ClientToBroker, Publish, PublishBatch};
+use mpreg_protocol::{
+    encode_body, BatchItem, BrokerToClient, ClientToBroker, Publish, PublishBatch,
+};
 
 use crate::client::Client;
 use crate::error::Error;
 use crate::link::{Command, RequestKind};
 use crate::pending_reply::unexpected;
+use crate::publish_queue::{Wake, BATCH_OVERHEAD};
 use crate::Value;
 
 /// How to publish.
@@ -98,9 +115,11 @@ pub struct Published {
 }
 
 impl Client {
-    /// Publishes `payload` to `topic` without waiting for the broker (fire-and-forget): it
-    /// returns once the connection has taken the message. See the [module docs](crate::publish)
-    /// for how errors the broker reports later are kept.
+    /// Publishes `payload` to `topic` without waiting for the broker: it returns once the
+    /// client has taken the message, which may mean waiting for room when the broker is slower
+    /// than the publisher (memory stays bounded by
+    /// [`ClientOptions::publish_buffer`](crate::ClientOptions::publish_buffer)). See the
+    /// [module docs](crate::publish) for how errors the broker reports later are kept.
     ///
     /// ```no_run
     /// # async fn demo(client: mpreg::Client) -> Result<(), mpreg::Error> {
@@ -109,7 +128,7 @@ impl Client {
     /// // Any `Serialize` value, through rmpv.
     /// let payload = rmpv::ext::to_value(("tea", 2)).expect("serializable");
     /// client.publish("orders.43.eu", payload).await?;
-    /// client.flush().await?; // the broker has handled all three
+    /// client.flush().await?; // the broker has routed all three
     /// assert_eq!(client.counters().publish_errors, 0);
     /// # Ok(()) }
     /// ```
@@ -117,7 +136,7 @@ impl Client {
     /// # Errors
     /// [`Error::TooLarge`] (104) when the message is larger than the broker accepts: it is not
     /// sent. [`Error::Closed`] when the client was closed. Nothing else: a publish the broker
-    /// rejects is counted, not returned.
+    /// rejects is counted, not returned, and a full queue makes it wait, not fail.
     pub async fn publish(
         &self,
         topic: impl Into<String>,
@@ -152,20 +171,37 @@ impl Client {
         options: PublishOptions,
     ) -> Result<Option<Published>, Error> {
         let id = self.next_id();
+        if !options.confirm {
+            let item = encode_body(&BatchItem {
+                topic: topic.into(),
+                headers: options.headers,
+                payload: payload.into(),
+            });
+            let limit = self.max_request_bytes();
+            if item.len() + BATCH_OVERHEAD > limit {
+                return Err(Error::TooLarge {
+                    kind: "publish",
+                    size: item.len() + BATCH_OVERHEAD,
+                    limit,
+                });
+            }
+            if self.publish_queue().push(id, item).await? == Wake::Reactor {
+                self.command(Command::DrainPublishes).await?;
+            }
+            return Ok(None);
+        }
         let message = ClientToBroker::Publish(Publish {
             id,
             topic: topic.into(),
             headers: options.headers,
             payload: payload.into(),
-            confirm: options.confirm,
+            confirm: true,
         });
-        if !options.confirm {
-            let frames = self.encode(&message)?;
-            self.command(Command::Publish { id, frames }).await?;
-            return Ok(None);
-        }
         let timeout = self.options().request_timeout;
-        match self.request(message, timeout, None).await?.wait().await? {
+        let pending = self
+            .request_behind_publishes(message, RequestKind::Other, timeout)
+            .await?;
+        match pending.wait().await? {
             BrokerToClient::Published(p) => Ok(Some(Published {
                 id: p.msg,
                 matched: p.matched,
@@ -211,7 +247,10 @@ impl Client {
             confirm: true,
         });
         let timeout = self.options().request_timeout;
-        match self.request(message, timeout, None).await?.wait().await? {
+        let pending = self
+            .request_behind_publishes(message, RequestKind::Other, timeout)
+            .await?;
+        match pending.wait().await? {
             BrokerToClient::PublishedBatch(p) => Ok(PublishedBatch {
                 count: p.count,
                 matched: p.matched,
@@ -221,19 +260,48 @@ impl Client {
         }
     }
 
-    /// Waits until the broker has handled everything this client sent before the call: a
-    /// round trip (a ping) behind the earlier requests, which the broker handles in order.
-    /// Use it before exiting after unconfirmed publishes, or before reading
-    /// [`ClientCounters::publish_errors`](crate::ClientCounters::publish_errors).
+    /// Waits until the broker has every unconfirmed publish handed over before the call, and
+    /// has handled every request sent before it.
+    ///
+    /// "Has" means: the broker read the message and routed it (queued a copy for each matching
+    /// subscription on its event socket, exactly what a confirmed publish's answer says), or
+    /// rejected it, which is counted in
+    /// [`ClientCounters::publish_errors`](crate::ClientCounters::publish_errors). It does not
+    /// mean that subscribers have read it. Messages whose batch was unanswered when the
+    /// connection broke are counted in
+    /// [`ClientCounters::publishes_in_doubt`](crate::ClientCounters::publishes_in_doubt) and make
+    /// this fail with 904.
+    ///
+    /// It sends a ping behind the queued publishes and waits for its answer (the broker
+    /// handles one connection's requests in order), then for every earlier publish to be
+    /// settled. Use it before exiting after unconfirmed publishes, or before reading the
+    /// counters.
     ///
     /// # Errors
     /// [`Error::ConnectionLost`] (904) when the connection broke before the answer: earlier
     /// publishes may not have reached the broker (unlike [`Client::ping`], this is not sent
-    /// again). [`Error::Timeout`] when no answer arrives within the request timeout;
-    /// [`Error::Closed`].
+    /// again). [`Error::Timeout`] when no answer arrives within the request timeout, or the
+    /// publishes are not all settled within it; [`Error::Closed`].
     pub async fn flush(&self) -> Result<(), Error> {
         let timeout = self.options().request_timeout;
-        self.ping_as(RequestKind::Other, timeout).await.map(|_| ())
+        let started = std::time::Instant::now();
+        let target = self.publish_queue().next_seq();
+        let id = self.next_id();
+        let ping = ClientToBroker::Ping(mpreg_protocol::Ping { id });
+        let pending = self
+            .request_behind_publishes(ping, RequestKind::Other, timeout)
+            .await?;
+        match pending.wait().await? {
+            BrokerToClient::Pong(_) => {}
+            BrokerToClient::Error(e) => return Err(e.into()),
+            other => return Err(unexpected("pong", &other)),
+        }
+        // Messages sent again after a rejected neighbour may still be on their way.
+        let left = timeout.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, self.publish_queue().wait_settled(target)).await {
+            Ok(settled) => settled,
+            Err(_) => Err(Error::Timeout { after: timeout }),
+        }
     }
 
     /// The latest error the broker reported about an unconfirmed publish, if any.

@@ -26,6 +26,12 @@ pub use crate::socket_spec::{Context, SocketKind, SocketSpec};
 
 /// Messages read from one socket before the reactor looks at the others and its timers.
 const MESSAGE_BATCH: usize = 512;
+/// Longest the reactor goes on reading sockets before it looks at its commands and timers
+/// again, checked every [`SLICE_CHECK`] messages: a burst of large messages must not delay a
+/// heartbeat (the peer would take a live connection for a dead one).
+const READ_SLICE: Duration = Duration::from_millis(20);
+/// Messages between two looks at the clock while reading.
+const SLICE_CHECK: usize = 16;
 /// Commands drained per loop iteration before sockets get their turn again.
 const COMMAND_BATCH: usize = 1024;
 /// Stack for reactor threads: handlers decode depth-limited msgpack recursively.
@@ -627,6 +633,7 @@ fn run<H: Handler>(
                 }
             }
         }
+        let reading_since = io.now;
         for &ready in &readable {
             let index = match ready {
                 Readable::Socket(index) => index,
@@ -635,7 +642,11 @@ fn run<H: Handler>(
                     continue;
                 }
             };
-            for _ in 0..MESSAGE_BATCH {
+            for n in 0..MESSAGE_BATCH {
+                // What is left stays readable: the next poll returns at once.
+                if n % SLICE_CHECK == SLICE_CHECK - 1 && reading_since.elapsed() > READ_SLICE {
+                    break;
+                }
                 let Some(slot) = io.slots.get(index).and_then(Option::as_ref) else {
                     break;
                 };

@@ -15,21 +15,17 @@
 //! ([`EventRoutes`]). Requests sent while the connection is down wait in the socket's queue
 //! and go out when it is back.
 //!
-//! **Unconfirmed publishes** get no reply unless the broker rejects them. The broker handles one
-//! connection's requests in order and answers on a FIFO pipe, so once any request is answered,
-//! every error about a publish sent before it has arrived: the reactor remembers unconfirmed
-//! publishes (in send order, at most [`MAX_UNCONFIRMED`](unconfirmed::MAX_UNCONFIRMED)) only until then, and an error
-//! matching one is counted as a publish error instead of an unmatched reply. That still holds
-//! across a lost connection (a publish still queued here reaches the next broker before
-//! anything sent later); those sent before the loss may never have arrived, which is counted
-//! (`publishes_in_doubt`).
+//! **Unconfirmed publishes** wait in the client's [`PublishQueue`] and leave coalesced into
+//! confirmed `publish_batch` requests ([`crate::publish_queue`]; the glue is `publishes.rs`):
+//! a batch unanswered when the connection is lost is counted in doubt (`publishes_in_doubt`),
+//! what is still queued goes out once the connection is back.
 //!
 //! **Heartbeats**: while the connection is up, a `heartbeat` goes out whenever nothing else
 //! was sent for an interval, so the broker can tell a killed client from a quiet one and
 //! cancel its plans.
 
+mod publishes;
 mod recovery;
-mod unconfirmed;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -48,8 +44,8 @@ use crate::connection::{Connection, Transition};
 use crate::error::Error;
 use crate::event_routes::{EventRoutes, NewSubscription, SubscriptionKey};
 use crate::pending_reply::unexpected;
+use crate::publish_queue::{Coalescer, PublishQueue};
 use crate::subscription::events_endpoint;
-use unconfirmed::Unconfirmed;
 
 /// What a caller gets back for one request: the reply, or why there is none.
 pub(crate) type ReplySender = oneshot::Sender<Result<BrokerToClient, Error>>;
@@ -66,12 +62,8 @@ pub(crate) enum Command {
         /// The request id.
         id: u64,
     },
-    /// Send an unconfirmed publish (encoded by the caller); only an error comes back.
-    Publish {
-        /// The request id.
-        id: u64,
-        frames: Vec<u8>,
-    },
+    /// Unconfirmed publishes (or requests queued behind them) wait in the publish queue.
+    DrainPublishes,
     /// Make a subscription and route its events.
     Subscribe(NewSubscription),
     /// End a subscription: stop routing its events, remove its SUB filter and send
@@ -121,7 +113,7 @@ enum ReplyTo {
 }
 
 struct Waiter {
-    /// Position of the request among everything sent (for [`Unconfirmed::answered`]).
+    /// Position of the request among everything sent on the DEALER.
     sent: u64,
     deadline: Instant,
     wait: Duration,
@@ -167,6 +159,8 @@ pub(crate) struct LinkConfig {
     /// The client's request id counter, shared: internal requests take their ids from it.
     pub next_id: Arc<AtomicU64>,
     pub counters: Arc<LinkCounters>,
+    /// Unconfirmed publishes handed over by the client's tasks.
+    pub publishes: Arc<PublishQueue>,
 }
 
 /// The reactor handler of one client connection.
@@ -179,8 +173,10 @@ pub(crate) struct Link {
     timers: BTreeSet<(Instant, u64)>,
     /// Messages sent on the DEALER so far.
     sent: u64,
-    /// Unconfirmed publishes that may still be answered with an error.
-    unconfirmed: Unconfirmed,
+    /// Unconfirmed publishes: coalesced into batches, remembered until answered.
+    publishes: Coalescer,
+    /// When to try again to send a batch the socket refused (its queue was full).
+    publish_retry: Option<Instant>,
     connection: Connection,
     /// The encoded `heartbeat` (always the same).
     heartbeat_frame: Option<Vec<u8>>,
@@ -207,7 +203,12 @@ impl Link {
             waiters: HashMap::new(),
             timers: BTreeSet::new(),
             sent: 0,
-            unconfirmed: Unconfirmed::default(),
+            publishes: Coalescer::new(
+                config.publishes,
+                Arc::clone(&config.next_id),
+                Arc::clone(&config.counters),
+            ),
+            publish_retry: None,
             connection,
             heartbeat_frame,
             events: EventRoutes::new(
@@ -356,24 +357,6 @@ impl Link {
         self.connection.sent(io.now());
     }
 
-    fn publish(&mut self, io: &mut Io, id: u64, frame: &[u8]) {
-        let sent = match self.socket {
-            Some(socket) => self.send_frames(io, socket, frame),
-            None => Err(Error::Closed),
-        };
-        match sent {
-            Ok(sent) => self.unconfirmed.push(sent, id),
-            Err(e) => self.publish_failed(e),
-        }
-    }
-
-    fn publish_failed(&self, error: Error) {
-        self.counters.publish_errors.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut last) = self.counters.last_publish_error.lock() {
-            *last = Some(error);
-        }
-    }
-
     /// A request ends without an answer.
     fn fail_waiter(&mut self, io: &mut Io, waiter: Waiter, error: Error) {
         match waiter.reply {
@@ -449,7 +432,7 @@ impl Link {
             }
             self.fail_waiter(io, waiter, Error::Closed);
         }
-        self.unconfirmed.clear();
+        self.close_publishes(io);
         self.events.close_all(io);
         if let Some(socket) = self.socket.take() {
             io.close_with_linger(socket, CLOSE_LINGER);
@@ -488,22 +471,17 @@ impl Link {
                     .store(limit, Ordering::Relaxed);
             }
         }
+        if self.publishes.owns(id) {
+            return self.on_publishes_answered(io, id, message);
+        }
         match self.take_waiter(id) {
-            Some(waiter) => {
-                self.unconfirmed.answered(waiter.sent);
-                self.answer(io, waiter, message);
+            Some(waiter) => self.answer(io, waiter, message),
+            // Late answers to requests that timed out or were abandoned land here.
+            None => {
+                self.counters
+                    .unmatched_replies
+                    .fetch_add(1, Ordering::Relaxed);
             }
-            None => match message {
-                BrokerToClient::Error(e) if self.unconfirmed.take(id) => {
-                    self.publish_failed(Error::from(e));
-                }
-                // Late answers to requests that timed out or were abandoned land here.
-                _ => {
-                    self.counters
-                        .unmatched_replies
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-            },
         }
     }
 }
@@ -554,7 +532,7 @@ impl Handler for Link {
                     }
                 }
             }
-            Command::Publish { id, frames } => self.publish(io, id, &frames),
+            Command::DrainPublishes => self.drain_publishes(io),
             Command::Subscribe(new) if self.socket.is_none() => {
                 let _ = new.activated.send(Err(Error::Closed));
             }
@@ -621,6 +599,10 @@ impl Handler for Link {
         for token in self.events.on_timer(io, now) {
             self.send_unsubscribe(io, token, None);
         }
+        if self.publish_retry.is_some_and(|at| at <= now) {
+            self.publish_retry = None;
+            self.drain_publishes(io);
+        }
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -628,6 +610,7 @@ impl Handler for Link {
             self.timers.first().map(|&(deadline, _)| deadline),
             self.connection.heartbeat_due(),
             self.events.next_deadline(),
+            self.publish_retry,
         ]
         .into_iter()
         .flatten()

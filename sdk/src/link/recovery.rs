@@ -34,10 +34,7 @@ impl Link {
             }
             self.fail_waiter(io, waiter, error.clone());
         }
-        let in_doubt = self.unconfirmed.report_in_doubt() as u64;
-        self.counters
-            .publishes_in_doubt
-            .fetch_add(in_doubt, Ordering::Relaxed);
+        self.publishes.on_lost();
         self.events.on_lost(io, &error);
     }
 
@@ -81,5 +78,6 @@ impl Link {
         for key in self.events.lost() {
             self.send_subscribe(io, key);
         }
+        self.drain_publishes(io);
     }
 }

@@ -17,6 +17,8 @@
 #![allow(clippy::expect_used)]
 
 mod curve;
+#[cfg(feature = "peers")]
+mod peers;
 mod pubsub;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -147,6 +149,8 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("rpc") => rpc(&args),
         Some("pubsub") => pubsub::run(&args),
+        #[cfg(feature = "peers")]
+        Some("peers") => peers::run(&args),
         _ => {
             eprintln!("usage: mpreg-bench rpc|pubsub [--quick] [--json FILE]");
             std::process::exit(2);
