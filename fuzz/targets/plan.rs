@@ -3,7 +3,6 @@
 
 use super::*;
 
-
 /// Step names the generator draws from: they collide often, and include the invalid ones.
 const NAMES: &[&str] = &[
     "a",
@@ -478,4 +477,3 @@ fn model_resolve<R: Results>(
         other => Ok(other.clone()),
     }
 }
-

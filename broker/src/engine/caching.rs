@@ -26,6 +26,7 @@ use mpreg_protocol::{
     ErrorCode, PeerMessage, PlanId, Value,
 };
 
+pub use super::cache_parts::{Part, StepCache};
 use super::failure::Failure;
 use super::plans::StepIx;
 use super::Engine;
@@ -40,30 +41,6 @@ pub type StepResults = Cache<Waiter>;
 
 /// What the worker name of a progress event says for a result the cache gave.
 pub const CACHE_WORKER: &str = "cache";
-
-/// A step's part in the cache.
-#[derive(Debug)]
-pub struct StepCache {
-    /// Its key.
-    pub key: CacheKey,
-    /// What it does with it.
-    pub part: Part,
-}
-
-/// The part a step plays for its key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Part {
-    /// It runs the call; identical calls wait on it.
-    Lead,
-    /// It waits for an identical call in flight.
-    Follow,
-    /// It runs the call without sharing or storing it (too many were waiting already).
-    Alone,
-    /// It has its result, from the cache or stored in it: later steps reading it link to it.
-    Done,
-    /// It waits for the answer of its key's owner (the cluster tier).
-    Remote,
-}
 
 impl Engine {
     /// Before a ready step is placed: true when the cache took it (a hit recorded its result,

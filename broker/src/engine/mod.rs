@@ -18,6 +18,7 @@
 //! and `metrics` (histograms, the snapshot `/metrics` shows). Every failure is a
 //! [`failure::Failure`], turned into an `error` in one place.
 
+mod cache_parts;
 mod cache_tier;
 mod caching;
 mod clients;

@@ -80,7 +80,7 @@ pub struct PlanState {
     /// The worker that ran the last finished step (what a forwarded step's answer names).
     pub ran_on: String,
     /// The cache keys of its steps of cacheable functions, and their part in the cache.
-    pub cache: BTreeMap<StepIx, super::caching::StepCache>,
+    pub cache: BTreeMap<StepIx, super::cache_parts::StepCache>,
     /// When it was accepted, and its steps' times when it asked for its trace.
     pub timing: super::trace::PlanTiming,
 }
