@@ -393,6 +393,8 @@ pub struct Broker {
     thread: ReactorThread<BrokerHandler>,
     /// Stopped when the broker is joined or dropped.
     http: Option<mpreg_process::http::HttpServer>,
+    /// Set by [`Broker::shutdown`].
+    shutdown_asked: std::sync::atomic::AtomicBool,
 }
 
 impl Broker {
@@ -591,11 +593,14 @@ impl Broker {
             handle,
             thread,
             http,
+            shutdown_asked: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     /// Asks the broker to shut down gracefully (see [`Command::Shutdown`]).
     pub fn shutdown(&self, grace: Duration) {
+        self.shutdown_asked
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let _ = self.handle.try_send(Command::Shutdown { grace });
     }
 
@@ -604,11 +609,23 @@ impl Broker {
         let _ = self.handle.try_send(Command::Reload(Box::new(access)));
     }
 
-    /// Waits for the broker thread to end (the HTTP endpoint stops first).
+    /// Waits for the broker thread to end, then stops the HTTP endpoint. After
+    /// [`Broker::shutdown`] the broker ends once drained, and the HTTP endpoint answers
+    /// meanwhile (not ready); without it, the broker stops at once.
     pub fn join(self) -> Result<(), TransportError> {
-        drop(self.http);
-        drop(self.handle);
-        self.thread.join().map(|_| ())
+        let Broker {
+            handle,
+            thread,
+            http,
+            shutdown_asked,
+            ..
+        } = self;
+        // Dropping the last handle stops the reactor at once: only when no shutdown was asked.
+        let keep = shutdown_asked.into_inner().then_some(handle);
+        let ended = thread.join().map(|_| ());
+        drop(keep);
+        drop(http);
+        ended
     }
 }
 
