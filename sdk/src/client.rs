@@ -7,18 +7,24 @@ use std::time::{Duration, Instant};
 
 use mpreg_protocol::{
     compact_frame, BrokerToClient, ClientToBroker, ClusterReply, ClusterRequest, FunctionsReply,
-    FunctionsRequest, Ping, Pong, Progress, StatusReply, StatusRequest, Step,
+    FunctionsRequest, Ping, PlanId, Pong, Progress, StatusReply, StatusRequest, Step,
 };
-use mpreg_transport::{Context, ReactorHandle, SocketKind, SocketOptions, SocketSpec};
+use mpreg_transport::{Context, ReactorHandle};
 use tokio::sync::{mpsc, oneshot};
+use ulid::Ulid;
 
+use crate::broker_list::BrokerList;
+pub use crate::broker_list::{MAX_GIVEN_BROKERS, MAX_LEARNED_BROKERS, MAX_PATIENCE};
 pub use crate::client_options::{
     ClientCounters, ClientOptions, DEFAULT_ACTIVATION_TIMEOUT, DEFAULT_COMMAND_CAPACITY,
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEADLINE_MARGIN, DEFAULT_ENDPOINT, DEFAULT_HEARTBEAT,
-    DEFAULT_PUBLISH_BUFFER, DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEADLINE_MARGIN, DEFAULT_ENDPOINT, DEFAULT_FAILOVER_SILENCE,
+    DEFAULT_HEARTBEAT, DEFAULT_PUBLISH_BUFFER, DEFAULT_REQUEST_TIMEOUT, LEARN_INTERVAL,
+    MIN_FAILOVER_SILENCE,
 };
 use crate::error::Error;
-use crate::link::{Command, Link, LinkConfig, LinkCounters, Request, RequestKind};
+use crate::link::{
+    Command, Failover, Link, LinkConfig, LinkCounters, Request, RequestKind, SharedBrokers,
+};
 use crate::pending_reply::{unexpected, PendingReply};
 use crate::plan_builder::PlanBuilder;
 use crate::publish_queue::PublishQueue;
@@ -69,6 +75,8 @@ struct Inner {
     counters: Arc<LinkCounters>,
     /// Unconfirmed publishes on their way to the reactor (`publish.rs`).
     publishes: Arc<PublishQueue>,
+    /// The brokers, as the connection last saw them (failover).
+    brokers: Arc<SharedBrokers>,
 }
 
 impl fmt::Debug for Client {
@@ -82,7 +90,8 @@ impl fmt::Debug for Client {
 
 impl Client {
     /// Connects to the broker at `endpoint` (`tcp://host:port`) with default options and waits
-    /// until it answers a ping.
+    /// until it answers a ping. A comma-separated list (`"tcp://a:7400,tcp://b:7400"`) is an
+    /// ordered list of brokers to fail over between, as with [`Client::connect_any`].
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), mpreg::Error> {
@@ -92,8 +101,8 @@ impl Client {
     /// ```
     ///
     /// # Errors
-    /// - [`Error::Invalid`]: `endpoint` is not a valid endpoint.
-    /// - [`Error::Connect`]: the broker did not answer within the connect timeout.
+    /// - [`Error::Invalid`]: `endpoint` is not a valid endpoint (or list of them).
+    /// - [`Error::Connect`]: no broker answered within the connect timeout.
     pub async fn connect(endpoint: &str) -> Result<Client, Error> {
         Client::connect_with(endpoint, ClientOptions::default()).await
     }
@@ -103,8 +112,55 @@ impl Client {
     /// # Errors
     /// As [`Client::connect`].
     pub async fn connect_with(endpoint: &str, options: ClientOptions) -> Result<Client, Error> {
+        Client::connect_any_with([endpoint], options).await
+    }
+
+    /// Connects to the first broker of `endpoints` that answers, and fails over between them:
+    /// one connection at a time; when it is lost (a killed broker at once, a silent one after
+    /// [`ClientOptions::failover_silence`]), the client moves to the next broker of the list
+    /// (wrapping around). Plans in flight are sent again there under the plan id the client
+    /// gave them (a broker that has seen the id never runs the plan twice; one that has not
+    /// runs it: at-least-once, as for a lost worker); `ping`, `status`, `cluster` and
+    /// `functions` are sent again; other requests in flight fail with
+    /// [`Error::ConnectionLost`] (904); subscriptions are made again on the new broker and say
+    /// so ([`Delivery::Resubscribed`](crate::Delivery::Resubscribed)). Each request gets one
+    /// answer or one typed error, never two. The client also learns the other brokers of the
+    /// cluster from the one it talks to ([`ClientOptions::learn_brokers`]).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), mpreg::Error> {
+    /// let client = mpreg::Client::connect_any(["tcp://10.0.0.1:7400", "tcp://10.0.0.2:7400"]).await?;
+    /// println!("on {} of {:?}", client.current_broker(), client.brokers());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// - [`Error::Invalid`]: no endpoint, or one that is not valid.
+    /// - [`Error::Connect`]: no broker answered within the connect timeout.
+    pub async fn connect_any<I, S>(endpoints: I) -> Result<Client, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        Client::connect_any_with(endpoints, ClientOptions::default()).await
+    }
+
+    /// [`Client::connect_any`] with explicit options.
+    ///
+    /// # Errors
+    /// As [`Client::connect_any`].
+    pub async fn connect_any_with<I, S>(
+        endpoints: I,
+        options: ClientOptions,
+    ) -> Result<Client, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let brokers = BrokerList::parse(endpoints)?;
+        let endpoint = brokers.endpoints().join(",");
         let connect_timeout = options.connect_timeout;
-        let client = Client::open(endpoint, options)?;
+        let client = Client::open_list(brokers, options)?;
         let pong = match client.ping_within(connect_timeout).await {
             Ok(pong) => pong,
             Err(Error::Timeout { after }) => {
@@ -128,21 +184,29 @@ impl Client {
 
     /// Opens the connection without checking that anyone answers (libzmq connects lazily and
     /// queues requests until it does).
+    #[cfg(test)]
     pub(crate) fn open(endpoint: &str, options: ClientOptions) -> Result<Client, Error> {
-        mpreg_transport::endpoint::validate(endpoint)
-            .map_err(|e| Error::Invalid(format!("broker endpoint: {e}")))?;
+        Client::open_list(BrokerList::parse([endpoint])?, options)
+    }
+
+    /// [`Client::open`] with a list of brokers.
+    pub(crate) fn open_list(brokers: BrokerList, options: ClientOptions) -> Result<Client, Error> {
+        let endpoint = brokers.endpoints().join(",");
+        let shared = Arc::new(SharedBrokers::new(&brokers));
+        let failover = Failover::new(
+            brokers,
+            options.failover_silence.max(MIN_FAILOVER_SILENCE),
+            options.learn_brokers,
+            options.curve.clone(),
+            Arc::clone(&shared),
+            Instant::now(),
+        );
+        let spec = failover.dealer_spec(failover.brokers.current(), &options.limits);
         let counters = Arc::new(LinkCounters::default());
         let next_id = Arc::new(AtomicU64::new(1));
         let publishes = Arc::new(PublishQueue::new(options.publish_buffer));
-        let socket_options = SocketOptions::dealer_client()
-            .with_curve(options.curve.clone())
-            .with_max_frame_bytes(options.limits.max_message_bytes);
-        // Monitored: a lost connection must fail what is in flight at once, not at its timeout.
-        let spec = SocketSpec::new(SocketKind::Dealer, socket_options)
-            .connect(endpoint)
-            .monitored();
         let config = LinkConfig {
-            endpoint: endpoint.to_string(),
+            failover,
             limits: options.limits,
             curve: options.curve.clone(),
             request_timeout: options.request_timeout.min(MAX_WAIT),
@@ -163,7 +227,7 @@ impl Client {
             },
         )
         .map_err(|e| Error::Connect {
-            endpoint: endpoint.to_string(),
+            endpoint: endpoint.clone(),
             reason: e.to_string(),
         })?;
         // The reactor thread ends by itself once every handle is dropped; it is not joined.
@@ -171,11 +235,12 @@ impl Client {
             inner: Arc::new(Inner {
                 handle: Arc::new(handle),
                 next_id,
-                endpoint: endpoint.to_string(),
+                endpoint,
                 broker: OnceLock::new(),
                 options,
                 counters,
                 publishes,
+                brokers: shared,
             }),
         })
     }
@@ -193,7 +258,8 @@ impl Client {
     /// [`Error::Remote`] when the broker reports a failure (`no_route`, `step_failed`, ...);
     /// [`Error::Timeout`] when no reply arrives within the request timeout;
     /// [`Error::ConnectionLost`] (904) at once when the connection to the broker breaks while
-    /// the call is in flight; [`Error::TooLarge`] (104) when the request is over the broker's
+    /// the call is in flight and there is no other broker to send it to
+    /// ([`Client::connect_any`]); [`Error::TooLarge`] (104) when the request is over the broker's
     /// size limit (not sent); [`Error::Closed`] when the client was closed.
     pub async fn call(&self, fun: impl Into<String>, args: Vec<Value>) -> Result<Value, Error> {
         self.call_with(Step::new(CALL_STEP, fun, args)).await
@@ -368,9 +434,26 @@ impl Client {
         let _ = tokio::time::timeout(CLOSE_LINGER + CLOSE_MARGIN, self.inner.handle.closed()).await;
     }
 
-    /// The endpoint this client connected to.
+    /// The endpoint this client was given (a list of them joined by commas).
     pub fn endpoint(&self) -> &str {
         &self.inner.endpoint
+    }
+
+    /// The endpoint of the broker the client talks to now (or is trying to reach).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: mpreg::Client) {
+    /// println!("talking to {}", client.current_broker());
+    /// # }
+    /// ```
+    pub fn current_broker(&self) -> String {
+        self.inner.brokers.current()
+    }
+
+    /// Every broker the client may move to, in order: the ones it was given, then the ones it
+    /// learned from the cluster ([`ClientOptions::learn_brokers`]).
+    pub fn brokers(&self) -> Vec<String> {
+        self.inner.brokers.list()
     }
 
     /// The broker's name, from its answer to the first ping.
@@ -397,6 +480,7 @@ impl Client {
             malformed_events: c.malformed_events.load(Ordering::Relaxed),
             connections_lost: c.connections_lost.load(Ordering::Relaxed),
             requests_resent: c.requests_resent.load(Ordering::Relaxed),
+            broker_moves: self.inner.brokers.moves.load(Ordering::Relaxed),
             publishes_in_doubt: c.publishes_in_doubt.load(Ordering::Relaxed),
         }
     }
@@ -484,8 +568,19 @@ impl Client {
         wait: Duration,
         progress: Option<mpsc::Sender<Progress>>,
     ) -> Result<PendingReply, Error> {
-        let kind = match message {
-            ClientToBroker::Plan(_) => RequestKind::Plan,
+        let mut message = message;
+        let kind = match &mut message {
+            // With another broker to move to, a plan carries an id of the client's choosing,
+            // so that it can be sent again there without running twice where it was seen.
+            ClientToBroker::Plan(plan) => {
+                if plan.plan.is_none() && self.inner.brokers.plan_ids.load(Ordering::Relaxed) {
+                    plan.plan = Some(PlanId(Ulid::new()));
+                }
+                match plan.plan {
+                    Some(_) => RequestKind::ResumablePlan,
+                    None => RequestKind::Plan,
+                }
+            }
             _ => RequestKind::Other,
         };
         self.request_as(message, kind, wait, progress).await

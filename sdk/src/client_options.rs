@@ -29,6 +29,17 @@ pub const DEFAULT_ACTIVATION_TIMEOUT: Duration = Duration::from_secs(10);
 /// otherwise idle, so a broker cancels the plans of a client that was killed within its grace
 /// period (three intervals).
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
+/// Default [`ClientOptions::failover_silence`]: a client with several brokers gives up on one
+/// that stays silent this long (a killed broker's connection closes at once and is given up at
+/// once), and on one it tries that does not complete its handshake within it; the move to the
+/// next broker then fits in the issue's 1.5 s.
+pub const DEFAULT_FAILOVER_SILENCE: Duration = Duration::from_secs(1);
+/// Shortest [`ClientOptions::failover_silence`]: below it, a busy machine's scheduling delays
+/// would pass for dead brokers.
+pub const MIN_FAILOVER_SILENCE: Duration = Duration::from_millis(100);
+/// How often a client asks its broker for the cluster's other brokers
+/// ([`ClientOptions::learn_brokers`]), besides right after each connection comes up.
+pub const LEARN_INTERVAL: Duration = Duration::from_secs(10);
 /// Default [`ClientOptions::publish_buffer`]: 8 MiB of encoded messages, about 80,000
 /// messages of 64 bytes; enough to keep a broker busy while its confirmations travel back.
 pub const DEFAULT_PUBLISH_BUFFER: usize = 8 * 1024 * 1024;
@@ -70,6 +81,16 @@ pub struct ClientOptions {
     /// confirmed by the broker: beyond it, [`Client::publish`] waits for room. Bounds the
     /// memory a fast publisher can make the client use while the broker is slow.
     pub publish_buffer: usize,
+    /// With more than one broker to choose from: how long the connection may stay silent
+    /// (no ZMTP heartbeat answered) before the client moves to the next broker, and how long
+    /// a broker it tries may take to complete the handshake. At least
+    /// [`MIN_FAILOVER_SILENCE`]. A client with one broker keeps the 3 s ZMTP heartbeat
+    /// timeout and reconnects to the same broker.
+    pub failover_silence: Duration,
+    /// Ask the broker, after each connection comes up and every [`LEARN_INTERVAL`], for the
+    /// other live brokers of its cluster, and add them after the given ones: a client given
+    /// one broker of a cluster can then move to another. Default true.
+    pub learn_brokers: bool,
 }
 
 impl Default for ClientOptions {
@@ -84,6 +105,8 @@ impl Default for ClientOptions {
             curve: None,
             heartbeat: Some(DEFAULT_HEARTBEAT),
             publish_buffer: DEFAULT_PUBLISH_BUFFER,
+            failover_silence: DEFAULT_FAILOVER_SILENCE,
+            learn_brokers: true,
         }
     }
 }
@@ -157,6 +180,24 @@ impl ClientOptions {
         self.heartbeat = Some(interval).filter(|i| !i.is_zero());
         self
     }
+
+    /// Sets [`ClientOptions::failover_silence`] (raised to [`MIN_FAILOVER_SILENCE`]).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let patient = mpreg::ClientOptions::default().with_failover_silence(Duration::from_secs(3));
+    /// assert_eq!(patient.failover_silence, Duration::from_secs(3));
+    /// ```
+    pub fn with_failover_silence(mut self, silence: Duration) -> Self {
+        self.failover_silence = silence.max(MIN_FAILOVER_SILENCE);
+        self
+    }
+
+    /// Sets [`ClientOptions::learn_brokers`].
+    pub fn with_learn_brokers(mut self, learn: bool) -> Self {
+        self.learn_brokers = learn;
+        self
+    }
 }
 
 /// What the connection has seen, read with [`Client::counters`].
@@ -186,8 +227,13 @@ pub struct ClientCounters {
     /// Times the connection to the broker was lost (it died, restarted or went silent) after
     /// being up.
     pub connections_lost: u64,
-    /// Idempotent requests (`ping`, `status`) sent again after a reconnection.
+    /// Requests sent again after a reconnection or a move to another broker: idempotent ones
+    /// (`ping`, `status`, `cluster`, `functions`), plans under their client-chosen plan id,
+    /// subscriptions being made, and, after a move, anything that never reached a broker.
     pub requests_resent: u64,
+    /// Times the client moved to another broker of its list (a lost connection, or a broker
+    /// tried that did not come up in time).
+    pub broker_moves: u64,
     /// Unconfirmed publishes sent before a lost connection and not yet known to be handled:
     /// they may not have reached the broker.
     pub publishes_in_doubt: u64,

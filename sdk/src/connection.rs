@@ -55,7 +55,7 @@ impl Connection {
         }
     }
 
-    #[cfg(test)]
+    /// Where the connection is in its life.
     pub(crate) fn phase(&self) -> Phase {
         self.phase
     }

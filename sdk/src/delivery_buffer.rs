@@ -207,6 +207,9 @@ mod tests {
         Ok(Delivery::Resubscribed {
             id: token.into(),
             backlog: 0,
+            broker: String::new(),
+            last_message_id: None,
+            down_for: std::time::Duration::ZERO,
         })
     }
 

@@ -13,10 +13,13 @@
 //! ```
 //!
 //! The first `Subscribing -> Active` answers the caller of `subscribe`; any failure then is the
-//! caller's error. Later, losing the connection yields a [`Delivery::ConnectionLost`] notice,
-//! and the next activation a [`Delivery::Resubscribed`] one; a re-subscription the broker
-//! refuses (or that is never activated) yields its error and ends the stream. Nothing here
-//! blocks: deliveries go through each subscription's [`DeliveryBuffer`].
+//! caller's error (except a move to another broker: the subscription is then made there and
+//! the caller goes on waiting). Later, losing the connection yields a
+//! [`Delivery::ConnectionLost`] notice, and the next activation a [`Delivery::Resubscribed`]
+//! one, with the broker, the last message delivered before and how long it was down; a
+//! re-subscription the broker refuses (or that is never activated) yields its error and ends
+//! the stream. Nothing here blocks: deliveries go through each subscription's
+//! [`DeliveryBuffer`].
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
@@ -89,6 +92,13 @@ struct Route {
     /// The caller of `subscribe`, until the first activation.
     first: Option<ActivatedSender>,
     buffer: DeliveryBuffer,
+    /// The client endpoint of the broker that gave the current token.
+    broker: String,
+    /// The id of the last message the broker delivered (empty: none yet); its buffer is
+    /// reused, so keeping it costs no allocation per message.
+    last_id: String,
+    /// When the connection was lost, until the subscription is active again.
+    lost_at: Option<Instant>,
 }
 
 impl Route {
@@ -158,6 +168,9 @@ impl EventRoutes {
             state: RouteState::Subscribing,
             first: Some(new.activated),
             buffer: DeliveryBuffer::new(new.deliveries),
+            broker: String::new(),
+            last_id: String::new(),
+            lost_at: None,
         };
         self.routes.insert(new.key, route);
     }
@@ -185,9 +198,9 @@ impl EventRoutes {
         keys
     }
 
-    /// The broker answered `subscribed` with `token`: set the SUB filter and wait for
-    /// `active`. Returns a token the connection should unsubscribe because nobody wants it
-    /// any more (the subscription ended meanwhile, or its SUB socket cannot be used).
+    /// The broker at `broker` answered `subscribed` with `token`: set the SUB filter and wait
+    /// for `active`. Returns a token the connection should unsubscribe because nobody wants
+    /// it any more (the subscription ended meanwhile, or its SUB socket cannot be used).
     #[must_use]
     pub(crate) fn on_subscribed(
         &mut self,
@@ -195,6 +208,7 @@ impl EventRoutes {
         key: SubscriptionKey,
         token: String,
         endpoint: String,
+        broker: &str,
         now: Instant,
     ) -> Option<String> {
         if !matches!(
@@ -228,6 +242,8 @@ impl EventRoutes {
                 endpoint,
                 deadline,
             };
+            route.broker.clear();
+            route.broker.push_str(broker);
         }
         None
     }
@@ -253,6 +269,24 @@ impl EventRoutes {
     /// told and wait to be made again; subscriptions not activated yet fail with `error`
     /// (their caller is still waiting) or wait too (a re-subscription).
     pub(crate) fn on_lost(&mut self, io: &mut Io, error: &Error) {
+        self.lose_tokens(io, Some(error));
+    }
+
+    /// The connection moves to another broker: as [`EventRoutes::on_lost`], except that
+    /// subscriptions not activated yet are made again there too (their caller goes on
+    /// waiting), and the SUB sockets are closed (the next broker has its own event endpoint;
+    /// closing also ends the subscriptions at a broker that was only silent).
+    pub(crate) fn on_moved(&mut self, io: &mut Io) {
+        self.lose_tokens(io, None);
+        for (_, socket) in self.sockets.drain(..) {
+            io.close(socket);
+        }
+    }
+
+    /// Every token dies; subscriptions waiting for their first activation fail with `fail_first`
+    /// (or, without one, wait to be made again like the others).
+    fn lose_tokens(&mut self, io: &mut Io, fail_first: Option<&Error>) {
+        let now = io.now();
         let keys: Vec<SubscriptionKey> = self.routes.keys().copied().collect();
         for key in keys {
             let Some(route) = self.routes.get_mut(&key) else {
@@ -262,7 +296,7 @@ impl EventRoutes {
             if route.token().is_none() {
                 continue;
             }
-            if route.first.is_some() {
+            if let (Some(_), Some(error)) = (&route.first, fail_first) {
                 self.fail(io, key, error.clone());
                 continue;
             }
@@ -271,6 +305,9 @@ impl EventRoutes {
                 continue;
             };
             route.state = RouteState::Lost;
+            if was_active {
+                route.lost_at = Some(now);
+            }
             // A re-subscription that was not active yet already told of this loss.
             if was_active && !route.buffer.notify(Ok(Delivery::ConnectionLost)) {
                 self.routes.remove(&key);
@@ -417,20 +454,41 @@ impl EventRoutes {
                         }));
                         !route.buffer.is_closed()
                     }
-                    None => route.buffer.notify(Ok(Delivery::Resubscribed {
-                        id: token,
-                        backlog: active.backlog,
-                    })),
+                    None => {
+                        let down_for = route
+                            .lost_at
+                            .take()
+                            .map_or(Duration::ZERO, |at| io.now().saturating_duration_since(at));
+                        let last_message_id =
+                            (!route.last_id.is_empty()).then(|| route.last_id.clone());
+                        route.buffer.notify(Ok(Delivery::Resubscribed {
+                            id: token,
+                            backlog: active.backlog,
+                            broker: route.broker.clone(),
+                            last_message_id,
+                            down_for,
+                        }))
+                    }
                 }
             }
-            Ok(Event::Message(message)) => route
-                .buffer
-                .push(Ok(Delivery::Message(Message::from(message))), counters),
-            Ok(Event::Messages(batch)) => batch.items.into_iter().all(|item| {
+            Ok(Event::Message(message)) => {
+                route.last_id.clear();
+                route.last_id.push_str(&message.id);
                 route
                     .buffer
-                    .push(Ok(Delivery::Message(Message::from(item))), counters)
-            }),
+                    .push(Ok(Delivery::Message(Message::from(message))), counters)
+            }
+            Ok(Event::Messages(batch)) => {
+                if let Some(last) = batch.items.last() {
+                    route.last_id.clear();
+                    route.last_id.push_str(&last.id);
+                }
+                batch.items.into_iter().all(|item| {
+                    route
+                        .buffer
+                        .push(Ok(Delivery::Message(Message::from(item))), counters)
+                })
+            }
             Ok(Event::Lagging(lagging)) => {
                 let notice = Lagging {
                     dropped: lagging.dropped,

@@ -47,6 +47,18 @@
 //! - **Oversized requests** are refused before they are sent ([`Error::TooLarge`],
 //!   `104 message_too_large`), against the limit the broker announced in its `pong`.
 //!
+//! # Several brokers (failover)
+//!
+//! [`Client::connect_any`] (or a comma-separated endpoint list) gives the client an ordered
+//! list of brokers. It talks to one at a time; when that connection is lost (at once for a
+//! killed broker, after [`ClientOptions::failover_silence`], 1 s, for a silent one) it moves
+//! to the next broker: plans in flight are sent again there under the plan id the client gave
+//! them (a broker that has seen the id never runs the plan twice), `ping`/`status`/`cluster`/
+//! `functions` are sent again, other requests in flight fail with [`Error::ConnectionLost`],
+//! and subscriptions are made again with a [`Delivery::Resubscribed`] naming the broker and
+//! the gap. The client also learns the cluster's other brokers from the one it talks to
+//! ([`ClientOptions::learn_brokers`]), so a client given one broker of a cluster can move too.
+//!
 //! Layout:
 //! - [`client`]: [`Client`] (connect, call, plan, status, ping, close) and [`ClientOptions`].
 //! - [`plan_builder`]: [`PlanBuilder`] and the progress stream of a running plan.
@@ -62,6 +74,8 @@
 //!   fails or resends them when the connection breaks, and sends heartbeats.
 //! - `connection` (private): the connection's life-cycle from the socket's monitor events, and
 //!   when a heartbeat is due (pure).
+//! - `broker_list` (private): the ordered brokers, given and learned, which to try next and
+//!   how long to give it (pure); `link/failover.rs` moves the connection between them.
 //! - `pending_reply` (private): the caller's side of a request in flight.
 //! - `event_routes` (private): subscriptions on the same reactor: their life-cycle across
 //!   reconnections, the SUB socket, and routing deliveries to them by token.
@@ -75,6 +89,7 @@
 //! every request and every subscription goes through it, and the reactor answers callers
 //! directly.
 
+mod broker_list;
 mod cache;
 pub mod client;
 mod client_options;
@@ -92,8 +107,9 @@ pub mod subscription;
 
 pub use client::{
     Client, ClientCounters, ClientOptions, CALL_STEP, CLOSE_LINGER, DEFAULT_ACTIVATION_TIMEOUT,
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEADLINE_MARGIN, DEFAULT_ENDPOINT, DEFAULT_HEARTBEAT,
-    DEFAULT_PUBLISH_BUFFER, DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEADLINE_MARGIN, DEFAULT_ENDPOINT, DEFAULT_FAILOVER_SILENCE,
+    DEFAULT_HEARTBEAT, DEFAULT_PUBLISH_BUFFER, DEFAULT_REQUEST_TIMEOUT, LEARN_INTERVAL,
+    MIN_FAILOVER_SILENCE,
 };
 pub use error::{Error, RemoteError};
 pub use mpreg_protocol::{

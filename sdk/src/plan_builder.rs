@@ -255,7 +255,9 @@ impl PlanBuilder {
     ///   the plan is cancelled at the broker.
     /// - [`Error::ConnectionLost`] (904): the connection to the broker broke while the plan was
     ///   in flight (the broker died, restarted or went silent), reported at once; whether it
-    ///   ran is unknown.
+    ///   ran is unknown. Not with another broker to move to
+    ///   ([`Client::connect_any`](crate::Client::connect_any)): the plan is then sent there
+    ///   under its plan id instead.
     /// - [`Error::TooLarge`] (104): the encoded plan is over the broker's `max_message_bytes`;
     ///   nothing was sent.
     /// - [`Error::Invalid`]: the builder was misused.

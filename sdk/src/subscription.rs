@@ -22,17 +22,19 @@
 //! [`Message::seq`], which is the authoritative signal: a lagging notice that itself finds the
 //! buffer full is merged into the next one.
 //!
-//! # A broker restart
+//! # A broker restart, or a move to another broker
 //!
 //! A subscription's token dies with the broker that gave it. When the client's connection is
 //! lost (the broker died, restarted or went silent), the stream yields
-//! [`Delivery::ConnectionLost`]; once the connection is back, the SDK subscribes again with the
-//! same patterns (and the backlog, if the subscription asked for it), and the stream yields
-//! [`Delivery::Resubscribed`] with the new token when the broker activated it. Messages
-//! published in between may be missing; sequence numbers start again at 1. If the broker
-//! refuses the new subscription (or it is not activated in time), the stream yields that error
-//! and ends. These notices are never dropped: when the buffer is full they wait for room, ahead
-//! of any later message.
+//! [`Delivery::ConnectionLost`]; once the connection is back (to the same broker, or to the
+//! next one of the client's list), the SDK subscribes again with the same patterns (and the
+//! backlog, if the subscription asked for it), and the stream yields
+//! [`Delivery::Resubscribed`] with the new token, the broker, the last message delivered
+//! before and how long it was down, when the broker activated it. Messages published in
+//! between may be missing (unless retained and asked for with the backlog); sequence numbers
+//! start again at 1. If the broker refuses the new subscription (or it is not activated in
+//! time), the stream yields that error and ends. These notices are never dropped: when the
+//! buffer is full they wait for room, ahead of any later message.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -223,20 +225,30 @@ pub enum Delivery {
     /// delivered until [`Delivery::Resubscribed`]. The SDK reconnects and subscribes again by
     /// itself.
     ConnectionLost,
-    /// Subscribed again after a lost connection, with the same patterns: deliveries go on.
-    /// Messages published while the connection was down may be missing, and
-    /// [`Message::seq`] starts again at 1.
+    /// Subscribed again after a lost connection, with the same patterns, on the same broker
+    /// or the next one of the client's list: deliveries go on. Messages published between
+    /// `last_message_id` and this notice may be missing (the backlog, when asked for, brings
+    /// back those the broker retained, and may repeat ones delivered before: same
+    /// [`Message::id`]), and [`Message::seq`] starts again at 1.
     Resubscribed {
         /// The new token the broker gave the subscription (now [`Subscription::id`]).
         id: String,
         /// Retained messages announced before the live ones (0 without
         /// [`SubscribeOptions::backlog`]).
         backlog: u64,
+        /// The client endpoint of the broker the subscription is now on.
+        broker: String,
+        /// The id of the last message delivered before the connection was lost (`None`: none
+        /// was): where the possible gap starts.
+        last_message_id: Option<String>,
+        /// How long the subscription was down: from the lost connection to this notice.
+        down_for: std::time::Duration,
     },
 }
 
 /// A live subscription: a stream of [`Delivery`] items, in the order the broker sent them. It
-/// survives broker restarts (see the [module docs](self#a-broker-restart)).
+/// survives broker restarts and moves to another broker (see the
+/// [module docs](self#a-broker-restart-or-a-move-to-another-broker)).
 ///
 /// Dropping it ends the subscription at the broker (the request is sent without waiting for
 /// the answer); [`Subscription::unsubscribe`] does the same and waits. It keeps the client's

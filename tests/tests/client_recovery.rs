@@ -93,7 +93,7 @@ async fn an_sdk_subscription_survives_a_broker_restart() {
 
     let broker = restart(&broker);
     let (id, backlog) = match next(&mut sub).await {
-        Delivery::Resubscribed { id, backlog } => (id, backlog),
+        Delivery::Resubscribed { id, backlog, .. } => (id, backlog),
         other => panic!("expected the re-subscription notice, got {other:?}"),
     };
     assert_ne!(id, first_token, "a new broker gives a new token");

@@ -20,13 +20,15 @@ use mpreg::Value;
 #[derive(Debug, Clone, PartialEq, Parser)]
 #[command(name = "mpreg", version, color = ColorChoice::Never, max_term_width = 100)]
 pub struct Cli {
-    /// The broker's client endpoint.
+    /// The broker's client endpoint, or a comma-separated list of them: the command talks to
+    /// the first that answers and moves to the next when its broker is lost or silent
+    /// (plans are sent again under their plan id, never run twice by a broker that saw them).
     #[arg(
         long,
         global = true,
         env = "MPREG_BROKER",
         default_value = DEFAULT_ENDPOINT,
-        value_name = "ENDPOINT"
+        value_name = "ENDPOINT[,ENDPOINT...]"
     )]
     pub broker: String,
 

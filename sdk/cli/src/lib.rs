@@ -19,8 +19,9 @@
 //!   as one line each and the command goes on: lagging ([`lagging_line`]), the connection to
 //!   the broker lost ([`connection_lost_line`]) and the subscription made again once it is
 //!   back ([`resubscribed_line`]).
-//! - Every command takes `--broker ENDPOINT` (env `MPREG_BROKER`, default
-//!   `tcp://127.0.0.1:7400`) and `--timeout SECONDS`.
+//! - Every command takes `--broker ENDPOINT[,ENDPOINT...]` (env `MPREG_BROKER`, default
+//!   `tcp://127.0.0.1:7400`; a list is tried in order and failed over, see
+//!   [`mpreg::Client::connect_any`]) and `--timeout SECONDS`.
 //!
 //! On any error the exit status is 1 and stderr gets exactly one line (see [`error_line`]);
 //! nothing is printed on stdout (except, for `sub`, the messages that arrived before it).

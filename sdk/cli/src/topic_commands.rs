@@ -75,7 +75,19 @@ pub(crate) async fn subscribe(
             }
             Delivery::Lagging(lagging) => notice(&lagging_line(&lagging)),
             Delivery::ConnectionLost => notice(&connection_lost_line()),
-            Delivery::Resubscribed { id, backlog } => notice(&resubscribed_line(&id, backlog)),
+            Delivery::Resubscribed {
+                id,
+                backlog,
+                broker,
+                last_message_id,
+                down_for,
+            } => notice(&resubscribed_line(
+                &id,
+                backlog,
+                &broker,
+                last_message_id.as_deref(),
+                down_for,
+            )),
             // A notice this version of the CLI does not know: nothing to print.
             _ => {}
         }
@@ -152,14 +164,31 @@ pub fn connection_lost_line() -> String {
 }
 
 /// The line `mpreg sub` prints on stderr once its subscription was made again after a lost
-/// connection: `{"resubscribed": {"sub", "backlog", "message"}}`.
-pub fn resubscribed_line(sub: &str, backlog: u64) -> String {
+/// connection: `{"resubscribed": {"sub", "backlog", "broker", "after", "down_ms",
+/// "message"}}`: the new token, the retained messages announced, the broker it is now on,
+/// the id of the last message delivered before (`null`: none), and how long it was down.
+///
+/// ```
+/// use std::time::Duration;
+/// let line = mpreg_cli::resubscribed_line("s01", 0, "tcp://b:7400", Some("01J"), Duration::from_millis(120));
+/// assert!(line.starts_with(r#"{"resubscribed":{"sub":"s01","backlog":0,"broker":"tcp://b:7400","after":"01J","down_ms":120,"#));
+/// ```
+pub fn resubscribed_line(
+    sub: &str,
+    backlog: u64,
+    broker: &str,
+    after: Option<&str>,
+    down_for: Duration,
+) -> String {
     json!({
         "resubscribed": {
             "sub": sub,
             "backlog": backlog,
-            "message": "subscribed again: messages published while the connection was down may \
-                        be missing, and seq starts again at 1",
+            "broker": broker,
+            "after": after,
+            "down_ms": u64::try_from(down_for.as_millis()).unwrap_or(u64::MAX),
+            "message": "subscribed again: messages published after `after` while the \
+                        connection was down may be missing, and seq starts again at 1",
         }
     })
     .to_string()
@@ -199,8 +228,8 @@ mod tests {
         let lost: Json = serde_json::from_str(&connection_lost_line()).unwrap();
         assert!(lost["connection_lost"]["message"].is_string());
         assert_eq!(
-            resubscribed_line("s01", 3),
-            r#"{"resubscribed":{"sub":"s01","backlog":3,"message":"subscribed again: messages published while the connection was down may be missing, and seq starts again at 1"}}"#
+            resubscribed_line("s01", 3, "tcp://h:1", None, Duration::from_micros(2500)),
+            r#"{"resubscribed":{"sub":"s01","backlog":3,"broker":"tcp://h:1","after":null,"down_ms":2,"message":"subscribed again: messages published after `after` while the connection was down may be missing, and seq starts again at 1"}}"#
         );
     }
 }

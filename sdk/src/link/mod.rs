@@ -9,11 +9,14 @@
 //!
 //! **A lost connection** (the DEALER's monitor reports a disconnect after the handshake: the
 //! broker died, restarted, or went silent past the ZMTP heartbeat timeout) fails every request
-//! in flight at once with `904 connection_lost`, except idempotent ones (`ping`, `status`),
-//! which are sent again once the connection is back; a plan is also cancelled, in case it was
-//! still queued here and reaches the next broker. Subscriptions are made again
-//! ([`EventRoutes`]). Requests sent while the connection is down wait in the socket's queue
-//! and go out when it is back.
+//! in flight at once with `904 connection_lost`, except idempotent ones (`ping`, `status`) and
+//! plans with a client-chosen id, which are sent again once the connection is back; a plan
+//! without one is also cancelled, in case it was still queued here and reaches the next
+//! broker. Subscriptions are made again ([`EventRoutes`]). Requests sent while the connection
+//! is down wait in the socket's queue and go out when it is back.
+//!
+//! **With several brokers** (`failover.rs`), a lost connection moves to the next broker
+//! instead: a new socket, what may be sent twice sent again there, the rest failed with 904.
 //!
 //! **Unconfirmed publishes** wait in the client's [`PublishQueue`] and leave coalesced into
 //! confirmed `publish_batch` requests ([`crate::publish_queue`]; the glue is `publishes.rs`):
@@ -24,10 +27,11 @@
 //! was sent for an interval, so the broker can tell a killed client from a quiet one and
 //! cancel its plans.
 
+mod failover;
 mod publishes;
 mod recovery;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -40,12 +44,13 @@ use mpreg_transport::{Handler, Io, MonitorEvent, SendError, SocketId};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::client::CLOSE_LINGER;
-use crate::connection::{Connection, Transition};
+use crate::connection::Connection;
 use crate::error::Error;
 use crate::event_routes::{EventRoutes, NewSubscription, SubscriptionKey};
 use crate::pending_reply::unexpected;
 use crate::publish_queue::{Coalescer, PublishQueue};
 use crate::subscription::events_endpoint;
+pub(crate) use failover::{Failover, SharedBrokers};
 
 /// What a caller gets back for one request: the reply, or why there is none.
 pub(crate) type ReplySender = oneshot::Sender<Result<BrokerToClient, Error>>;
@@ -82,10 +87,26 @@ pub(crate) enum Command {
 pub(crate) enum RequestKind {
     /// A plan: cancelled at the broker when the client gives up on it.
     Plan,
+    /// A plan with a client-chosen plan id: cancelled like [`RequestKind::Plan`], and sent
+    /// again under the same id after a reconnection or a move to another broker (a broker
+    /// that has seen the id never runs it twice).
+    ResumablePlan,
     /// Safe to send twice (`ping`, `status`): sent again after a reconnection.
     Idempotent,
     /// Anything else: fails with `904 connection_lost` when the connection breaks.
     Other,
+}
+
+impl RequestKind {
+    /// A plan, resumable or not.
+    pub(crate) fn is_plan(self) -> bool {
+        matches!(self, RequestKind::Plan | RequestKind::ResumablePlan)
+    }
+
+    /// May be sent again after the connection broke.
+    pub(crate) fn resendable(self) -> bool {
+        matches!(self, RequestKind::Idempotent | RequestKind::ResumablePlan)
+    }
 }
 
 /// One request, already encoded by the caller's task (so the reactor does no msgpack work).
@@ -110,6 +131,8 @@ enum ReplyTo {
     Subscribe(SubscriptionKey),
     /// A subscription's `unsubscribe`, with whoever waits for it.
     Unsubscribe(Option<UnsubscribedSender>),
+    /// The connection's own `cluster` request, to learn the cluster's other brokers.
+    Learn,
 }
 
 struct Waiter {
@@ -118,12 +141,16 @@ struct Waiter {
     deadline: Instant,
     wait: Duration,
     kind: RequestKind,
-    /// An idempotent request's frames, to send it again after a reconnection.
-    frames: Option<Vec<u8>>,
+    /// The request as sent, to send it again after a reconnection or a move (kept, not
+    /// copied: the socket copies what it sends).
+    frames: Vec<u8>,
     /// In flight when the connection was lost: send again once it is back.
     resend: bool,
     reply: ReplyTo,
     progress: Option<mpsc::Sender<Progress>>,
+    /// A resumable plan's steps already reported by progress events: a broker that runs it
+    /// again after a move reports them again, and the caller hears of each step once.
+    steps_seen: Option<HashSet<String>>,
 }
 
 /// Counters the reactor keeps and any clone of the client can read.
@@ -148,7 +175,8 @@ pub(crate) struct LinkCounters {
 
 /// What the connection needs to know besides its socket.
 pub(crate) struct LinkConfig {
-    pub endpoint: String,
+    /// The brokers and how to move between them.
+    pub failover: Failover,
     pub limits: Limits,
     pub curve: Option<mpreg_transport::Curve>,
     /// How long internal requests (re-subscriptions, unsubscriptions) wait for their answer.
@@ -183,6 +211,8 @@ pub(crate) struct Link {
     events: EventRoutes,
     next_id: Arc<AtomicU64>,
     counters: Arc<LinkCounters>,
+    /// The brokers and where the connection is among them.
+    failover: Failover,
 }
 
 impl Link {
@@ -197,7 +227,7 @@ impl Link {
         });
         Link {
             socket: Some(socket),
-            endpoint: config.endpoint,
+            endpoint: config.failover.brokers.current().to_string(),
             limits: config.limits,
             request_timeout: config.request_timeout,
             waiters: HashMap::new(),
@@ -219,6 +249,7 @@ impl Link {
             ),
             next_id: config.next_id,
             counters: config.counters,
+            failover: config.failover,
         }
     }
 
@@ -244,27 +275,26 @@ impl Link {
     }
 
     fn start(&mut self, io: &mut Io, request: Request) {
-        let frames = match request.kind {
-            RequestKind::Idempotent => Some(request.frames.clone()),
-            RequestKind::Plan | RequestKind::Other => None,
-        };
+        let steps_seen = (request.kind == RequestKind::ResumablePlan && request.progress.is_some())
+            .then(HashSet::new);
         let waiter = Waiter {
             sent: 0,
             deadline: request.deadline,
             wait: request.wait,
             kind: request.kind,
-            frames,
+            frames: request.frames,
             resend: false,
             reply: ReplyTo::Caller(request.reply),
             progress: request.progress,
+            steps_seen,
         };
-        self.send_request(io, request.id, &request.frames, waiter);
+        self.send_request(io, request.id, waiter);
     }
 
     /// Sends a request and remembers its waiter; a request that cannot be sent fails at once.
-    fn send_request(&mut self, io: &mut Io, id: u64, frame: &[u8], mut waiter: Waiter) {
+    fn send_request(&mut self, io: &mut Io, id: u64, mut waiter: Waiter) {
         let sent = match self.socket {
-            Some(socket) => self.send_frames(io, socket, frame),
+            Some(socket) => self.send_frames(io, socket, &waiter.frames),
             None => Err(Error::Closed),
         };
         waiter.sent = match sent {
@@ -291,12 +321,13 @@ impl Link {
             deadline: io.now() + wait,
             wait,
             kind: RequestKind::Other,
-            frames: None,
+            frames: message.to_compact_frame(),
             resend: false,
             reply,
             progress: None,
+            steps_seen: None,
         };
-        self.send_request(io, id, &message.to_compact_frame(), waiter);
+        self.send_request(io, id, waiter);
     }
 
     fn next_id(&self) -> u64 {
@@ -375,6 +406,7 @@ impl Link {
                     let _ = done.send(result);
                 }
             }
+            ReplyTo::Learn => self.on_learned(None),
         }
     }
 
@@ -388,9 +420,10 @@ impl Link {
                 BrokerToClient::Subscribed(subscribed) => {
                     let endpoint = events_endpoint(&self.endpoint, &subscribed.events);
                     let now = io.now();
+                    let broker = &self.endpoint;
                     if let Some(orphan) =
                         self.events
-                            .on_subscribed(io, key, subscribed.sub, endpoint, now)
+                            .on_subscribed(io, key, subscribed.sub, endpoint, broker, now)
                     {
                         self.send_unsubscribe(io, orphan, None);
                     }
@@ -417,6 +450,7 @@ impl Link {
                     let _ = done.send(result);
                 }
             }
+            ReplyTo::Learn => self.on_learned(Some(message)),
         }
     }
 
@@ -426,7 +460,7 @@ impl Link {
         self.timers.clear();
         self.publish_in_flight();
         for (id, waiter) in waiters {
-            if waiter.kind == RequestKind::Plan {
+            if waiter.kind.is_plan() {
                 // Queued before the socket closes, and given CLOSE_LINGER to leave.
                 self.send_cancel(io, id);
             }
@@ -449,12 +483,18 @@ impl Link {
             return;
         };
         if let BrokerToClient::Progress(progress) = message {
-            let Some(waiter) = self.waiters.get(&id) else {
+            let Some(waiter) = self.waiters.get_mut(&id) else {
                 self.counters
                     .unmatched_replies
                     .fetch_add(1, Ordering::Relaxed);
                 return;
             };
+            if let Some(seen) = &mut waiter.steps_seen {
+                if !seen.insert(progress.step.clone()) {
+                    // Run again after a move: this step was reported already.
+                    return;
+                }
+            }
             if let Some(tx) = &waiter.progress {
                 if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(progress) {
                     self.counters
@@ -527,7 +567,7 @@ impl Handler for Link {
             Command::Request(request) => self.start(io, request),
             Command::Abandon { id } => {
                 if let Some(waiter) = self.take_waiter(id) {
-                    if waiter.kind == RequestKind::Plan {
+                    if waiter.kind.is_plan() {
                         self.send_cancel(io, id);
                     }
                 }
@@ -564,13 +604,7 @@ impl Handler for Link {
         if Some(event.socket) != self.socket {
             return;
         }
-        match self.connection.on_socket_event(event.event) {
-            Transition::None => {}
-            // Tracked by the broker from the first heartbeat on.
-            Transition::FirstUp => self.send_heartbeat(io),
-            Transition::Lost => self.on_lost(io),
-            Transition::Restored => self.on_restored(io),
-        }
+        self.on_connection_event(io, event.event);
     }
 
     fn on_timer(&mut self, io: &mut Io) {
@@ -580,7 +614,7 @@ impl Handler for Link {
                 break;
             }
             if let Some(waiter) = self.take_waiter(id) {
-                if waiter.kind == RequestKind::Plan {
+                if waiter.kind.is_plan() {
                     self.send_cancel(io, id);
                 }
                 let error = Error::Timeout { after: waiter.wait };
@@ -603,6 +637,7 @@ impl Handler for Link {
             self.publish_retry = None;
             self.drain_publishes(io);
         }
+        self.on_failover_timer(io, now);
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -611,6 +646,7 @@ impl Handler for Link {
             self.connection.heartbeat_due(),
             self.events.next_deadline(),
             self.publish_retry,
+            self.failover.next_deadline(),
         ]
         .into_iter()
         .flatten()

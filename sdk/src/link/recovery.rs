@@ -1,11 +1,13 @@
-//! What the connection does when it breaks and when it is back: fail or keep the requests in
-//! flight, tell the subscriptions, send again what may be sent twice, subscribe again.
+//! What the connection to its one broker does when it breaks and when it is back (libzmq
+//! reconnects the same socket): fail or keep the requests in flight, tell the subscriptions,
+//! send again what may be sent twice, subscribe again. With another broker to go to, the
+//! connection moves instead (`failover.rs`).
 
 use std::sync::atomic::Ordering;
 
 use mpreg_transport::Io;
 
-use super::{Link, RequestKind};
+use super::Link;
 use crate::error::Error;
 
 impl Link {
@@ -20,14 +22,14 @@ impl Link {
         let mut ids: Vec<u64> = self.waiters.keys().copied().collect();
         ids.sort_unstable();
         for id in ids {
-            if let Some(waiter) = self.waiters.get_mut(&id).filter(|w| w.frames.is_some()) {
+            if let Some(waiter) = self.waiters.get_mut(&id).filter(|w| w.kind.resendable()) {
                 waiter.resend = true;
                 continue;
             }
             let Some(waiter) = self.take_waiter(id) else {
                 continue;
             };
-            if waiter.kind == RequestKind::Plan {
+            if waiter.kind.is_plan() {
                 // If the plan is still queued here, it reaches the next broker, and this
                 // cancel right behind it; if not, the cancel is ignored.
                 self.send_cancel(io, id);
@@ -52,28 +54,7 @@ impl Link {
             let Some(socket) = self.socket else {
                 return;
             };
-            let Some(frames) = self.waiters.get_mut(&id).and_then(|w| {
-                w.resend = false;
-                w.frames.take()
-            }) else {
-                continue;
-            };
-            let sent = self.send_frames(io, socket, &frames);
-            self.counters
-                .requests_resent
-                .fetch_add(1, Ordering::Relaxed);
-            match (sent, self.waiters.get_mut(&id)) {
-                (Ok(sent), Some(waiter)) => {
-                    waiter.sent = sent;
-                    waiter.frames = Some(frames);
-                }
-                (Err(e), Some(_)) => {
-                    if let Some(waiter) = self.take_waiter(id) {
-                        self.fail_waiter(io, waiter, e);
-                    }
-                }
-                (_, None) => {}
-            }
+            self.send_again(io, socket, id);
         }
         for key in self.events.lost() {
             self.send_subscribe(io, key);
