@@ -1,9 +1,18 @@
 #!/usr/bin/env python3
 """MPREG client from docs/PROTOCOL.md (pyzmq + msgpack only); usage in tests/python/README.md."""
-import argparse, itertools, json, sys, time
+import argparse, itertools, json, os, sys, time
 import msgpack, zmq
 
 VERSION = b"MPREG/1"
+SILENCE = 1.0  # s without a word from the broker before asking it (ping); as long again: move on
+RESEND = ("plan", "ping", "status")  # sent again to the next broker (a plan under its plan id)
+CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+def plan_id():
+    """A ULID (48-bit ms timestamp, 80 random bits, Crockford base32): the id this client gives
+    a plan, so that it can send it again after a move without it running twice where it was seen."""
+    n = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+    return "".join(CROCKFORD[(n >> (5 * i)) & 31] for i in range(25, -1, -1))
 
 class MpregError(Exception):
     """A failed request: `reply` is the broker's error body (or a client-side 9xx error)."""
@@ -13,29 +22,73 @@ class MpregError(Exception):
         self.reply = reply if reply is not None else {"code": code, "kind": kind, "message": message}
 
 class Client:
-    """One DEALER connection; many requests in flight, replies matched by id."""
-    def __init__(self, endpoint, context=None, curve=None):
-        """curve: (broker public key, own public key, own secret key), Z85 (docs/SECURITY.md)."""
-        self.sock, self.curve = (context or zmq.Context.instance()).socket(zmq.DEALER), curve
+    """One DEALER connection at a time, to one broker of an ordered list; many requests in
+    flight, replies matched by id. A broker silent for SILENCE s is pinged; silent SILENCE s
+    more, the client moves to the next broker: plans (under their plan id), pings and statuses
+    are sent again there, other requests in flight fail with 904 connection_lost."""
+    def __init__(self, endpoints, context=None, curve=None):
+        """endpoints: "tcp://a:7400,tcp://b:7400" or a list; curve: (broker public key, own
+        public key, own secret key), Z85 (docs/SECURITY.md)."""
+        parts = endpoints.split(",") if isinstance(endpoints, str) else endpoints
+        self.endpoints = [e.strip() for e in parts if e.strip()]
+        if not self.endpoints:
+            raise MpregError(902, "invalid_input", "no broker endpoint given")
+        self.context, self.curve, self.sock, self.at, self.generation = context or zmq.Context.instance(), curve, None, -1, 0
+        self.ids, self.pending, self.replies = itertools.count(1), {}, {}  # pending: id -> type
+        self.bodies = {}  # id -> body of a request in flight that may be sent again
+        self.progress, self.last_progress = {}, []  # id -> [progress bodies]; the last plan's
+        self.connect_next()
+    def connect_next(self):
+        """Closes the connection (nothing still queued in it leaves) and connects the next broker."""
+        if self.sock is not None:
+            self.sock.close(linger=0)
+        self.at = (self.at + 1) % len(self.endpoints)
+        self.endpoint = self.endpoints[self.at]
+        self.sock = self.context.socket(zmq.DEALER)
         self.secure(self.sock)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(endpoint)
-        self.ids, self.pending, self.replies = itertools.count(1), {}, {}  # pending: id -> type
-        self.progress, self.last_progress = {}, []  # id -> [progress bodies]; the last plan's
+        self.sock.connect(self.endpoint)
+        self.heard, self.probe = time.monotonic(), None  # last word from the broker; ping time
+    def check_broker(self):
+        """Called when nothing arrived for a while: ping a silent broker, move on if it stays so."""
+        now = time.monotonic()
+        if self.probe is None and now - self.heard > SILENCE:
+            self.probe = now
+            self.sock.send_multipart([VERSION, b"ping", msgpack.packb({"id": next(self.ids)})])
+        elif self.probe is not None and now - self.probe > SILENCE:
+            self.move()
+    def move(self):
+        lost = self.endpoint
+        self.connect_next()
+        self.generation += 1
+        for rid, kind in sorted(self.pending.items()):
+            if kind in RESEND and rid in self.bodies:
+                self.sock.send_multipart([VERSION, kind.encode(), msgpack.packb(self.bodies[rid])])
+            else:
+                del self.pending[rid]
+                self.replies[rid] = ("error", {"id": rid, "code": 904, "kind": "connection_lost",
+                                               "message": f"the connection to {lost} was lost; whether it ran is unknown"})
+        self.on_move()
+    def on_move(self):
+        """The connection moved to another broker (subclasses make their subscriptions again)."""
     def secure(self, sock):  # CURVE client options, set before connecting
         if self.curve:
             sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = (k.encode() for k in self.curve)
-    def close(self): self.sock.close()
+    def close(self): self.sock.close(linger=0)
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
     def send(self, kind, fields):
         """Sends a request and returns its id (first in the body: PROTOCOL.md section 4)."""
         rid = next(self.ids)
-        self.sock.send_multipart([VERSION, kind.encode(), msgpack.packb({"id": rid, **fields})])
+        body = {"id": rid, **fields, **({"plan": plan_id()} if kind == "plan" else {})}
+        self.sock.send_multipart([VERSION, kind.encode(), msgpack.packb(body)])
         self.pending[rid] = kind
+        if kind in RESEND:
+            self.bodies[rid] = body
         return rid
     def _receive(self):
         frames = self.sock.recv_multipart()
+        self.heard, self.probe = time.monotonic(), None  # the broker is there
         if len(frames) != 3 or frames[0] != VERSION:
             return
         kind, body = frames[1].decode("ascii", "replace"), msgpack.unpackb(frames[2], strict_map_key=False)
@@ -45,6 +98,7 @@ class Client:
         if kind == "progress":
             self.progress.setdefault(rid, []).append(body)
         elif self.pending.pop(rid, None) is not None:
+            self.bodies.pop(rid, None)
             self.replies[rid] = (kind, body)
     def wait(self, rid, timeout=10.0):
         """The final (type, body) for request `rid`; MpregError 901 if it does not come in time."""
@@ -52,11 +106,14 @@ class Client:
         while rid not in self.replies:
             left = deadline - time.monotonic()
             if left <= 0:
+                self.bodies.pop(rid, None)
                 if self.pending.pop(rid, None) == "plan":  # nobody waits for it any more
                     self.sock.send_multipart([VERSION, b"cancel", msgpack.packb({"id": rid})])
                 raise MpregError(901, "request_timeout", f"no reply to request {rid} within {timeout} s")
-            if self.sock.poll(left * 1000):
+            if self.sock.poll(min(left, SILENCE / 4) * 1000):
                 self._receive()
+            else:
+                self.check_broker()
         return self.replies.pop(rid)
     def result(self, rid, timeout=10.0):
         kind, body = self.wait(rid, timeout)
@@ -103,7 +160,8 @@ def _arg(text):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="MPREG client (Python, pyzmq + msgpack)")
-    parser.add_argument("--broker", default="tcp://127.0.0.1:7400", help="client endpoint")
+    parser.add_argument("--broker", default=os.environ.get("MPREG_BROKER", "tcp://127.0.0.1:7400"),
+                        help="client endpoint, or a comma-separated list to fail over between (env MPREG_BROKER)")
     parser.add_argument("--timeout", type=float, default=35.0, help="seconds to wait for a reply")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("plan", help="run a plan file: [steps...] or {steps, all_results, deadline_ms}")

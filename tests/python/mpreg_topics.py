@@ -6,19 +6,27 @@ Usage: mpreg_topics.py --broker EP sub PATTERN... [--count N] [--backlog] [--tim
        mpreg_topics.py --broker EP selftest [--retained]   (exit 0 only if every check passes)
        --curve BROKER_KEY KEY_FILE before the command: connect with CURVE
 """
-import argparse, json, sys, time, tomllib
+import argparse, json, os, sys, time, tomllib
 import msgpack, zmq
-from mpreg_client import Client, MpregError, VERSION, _arg, _json
+from mpreg_client import Client, MpregError, SILENCE, VERSION, _arg, _json
 
 class Topics(Client):
-    """A client connection plus one SUB socket carrying all its subscriptions."""
-    def __init__(self, endpoint, context=None, curve=None):
-        super().__init__(endpoint, context, curve)
-        self.sub, self.events, self.queues = None, None, {}  # token -> [event (kind, body)]
+    """A client connection plus one SUB socket carrying all its subscriptions. A subscription is
+    known by its first token (its key); after a move to another broker it is made again there
+    (with the backlog if it asked for it) and its stream yields a `resubscribed` event."""
+    def __init__(self, endpoints, context=None, curve=None):
+        self.sub, self.events = None, None
+        self.queues, self.subs, self.keys = {}, {}, {}  # key -> [(kind, body)]; key -> (fields, generation); token -> key
+        super().__init__(endpoints, context, curve)
     def close(self):
         if self.sub is not None:
-            self.sub.close()
+            self.sub.close(linger=0)
         super().close()
+    def on_move(self):
+        """Every token died with the old broker; next_event subscribes again on the new one."""
+        if self.sub is not None:
+            self.sub.close(linger=0)
+        self.sub, self.events, self.keys = None, None, {}
     def publish(self, topic, payload=None, headers=None, confirm=False, timeout=10.0):
         """Publishes; with confirm returns the `published` body ({msg, matched}), else None."""
         fields = {"topic": topic, "payload": payload, **({"headers": headers} if headers else {})}
@@ -30,54 +38,95 @@ class Topics(Client):
     def publish_batch(self, messages, timeout=10.0):
         return self.result(self.send("publish_batch", {"messages": messages, "confirm": True}), timeout)
     def subscribe(self, patterns, backlog=False, timeout=10.0):
-        """Subscribes, connects the SUB, waits for `active`; returns (token, backlog count)."""
+        """Subscribes, connects the SUB, waits for `active`; returns (key, backlog count)."""
         fields = {"patterns": list(patterns), **({"backlog": True} if backlog else {})}
-        reply = self.result(self.send("subscribe", fields), timeout)
+        for _ in range(len(self.endpoints) + 1):  # moved meanwhile: again on the next broker
+            made = self._make(None, fields, timeout)
+            if made:
+                return made
+        raise MpregError(904, "connection_lost", "the brokers kept going away while subscribing")
+    def _make(self, key, fields, timeout):
+        """Makes a subscription on the current broker: (key, backlog count), or None if the
+        connection moved meanwhile (whatever was made died with that broker)."""
+        generation = self.generation
+        try:
+            reply = self.result(self.send("subscribe", fields), timeout)
+        except MpregError as e:
+            if e.code == 904:
+                return None
+            raise
         token = reply["sub"]
+        key = key or token
         if self.sub is None or self.events != reply["events"]:
             if self.sub is not None:
-                self.sub.close()
-            self.sub = self.sock.context.socket(zmq.SUB)
+                self.sub.close(linger=0)
+            self.sub = self.context.socket(zmq.SUB)
             self.secure(self.sub)  # the event socket runs CURVE too when the broker does
             self.sub.setsockopt(zmq.LINGER, 0)
             self.sub.setsockopt(zmq.RCVHWM, 100000)
             self.sub.connect(reply["events"])
             self.events = reply["events"]
-        self.queues[token] = []
+        self.keys[token], self.subs[key] = key, (fields, generation)
+        self.queues.setdefault(key, [])
         self.sub.setsockopt(zmq.SUBSCRIBE, token.encode())
-        kind, body = self.next_event(token, timeout, want_active=True)
-        return token, body["backlog"]
-    def unsubscribe(self, token, timeout=10.0):
+        event = self.next_event(key, timeout, want_active=True)
+        if event is None or generation != self.generation:
+            return None
+        return key, event[1]["backlog"]
+    def unsubscribe(self, key, timeout=10.0):
+        token = next((t for t, k in self.keys.items() if k == key), key)
         self.result(self.send("unsubscribe", {"sub": token}), timeout)
-        if token in self.queues:
+        if key in self.queues:
             self.sub.setsockopt(zmq.UNSUBSCRIBE, token.encode())
-            del self.queues[token]
-    def next_event(self, token, timeout=10.0, want_active=False):
-        """The next (kind, body) of a subscription: message, lagging (or active when asked)."""
-        deadline = time.monotonic() + timeout
+            del self.queues[key], self.subs[key], self.keys[token]
+    def next_event(self, key, timeout=10.0, want_active=False):
+        """The next (kind, body) of a subscription: message, lagging, resubscribed (or active
+        when asked: then None if the connection moved before it came)."""
+        deadline, generation = time.monotonic() + timeout, self.generation
         while True:
-            queue = self.queues[token]
+            queue = self.queues[key]
             while queue:
                 kind, body = queue.pop(0)
                 if (kind == "active") == want_active:
                     return kind, body
+            if want_active and generation != self.generation:
+                return None
+            fields, made = self.subs[key]
+            if not want_active and made != self.generation:  # the broker it was made on is gone
+                again = self._make(key, fields, max(deadline - time.monotonic(), 0.1))
+                if again:
+                    return "resubscribed", {"sub": next(t for t, k in self.keys.items() if k == key),
+                                            "backlog": again[1], "broker": self.endpoint}
+                continue
             left = deadline - time.monotonic()
-            if left <= 0 or not self.sub.poll(left * 1000):
-                raise MpregError(901, "request_timeout", f"no event for {token} within {timeout} s")
-            frames = self.sub.recv_multipart()
-            if len(frames) != 4 or frames[1] != VERSION:
-                continue
-            tok, kind = frames[0].decode(), frames[2].decode()
-            body = msgpack.unpackb(frames[3], strict_map_key=False)
-            if tok not in self.queues:
-                continue
-            if kind == "messages":  # a batch: the same as that many `message` events
-                self.queues[tok].extend(("message", dict(item, sub=tok)) for item in body["items"])
-            else:
-                self.queues[tok].append((kind, body))
-    def next_message(self, token, timeout=10.0):
+            if left <= 0:
+                raise MpregError(901, "request_timeout", f"no event for {key} within {timeout} s")
+            poller = zmq.Poller()
+            poller.register(self.sock, zmq.POLLIN)
+            if self.sub is not None:
+                poller.register(self.sub, zmq.POLLIN)
+            ready = dict(poller.poll(min(left, SILENCE / 4) * 1000))
+            if self.sock in ready:
+                self._receive()
+            if self.sub is not None and self.sub in ready:
+                self._event(self.sub.recv_multipart())
+            if not ready:
+                self.check_broker()
+    def _event(self, frames):
+        self.heard = time.monotonic()  # events flow: the broker is there
+        if len(frames) != 4 or frames[1] != VERSION:
+            return
+        key, kind = self.keys.get(frames[0].decode()), frames[2].decode()
+        if key is None:
+            return
+        body = msgpack.unpackb(frames[3], strict_map_key=False)
+        if kind == "messages":  # a batch: the same as that many `message` events
+            self.queues[key].extend(("message", dict(item, sub=key)) for item in body["items"])
+        else:
+            self.queues[key].append((kind, body))
+    def next_message(self, key, timeout=10.0):
         while True:
-            kind, body = self.next_event(token, timeout)
+            kind, body = self.next_event(key, timeout)
             if kind == "message":
                 return body
 
@@ -126,7 +175,8 @@ def selftest(t, retained):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="MPREG topics (Python, pyzmq + msgpack)")
-    parser.add_argument("--broker", default="tcp://127.0.0.1:7400", help="client endpoint")
+    parser.add_argument("--broker", default=os.environ.get("MPREG_BROKER", "tcp://127.0.0.1:7400"),
+                        help="client endpoint, or a comma-separated list to fail over between (env MPREG_BROKER)")
     parser.add_argument("--curve", nargs=2, metavar=("BROKER_KEY", "KEY_FILE"),
                         help="CURVE: the broker's public key (its .pub file, or Z85) and this client's key-pair file")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -172,8 +222,8 @@ def main(argv=None):
                         if args.count is None:
                             break  # the timeout ends an uncounted subscription normally
                         raise
-                    if kind == "lagging":
-                        print(_json({"lagging": body}), file=sys.stderr)
+                    if kind in ("lagging", "resubscribed"):
+                        print(_json({kind: body}), file=sys.stderr, flush=True)
                     elif kind == "message":
                         print(line(body), flush=True)
                         n += 1
