@@ -317,8 +317,9 @@ async fn a_broker_that_accepts_but_never_answers_is_given_up_after_the_silence_w
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_resumes_on_the_other_broker_and_reports_the_gap() {
     let config = retain_config();
-    let config = config.to_str().unwrap();
-    let mut brokers = start_broker_cluster("fo-sub", 2, &["--config", config]);
+    let mut brokers = start_broker_cluster("fo-sub", 2, &["--config", config.to_str().unwrap()]);
+    // Read at start: not needed any more.
+    let _ = std::fs::remove_file(&config);
     wait_for_members(&brokers[1], 2).await;
     let publisher = pinned(&brokers[1]).await;
     let endpoints = [brokers[0].client.clone(), brokers[1].client.clone()];
