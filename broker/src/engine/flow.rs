@@ -255,7 +255,8 @@ impl Engine {
                 });
                 self.reply(out, &client, &reply);
                 if state.request.plan == Some(plan) {
-                    self.replays.keep(plan, state.quota.clone(), reply, now);
+                    self.replays
+                        .keep(plan, state.quota.clone(), reply, state.held_bytes(), now);
                 }
             }
             ReplyTo::Peer { endpoint, fid, .. } => {
@@ -304,7 +305,8 @@ impl Engine {
                 let reply = BrokerToClient::Error(reply);
                 self.reply(out, &client, &reply);
                 if state.request.plan == Some(plan) {
-                    self.replays.keep(plan, state.quota.clone(), reply, now);
+                    self.replays
+                        .keep(plan, state.quota.clone(), reply, state.held_bytes(), now);
                 }
             }
             ReplyTo::Peer { endpoint, fid, .. } => {

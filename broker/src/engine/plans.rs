@@ -114,6 +114,12 @@ impl PlanState {
         &self.request.steps[step as usize]
     }
 
+    /// Bytes held for the plan: its body and the results received (an upper bound of what
+    /// its final reply carries).
+    pub fn held_bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// The steps whose results a step's references read.
     pub fn deps(&self, step: StepIx) -> &[u32] {
         &self.graph.deps[step as usize]

@@ -25,9 +25,17 @@ pub struct Replays {
 }
 
 impl Replays {
-    /// Keeps the final reply of a plan whose id the client chose.
-    pub fn keep(&mut self, plan: PlanId, owner: Vec<u8>, reply: BrokerToClient, now: Instant) {
-        let bytes = reply.encode_body().len();
+    /// Keeps the final reply of a plan whose id the client chose. `bytes` bounds the reply's
+    /// size from above (the bytes held for the plan: its body and results), so the reply is
+    /// not encoded again just to be measured.
+    pub fn keep(
+        &mut self,
+        plan: PlanId,
+        owner: Vec<u8>,
+        reply: BrokerToClient,
+        bytes: usize,
+        now: Instant,
+    ) {
         if bytes > MAX_REPLAY_BYTES / 4 {
             return;
         }
@@ -99,7 +107,13 @@ mod tests {
         let t0 = Instant::now();
         let mut r = Replays::default();
         for n in 0..(MAX_REPLAYS as u128 + 10) {
-            r.keep(PlanId(ulid::Ulid(n)), b"k".to_vec(), reply(n as u64), t0);
+            r.keep(
+                PlanId(ulid::Ulid(n)),
+                b"k".to_vec(),
+                reply(n as u64),
+                32,
+                t0,
+            );
         }
         assert_eq!(r.len(), MAX_REPLAYS);
         assert!(
@@ -113,5 +127,33 @@ mod tests {
             .get(PlanId(ulid::Ulid(100)), None, t0 + REPLAY_WINDOW * 2)
             .is_none());
         assert_eq!(r.len(), 0);
+    }
+
+    #[test]
+    fn bounded_by_bytes() {
+        let t0 = Instant::now();
+        let mut r = Replays::default();
+        let big = MAX_REPLAY_BYTES / 8;
+        for n in 0..20u128 {
+            r.keep(
+                PlanId(ulid::Ulid(n)),
+                b"k".to_vec(),
+                reply(n as u64),
+                big,
+                t0,
+            );
+        }
+        assert_eq!(r.len(), 8, "64 MiB hold eight replies of 8 MiB");
+        assert!(r.get(PlanId(ulid::Ulid(19)), None, t0).is_some());
+        assert!(r.get(PlanId(ulid::Ulid(11)), None, t0).is_none());
+        // Larger than a quarter of the budget: not kept at all.
+        r.keep(
+            PlanId(ulid::Ulid(99)),
+            b"k".to_vec(),
+            reply(99),
+            MAX_REPLAY_BYTES / 2,
+            t0,
+        );
+        assert!(r.get(PlanId(ulid::Ulid(99)), None, t0).is_none());
     }
 }
