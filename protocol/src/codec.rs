@@ -52,9 +52,15 @@ impl DecodeError {
 
 /// Encodes a message body as a msgpack map with field names.
 pub fn encode_body<T: Serialize + ?Sized>(message: &T) -> Vec<u8> {
-    rmp_serde::to_vec_named(message)
-        .expect("protocol messages serialize infallibly: plain structs with string keys")
+    // Most bodies are small: one allocation instead of the three or four of growing from empty.
+    let mut body = Vec::with_capacity(INITIAL_BODY_BYTES);
+    rmp_serde::encode::write_named(&mut body, message)
+        .expect("protocol messages serialize infallibly: plain structs with string keys");
+    body
 }
+
+/// The first allocation of an encoded body: a single-step plan, a reply or a small event fits.
+const INITIAL_BODY_BYTES: usize = 256;
 
 /// Decodes a body after checking its size, structure and nesting against `limits`.
 pub fn decode_body<T: DeserializeOwned>(body: &[u8], limits: &Limits) -> Result<T, DecodeError> {

@@ -24,15 +24,13 @@
 
 use std::collections::BTreeMap;
 
-use mpreg_protocol::{
-    encode_body, BatchItem, BrokerToClient, ClientToBroker, Publish, PublishBatch,
-};
+use mpreg_protocol::{BatchItem, BrokerToClient, ClientToBroker, Publish, PublishBatch};
 
 use crate::client::Client;
 use crate::error::Error;
 use crate::link::{Command, RequestKind};
 use crate::pending_reply::unexpected;
-use crate::publish_queue::{Wake, BATCH_OVERHEAD};
+use crate::publish_queue::{encode_item, Wake, BATCH_OVERHEAD};
 use crate::Value;
 
 /// How to publish.
@@ -172,11 +170,7 @@ impl Client {
     ) -> Result<Option<Published>, Error> {
         let id = self.next_id();
         if !options.confirm {
-            let item = encode_body(&BatchItem {
-                topic: topic.into(),
-                headers: options.headers,
-                payload: payload.into(),
-            });
+            let item = encode_item(&topic.into(), &options.headers, &payload.into());
             let limit = self.max_request_bytes();
             if item.len() + BATCH_OVERHEAD > limit {
                 return Err(Error::TooLarge {

@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use mpreg_protocol::{BrokerToClient, ErrorReply, COMPACT_PREFIX};
+use mpreg_protocol::{BrokerToClient, ErrorReply, Value, COMPACT_PREFIX};
 use tokio::sync::Notify;
 
 use crate::error::Error;
@@ -245,6 +245,10 @@ impl Shared {
 /// Polls `ready` until it returns a value, waiting on `notify` in between. The waiter is
 /// registered before `ready` looks, so a notification between the two is never missed.
 async fn wait_until<T>(notify: &Notify, mut ready: impl FnMut() -> Option<T>) -> T {
+    // Fast path: registering a waiter costs a lock of the `Notify`, and there is usually room.
+    if let Some(value) = ready() {
+        return value;
+    }
     loop {
         let notified = notify.notified();
         let mut notified = std::pin::pin!(notified);
@@ -322,11 +326,73 @@ impl Batch {
     }
 }
 
+/// Encodes one unconfirmed publish as a `publish_batch` item, `{topic, headers (when not
+/// empty), payload}`: exactly what `encode_body` gives a [`mpreg_protocol::BatchItem`], into a
+/// buffer sized once (the serde path grows it several times per message).
+pub(crate) fn encode_item(
+    topic: &str,
+    headers: &BTreeMap<String, String>,
+    payload: &Value,
+) -> Vec<u8> {
+    let header_bytes: usize = headers.iter().map(|(k, v)| k.len() + v.len() + 10).sum();
+    let mut out = Vec::with_capacity(32 + topic.len() + header_bytes + payload_hint(payload));
+    out.push(if headers.is_empty() { 0x82 } else { 0x83 });
+    write_str(&mut out, "topic");
+    write_str(&mut out, topic);
+    if !headers.is_empty() {
+        write_str(&mut out, "headers");
+        write_map_len(&mut out, headers.len());
+        for (key, value) in headers {
+            write_str(&mut out, key);
+            write_str(&mut out, value);
+        }
+    }
+    write_str(&mut out, "payload");
+    rmpv::encode::write_value(&mut out, payload).expect("writing msgpack into a Vec cannot fail");
+    out
+}
+
+/// About how many bytes `payload` encodes to (a capacity hint, not a bound).
+fn payload_hint(payload: &Value) -> usize {
+    match payload {
+        Value::Binary(b) => b.len() + 5,
+        Value::String(s) => s.as_bytes().len() + 5,
+        Value::Array(a) => 5 + a.len() * 9,
+        Value::Map(m) => 5 + m.len() * 18,
+        _ => 9,
+    }
+}
+
+/// A msgpack str, with the smallest header (as `rmp` writes it).
 fn write_str(out: &mut Vec<u8>, s: &str) {
-    // Only the short field names above.
-    debug_assert!(s.len() < 32);
-    out.push(0xa0 | s.len() as u8);
+    let n = s.len();
+    match n {
+        0..=31 => out.push(0xa0 | n as u8),
+        32..=0xff => out.extend_from_slice(&[0xd9, n as u8]),
+        0x100..=0xffff => {
+            out.push(0xda);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        _ => {
+            out.push(0xdb);
+            out.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes());
+        }
+    }
     out.extend_from_slice(s.as_bytes());
+}
+
+fn write_map_len(out: &mut Vec<u8>, n: usize) {
+    match n {
+        0..=15 => out.push(0x80 | n as u8),
+        16..=0xffff => {
+            out.push(0xde);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        _ => {
+            out.push(0xdf);
+            out.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes());
+        }
+    }
 }
 
 fn write_uint(out: &mut Vec<u8>, n: u64) {
@@ -673,7 +739,7 @@ mod tests {
 
     use mpreg_protocol::{
         encode_body, parse_envelope, BatchItem, ClientToBroker, Limits, PublishBatch,
-        PublishedBatch, Value,
+        PublishedBatch,
     };
 
     fn item(topic: &str, payload: Value) -> BatchItem {
@@ -759,6 +825,57 @@ mod tests {
                 let items_bytes: usize = encoded.iter().map(Vec::len).sum();
                 assert!(built.frame().len() - items_bytes <= BATCH_OVERHEAD);
             }
+        }
+    }
+
+    #[test]
+    fn an_item_is_exactly_what_the_protocol_encodes() {
+        let long = "x".repeat(300);
+        let mut headers = Map::new();
+        for (k, v) in [("trace", "abc"), ("k", long.as_str())] {
+            headers.insert(k.to_string(), v.to_string());
+        }
+        let payloads = [
+            Value::Nil,
+            Value::from(true),
+            Value::from(-5i64),
+            Value::from(u64::MAX),
+            Value::from(2.5f64),
+            Value::F32(1.5),
+            Value::from("text"),
+            Value::from(long.as_str()),
+            Value::Binary(vec![7; 64]),
+            Value::Binary(vec![1; 70_000]),
+            Value::Array(vec![Value::from(1u64), Value::from("a")]),
+            Value::Map(vec![(Value::from("k"), Value::Array(vec![]))]),
+            Value::Ext(3, vec![1, 2, 3]),
+        ];
+        for topic in ["t", "orders.42.eu", long.as_str()] {
+            for headers in [Map::new(), headers.clone()] {
+                for payload in &payloads {
+                    let expected = encode_body(&BatchItem {
+                        topic: topic.into(),
+                        headers: headers.clone(),
+                        payload: payload.clone(),
+                    });
+                    assert_eq!(
+                        encode_item(topic, &headers, payload),
+                        expected,
+                        "{payload:?}"
+                    );
+                }
+            }
+        }
+        let many: Map<String, String> = (0..20).map(|i| (format!("h{i}"), "v".into())).collect();
+        let expected = encode_body(&item_with(&many));
+        assert_eq!(encode_item("t", &many, &Value::Nil), expected);
+    }
+
+    fn item_with(headers: &Map<String, String>) -> BatchItem {
+        BatchItem {
+            topic: "t".into(),
+            headers: headers.clone(),
+            payload: Value::Nil,
         }
     }
 
