@@ -20,12 +20,8 @@ use mpreg::{args, Client, Error, ErrorCode, Value};
 use mpreg_node::NodeBuilder;
 use mpreg_tests::{bin, start_broker_cluster, BrokerProc, Proc, START_TIMEOUT};
 
-/// One heavy test at a time.
-static TURN: Mutex<()> = Mutex::new(());
-
-fn turn() -> std::sync::MutexGuard<'static, ()> {
-    TURN.lock().unwrap_or_else(|e| e.into_inner())
-}
+/// One heavy test at a time (an async lock: it is held across awaits).
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Runs `calls` plans of one step `work(key)` with `deadline` through `client`, one every
 /// `every`, keys `{prefix}{n}`; returns per plan: key, when it was sent, when it ended, result.
@@ -73,7 +69,7 @@ async fn load(
 /// kill (executions counted by the nodes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_a_broker_under_200_plans_per_second_loses_no_plan() {
-    let _turn = turn();
+    let _turn = TURN.lock().await;
     let mut brokers = start_broker_cluster("crash", 3, &[]);
     let tally = Tally::new();
     let both = NodeBuilder::new("node-23")
@@ -366,7 +362,7 @@ async fn a_partition_fails_the_workerless_side_in_time_and_heals_within_3s() {
         );
         return;
     }
-    let _turn = turn();
+    let _turn = TURN.lock().await;
     let lab = Lab::new(3);
     let b1 = lab.broker(1, "part", None);
     let seed = b1.peer.clone().unwrap();
