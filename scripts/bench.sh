@@ -2,6 +2,8 @@
 # Benchmarks, each next to a baseline measured in the same run.
 #   scripts/bench.sh rpc [--quick]      RPC latency/throughput vs a raw libzmq relay floor
 #   scripts/bench.sh pubsub [--quick]   topic matching, subscribe rate, messages/s vs raw PUB->SUB
+#   scripts/bench.sh cluster [--quick]  a step forwarded one hop vs a local step; 20-broker
+#                                       convergence and idle gossip traffic
 #   scripts/bench.sh peers [--quick] [--rounds N]   MPREG vs NATS (nats-server, async-nats)
 # Figures are printed as a table and written to bench-results/<name>.json.
 set -euo pipefail
@@ -19,6 +21,10 @@ case "$what" in
         cargo build --release --workspace --bins
         ./target/release/mpreg-bench pubsub --json bench-results/pubsub.json "$@"
         ;;
+    cluster)
+        cargo build --release --workspace --bins
+        ./target/release/mpreg-bench cluster --json bench-results/cluster.json "$@"
+        ;;
     peers)
         # Debian's nats-server, installed when missing; the bench starts it on loopback with an
         # OS-chosen port and stops it by PID. async-nats is built only here (feature `peers`).
@@ -28,7 +34,7 @@ case "$what" in
         ./target/release/mpreg-bench peers --json bench-results/peers.json --nats-server "$(command -v nats-server)" "$@"
         ;;
     *)
-        echo "usage: scripts/bench.sh rpc|pubsub|peers [--quick]" >&2
+        echo "usage: scripts/bench.sh rpc|pubsub|cluster|peers [--quick]" >&2
         exit 2
         ;;
 esac

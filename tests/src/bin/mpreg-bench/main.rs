@@ -12,10 +12,11 @@
 //! CURVE broker and node next to a plain one, in alternating rounds (target: CURVE costs at
 //! most 25 % of throughput).
 //!
-//! Usage: `mpreg-bench rpc|pubsub [--quick] [--json FILE]`.
+//! Usage: `mpreg-bench rpc|pubsub|cluster [--quick] [--json FILE]`.
 
 #![allow(clippy::expect_used)]
 
+mod cluster;
 mod curve;
 #[cfg(feature = "peers")]
 mod peers;
@@ -149,10 +150,11 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("rpc") => rpc(&args),
         Some("pubsub") => pubsub::run(&args),
+        Some("cluster") => cluster::run(&args),
         #[cfg(feature = "peers")]
         Some("peers") => peers::run(&args),
         _ => {
-            eprintln!("usage: mpreg-bench rpc|pubsub [--quick] [--json FILE]");
+            eprintln!("usage: mpreg-bench rpc|pubsub|cluster [--quick] [--json FILE]");
             std::process::exit(2);
         }
     }
