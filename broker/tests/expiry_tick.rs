@@ -17,7 +17,6 @@ use mpreg_protocol::*;
 use support::{client, engine, plan, register, submit, Recorder};
 
 #[test]
-#[ignore = "engine bug (heartbeat expiry refills workers it is about to expire); run with --ignored"]
 fn a_tick_never_dispatches_to_a_worker_it_expires_in_the_same_tick() {
     let t0 = Instant::now();
     let config = EngineConfig {

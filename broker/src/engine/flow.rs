@@ -358,9 +358,40 @@ impl Engine {
     /// Removes a lost worker and puts its tasks back in the ready queue (at-least-once
     /// execution), within each step's retries.
     pub(super) fn expire_worker(&mut self, out: &mut impl Outbox, worker: WorkerId, now: Instant) {
-        let Some((w, orphans)) = self.scheduler.remove_worker(worker) else {
-            return;
-        };
+        if let Some((w, orphans)) = self.scheduler.remove_worker(worker) {
+            self.worker_lost(out, worker, w, orphans, now);
+        }
+    }
+
+    /// Several workers lost at once (the silent ones of a heartbeat): all leave the registry
+    /// before any orphan is placed again, so a step freed by one of them can never be sent to
+    /// another that is about to be expired in the same pass (a dispatch that would be charged
+    /// a retry without ever reaching a live worker).
+    pub(super) fn expire_workers(
+        &mut self,
+        out: &mut impl Outbox,
+        workers: Vec<WorkerId>,
+        now: Instant,
+    ) {
+        let lost: Vec<_> = workers
+            .into_iter()
+            .filter_map(|id| self.scheduler.remove_worker(id).map(|(w, o)| (id, w, o)))
+            .collect();
+        for (id, w, orphans) in lost {
+            self.worker_lost(out, id, w, orphans, now);
+        }
+    }
+
+    /// A worker removed from the registry: its tasks go back to the ready queue within each
+    /// step's retries, or fail their plans.
+    fn worker_lost(
+        &mut self,
+        out: &mut impl Outbox,
+        worker: WorkerId,
+        w: crate::registry::Worker,
+        orphans: Vec<(TaskId, TaskState)>,
+        now: Instant,
+    ) {
         self.counters.workers_expired += 1;
         self.catalogue_changed();
         slog::warn!(self.log, "worker lost"; "worker" => &w.name, "worker_id" => %worker, "tasks" => orphans.len());

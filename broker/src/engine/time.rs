@@ -76,9 +76,8 @@ impl Engine {
         }
         let silence = self.config.heartbeat * self.config.liveness;
         if let Some(cutoff) = now.checked_sub(silence) {
-            for worker in self.scheduler.registry().silent_since(cutoff) {
-                self.expire_worker(out, worker, now);
-            }
+            let silent = self.scheduler.registry().silent_since(cutoff);
+            self.expire_workers(out, silent, now);
         }
         for routing in self.clients.expire(now) {
             self.catalogue_changed();
