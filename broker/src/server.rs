@@ -341,7 +341,10 @@ impl Handler for BrokerHandler {
 
     fn on_socket_event(&mut self, io: &mut Io, event: MonitorEvent) {
         // Only the peer control links are monitored.
-        let Some(endpoint) = self.peers.as_ref().and_then(|p| p.control_endpoint(event.socket))
+        let Some(endpoint) = self
+            .peers
+            .as_ref()
+            .and_then(|p| p.control_endpoint(event.socket))
         else {
             return;
         };
@@ -507,8 +510,7 @@ impl Broker {
             let mut peers = None;
             let mut cluster_endpoints = None;
             if let Some((peer, gossip, name, seeds, swim, digest)) = cluster {
-                let links =
-                    PeerLinks::open(io, me, &peer, &gossip, max_frame, peer_keys.as_ref())?;
+                let links = PeerLinks::open(io, me, &peer, &gossip, max_frame, peer_keys.as_ref())?;
                 let (peer, gossip) = links.bound(io);
                 let endpoints = PeerEndpoints {
                     client: io.bound_endpoints(client)[0].clone(),
