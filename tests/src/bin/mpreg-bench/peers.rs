@@ -625,7 +625,7 @@ pub fn run(args: &[String]) {
     let load_after = load_average();
 
     println!(
-        "{:<36} {:>12} {:>12} {:>8} {:>17}   goal",
+        "{:<52} {:>12} {:>12} {:>8} {:>13}   goal",
         "peers (MPREG vs NATS)", "mpreg", "nats", "ratio", "ratio min-max"
     );
     let mut rows_json = Vec::new();
@@ -655,7 +655,7 @@ pub fn run(args: &[String]) {
         };
         all_met &= met;
         println!(
-            "{:<36} {:>12.1} {:>12.1} {:>7.2}x {:>8.2}-{:<8.2} {goal} {}",
+            "{:<52} {:>12.1} {:>12.1} {:>7.2}x {:>6.2}-{:<6.2} {goal} {}",
             format!("{} ({})", row.name, row.unit),
             mpreg,
             nats,
@@ -683,7 +683,7 @@ pub fn run(args: &[String]) {
     let floor_p99 = median(&rounds.iter().map(|(_, _, f)| f.1).collect::<Vec<_>>());
     let (flo, fhi) = min_max(&floor_ratios);
     println!(
-        "{:<36} {:>12.1} {:>12} {:>7.2}x {:>8.2}-{:<8.2} (raw libzmq relay / NATS, p50; p99 {:.1} us)",
+        "{:<52} {:>12.1} {:>12} {:>7.2}x {:>6.2}-{:<6.2} (raw libzmq relay / NATS, p50; p99 {:.1} us)",
         "libzmq relay floor p50 (us)",
         floor_p50,
         "",
