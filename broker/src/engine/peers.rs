@@ -57,7 +57,7 @@ impl ClusterConfig {
             seeds,
             swim: SwimConfig::default(),
             digest_interval: Duration::from_millis(500),
-            hello_interval: Duration::from_secs(1),
+            hello_interval: Duration::from_millis(500),
             ack_timeout: Duration::from_secs(5),
         }
     }
