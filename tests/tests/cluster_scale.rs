@@ -24,6 +24,10 @@ const CONVERGENCE: Duration = Duration::from_secs(3);
 /// The idle window over which traffic is measured.
 const WINDOW: Duration = Duration::from_secs(4);
 
+/// Quiet time before a measurement: the rumours of the joins (piggybacked on probes for
+/// `SwimConfig::rumour_ttl`, 3.5 s) are not idle traffic.
+const SETTLE: Duration = Duration::from_secs(4);
+
 /// Starts the broker `name` of cluster `cluster` seeded by `seed` (a peer endpoint).
 fn join(cluster: &str, name: &str, seed: &str) -> BrokerProc {
     let any = "tcp://127.0.0.1:*";
@@ -71,7 +75,7 @@ async fn converge(
 }
 
 /// Cluster upkeep traffic per broker per second: gossip received from every peer plus control
-/// messages sent (probes, acknowledgements), over [`WINDOW`] of idleness.
+/// messages sent (probes, acknowledgements), over [`WINDOW`] of idleness after [`SETTLE`].
 async fn idle_bytes_per_broker(clients: &[Client]) -> f64 {
     async fn total(clients: &[Client]) -> u64 {
         let mut sum = 0;
@@ -81,6 +85,7 @@ async fn idle_bytes_per_broker(clients: &[Client]) -> f64 {
         }
         sum
     }
+    tokio::time::sleep(SETTLE).await;
     let before = total(clients).await;
     let start = Instant::now();
     tokio::time::sleep(WINDOW).await;

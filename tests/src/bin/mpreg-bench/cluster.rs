@@ -178,8 +178,10 @@ fn names(brokers: &[Option<BrokerProc>]) -> Vec<String> {
     n
 }
 
-/// Idle upkeep bytes per broker per second over `window` (gossip received + control sent).
+/// Idle upkeep bytes per broker per second over `window` (gossip received + control sent),
+/// after 4 s of quiet (the joins' rumours are piggybacked for 3.5 s: not idle traffic).
 fn idle_traffic(probes: &mut [Probe], window: Duration) -> f64 {
+    std::thread::sleep(Duration::from_secs(4));
     let total = |probes: &mut [Probe]| -> u64 {
         probes
             .iter_mut()
