@@ -28,6 +28,7 @@ mod cluster_info;
 pub mod counters;
 pub mod failure;
 mod flow;
+mod forwarding;
 pub mod metrics;
 mod peers;
 mod plans;
@@ -36,6 +37,7 @@ mod requests;
 mod scheduler;
 mod status;
 mod time;
+mod timing;
 mod trace;
 mod workers;
 

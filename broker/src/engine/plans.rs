@@ -18,7 +18,7 @@ use crate::resolve::{check_footprint, resolve_args, Results, Unresolved};
 use crate::versions::{parse_requirement, Requirement};
 
 /// A step's index in its plan.
-pub type StepIx = u32;
+pub use super::timing::StepIx;
 
 /// Where a plan's replies go: the client that sent it, or the peer broker that forwarded
 /// its one step.
@@ -82,7 +82,7 @@ pub struct PlanState {
     /// The cache keys of its steps of cacheable functions, and their part in the cache.
     pub cache: BTreeMap<StepIx, super::cache_parts::StepCache>,
     /// When it was accepted, and its steps' times when it asked for its trace.
-    pub timing: super::trace::PlanTiming,
+    pub timing: super::timing::PlanTiming,
 }
 
 /// Finished results, looked up by step name during resolution.
@@ -306,7 +306,7 @@ impl Plans {
             .map_or(self.limits.default_deadline, Duration::from_millis);
         let deadline = now + wait.min(self.limits.max_deadline);
         let n = request.steps.len();
-        let timing = super::trace::PlanTiming::new(now, request.trace, n);
+        let timing = super::timing::PlanTiming::new(now, request.trace, n);
         let pending: Vec<u32> = graph.deps.iter().map(|d| d.len() as u32).collect();
         ready.extend(
             (0..n as StepIx)
@@ -426,7 +426,7 @@ impl Plans {
                 rejected: Vec::new(),
                 ran_on: String::new(),
                 cache: BTreeMap::new(),
-                timing: super::trace::PlanTiming::new(now, false, 1),
+                timing: super::timing::PlanTiming::new(now, false, 1),
             },
         );
         Ok(())
