@@ -8,8 +8,9 @@
 //! When candidates match but all are full, the step waits for a free slot; when none match,
 //! there is no route, and the reason says which part of the request nobody satisfies.
 //!
-//! Today candidates are the broker's own workers. A cluster adds peer brokers after them
-//! (`Placement::Peer`), federation other regions: both are later variants of [`Placement`].
+//! Candidates are the broker's own workers. In a cluster, the engine turns to peer brokers
+//! only when this answers "no route" (`engine/forwarding.rs`): a step never leaves for a peer
+//! while a matching local worker is merely busy. Federation would be one more fallback.
 
 use mpreg_protocol::WorkerId;
 

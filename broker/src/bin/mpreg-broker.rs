@@ -2,7 +2,8 @@
 //!
 //! On start it prints one JSON line on stdout with the endpoints it bound:
 //! `{"event":"listening","name":...,"client":"tcp://...","worker":"tcp://...","events":"tcp://...","http":"127.0.0.1:7405"}`
-//! (`http` is `null` when the HTTP endpoint is off).
+//! (`http` is `null` when the HTTP endpoint is off; a broker in a cluster adds `id`, its
+//! incarnation, `peer`, `gossip` and `cluster`).
 //! SIGTERM or SIGINT: stop accepting plans, let those in flight finish (up to
 //! `shutdown_timeout_ms`), tell the workers, exit 0. SIGHUP: reload the access file of a CURVE
 //! broker (an unreadable or invalid file is logged and the current rules stay).
