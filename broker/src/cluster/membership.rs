@@ -506,9 +506,18 @@ impl Membership {
             return actions;
         }
         self.next_probe = now + self.config.probe_interval;
-        // The previous probe got no answer at all: suspect its target.
+        // The previous probe got no answer at all: suspect its target, if it is still alive
+        // here. A target declared dead meanwhile (its suspicion ran out during this probe
+        // period) stays dead: a stale probe must not bring it back as suspect (found by the
+        // seeded simulator, seed 65: a crashed broker flapped dead -> suspect -> dead).
         if let Some(p) = self.probe.take() {
-            self.declare(p.target, MemberState::Suspect, now, &mut actions);
+            if self
+                .members
+                .get(&p.target)
+                .is_some_and(|m| m.state == MemberState::Alive)
+            {
+                self.declare(p.target, MemberState::Suspect, now, &mut actions);
+            }
         }
         if let Some(target) = self.next_target() {
             self.seq += 1;

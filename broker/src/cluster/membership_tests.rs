@@ -128,6 +128,39 @@ fn a_dead_member_is_declared_dead_by_all_within_bounded_time() {
 }
 
 #[test]
+fn a_dead_member_stays_dead_when_a_probe_of_it_times_out_later() {
+    // Member 2 falls silent; member 1 probes it every period. Its suspicion runs out in the
+    // same tick as an unanswered probe of it: that probe must not revive it as suspect (a
+    // revived suspect dies again only a whole suspicion timeout later, and meanwhile the
+    // rumour of it suspect goes round).
+    let t0 = Instant::now();
+    let mut net = Net::new(2, t0);
+    net.join_all_via(0, t0);
+    net.run(t0, t0 + Duration::from_secs(2), &mut |_, _, _| false);
+    net.nodes[1].2 = false;
+    let died = t0 + Duration::from_secs(2);
+    let config = SwimConfig::default();
+    // Noticed within two probe periods, then dead after the suspicion timeout.
+    let bound = config.probe_interval * 2 + config.suspicion_timeout;
+    let mut dead_at = None;
+    for step in 1..=120u32 {
+        let now = died + Duration::from_millis(50) * step;
+        net.run(now - Duration::from_millis(50), now, &mut |_, _, _| false);
+        match net.state(0, id(2)) {
+            Some(MemberState::Dead) => {
+                dead_at.get_or_insert(now - died);
+            }
+            other => assert!(dead_at.is_none(), "dead, then {other:?}"),
+        }
+    }
+    let dead_at = dead_at.expect("member 2 declared dead");
+    assert!(
+        dead_at <= bound,
+        "declared dead {dead_at:?} after it fell silent"
+    );
+}
+
+#[test]
 fn loss_alone_does_not_kill_anyone() {
     let t0 = Instant::now();
     let mut net = Net::new(5, t0);
