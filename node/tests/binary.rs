@@ -153,9 +153,25 @@ async fn registers_prints_its_line_and_drains_on_sigterm() {
     assert_eq!(register.resources, ["x", "y"]);
     assert_eq!(
         register.functions,
-        ["echo", "echokw", "echos", "fail", "sleep"]
+        ["echo", "echokw", "echos", "fail", "sleep", "slow"]
     );
+    assert_eq!(register.cacheable.keys().collect::<Vec<_>>(), ["slow"]);
 
+    // First the metrics address (an OS-chosen port on loopback by default), then the
+    // registration.
+    let line = tokio::time::timeout(PROMPT, lines.recv())
+        .await
+        .expect("a listening line")
+        .expect("stdout open");
+    let listening: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+    assert_eq!(listening["event"], "listening", "{line}");
+    assert_eq!(listening["node"], "bin-node", "{line}");
+    assert!(
+        listening["http"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:")),
+        "{line}"
+    );
     let line = tokio::time::timeout(PROMPT, lines.recv())
         .await
         .expect("a registered line")
