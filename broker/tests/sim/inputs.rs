@@ -94,7 +94,7 @@ impl Checker {
                     }
                 }
             }
-            Input::Tick => {}
+            Input::Tick | Input::Peer { .. } | Input::Gossip(_) | Input::PeerLink { .. } => {}
         }
     }
 
@@ -352,7 +352,7 @@ impl Checker {
                     .map_or(0, |k| k + 1),
                 None => 0,
             },
-            Output::ToWorker { .. } => 0,
+            Output::ToWorker { .. } | Output::ToPeer { .. } => 0,
         };
         let settled: Vec<ConnId> = call.pending_expiry.drain(..upto).collect();
         for conn in settled {

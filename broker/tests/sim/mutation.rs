@@ -1,21 +1,27 @@
 //! Deliberately broken brokers, to prove that every property can fail: a mutation sits
 //! between the engine and the network and makes the broker misbehave in one way (a second
-//! final reply, a wrong result, a task after the final reply, ...). The simulation test runs
-//! each and expects the property it breaks to fire. Without a mutation nothing is touched.
+//! final reply, a wrong result, a task after the final reply, a step forwarded twice or
+//! forwarded again, catalogue snapshots or probe answers never sent, ...). The simulation
+//! test runs each (the cluster ones in clusters) and expects the property it breaks to fire.
+//! Without a mutation nothing is touched.
 
 use std::collections::BTreeMap;
 
 use mpreg_broker::engine::ClientOrigin;
 use mpreg_broker::outbox::ClientAddr;
+use mpreg_protocol::peer::FwdStep;
 use mpreg_protocol::{
-    BrokerToClient, BrokerToWorker, ClientToBroker, PlanRequest, Step, Task, TaskId, Value,
+    BrokerToClient, BrokerToWorker, ClientToBroker, PeerMessage, PlanRequest, Step, Task, TaskId,
+    Value,
 };
 
 use super::broker::{owned, Input};
+use super::cluster::links::{endpoints_of, process_of};
 use super::functions::TAG;
 use super::messages;
-use super::network::ConnId;
+use super::network::{ConnId, ProcessId};
 use super::properties::Property;
+use super::Ctx;
 
 /// The connection of the plan [`Mutation::HiddenPlan`] hides from the checker.
 const HIDDEN: ConnId = ConnId(u32::MAX);
@@ -44,11 +50,37 @@ pub enum Mutation {
     HiddenPlan,
     /// The model believes `echo` returns something else.
     WrongModel,
+    /// (Cluster) Every forwarded step is also sent to another live broker.
+    DoubleForward,
+    /// (Cluster) A broker serving a forwarded step forwards it to another broker instead of
+    /// running it.
+    Reforward,
+    /// (Cluster) Brokers never send their catalogue snapshot.
+    DropSnapshots,
+    /// (Cluster) The first broker never answers a probe.
+    DropProbeAcks,
 }
 
 impl Mutation {
     /// Every mutation of the broker or the model.
     pub const ALL: &'static [Mutation] = &[
+        Mutation::DuplicateFinal,
+        Mutation::DropFinal,
+        Mutation::CorruptResult,
+        Mutation::TaskAfterFinal,
+        Mutation::RedispatchAccepted,
+        Mutation::ShrinkCapacity,
+        Mutation::HiddenPlan,
+        Mutation::WrongModel,
+    ];
+
+    /// The mutations a cluster run must catch: the cluster's own, and those of a single
+    /// broker whose property the cluster's checker has too.
+    pub const CLUSTER: &'static [Mutation] = &[
+        Mutation::DoubleForward,
+        Mutation::Reforward,
+        Mutation::DropSnapshots,
+        Mutation::DropProbeAcks,
         Mutation::DuplicateFinal,
         Mutation::DropFinal,
         Mutation::CorruptResult,
@@ -70,8 +102,20 @@ impl Mutation {
             Mutation::TaskAfterFinal => &[Property::NoTaskAfterFinal],
             Mutation::RedispatchAccepted | Mutation::ShrinkCapacity => &[Property::NoRerun],
             Mutation::HiddenPlan => &[Property::Bounded],
+            Mutation::DoubleForward => &[Property::NoRerun],
+            Mutation::Reforward => &[Property::OneHop],
+            Mutation::DropSnapshots | Mutation::DropProbeAcks => &[Property::Converges],
         }
     }
+}
+
+/// What to do with one peer message.
+#[derive(Default)]
+pub struct PeerTamper {
+    /// Do not send it.
+    pub drop: bool,
+    /// Send these too (peer endpoint, message).
+    pub also: Vec<(String, PeerMessage)>,
 }
 
 /// What to do with one reply.
@@ -90,7 +134,11 @@ pub struct ReplyPlan {
 type Tag = (u32, u64, usize);
 
 fn tag_of(task: &Task<'_>) -> Option<Tag> {
-    let tag = task.kwargs.get(TAG)?.as_array()?;
+    tag_of_kwargs(&task.kwargs)
+}
+
+fn tag_of_kwargs(kwargs: &BTreeMap<String, Value>) -> Option<Tag> {
+    let tag = kwargs.get(TAG)?.as_array()?;
     match tag.as_slice() {
         [c, r, i] => Some((c.as_u64()? as u32, r.as_u64()?, i.as_u64()? as usize)),
         _ => None,
@@ -103,6 +151,8 @@ pub struct MutationState {
     fired: bool,
     tasks: BTreeMap<Tag, (ConnId, Task<'static>)>,
     names: BTreeMap<(ConnId, u64), Vec<String>>,
+    /// Steps forwarded to this broker, by their tag.
+    forwarded: BTreeMap<Tag, FwdStep>,
 }
 
 impl MutationState {
@@ -113,7 +163,62 @@ impl MutationState {
             fired: false,
             tasks: BTreeMap::new(),
             names: BTreeMap::new(),
+            forwarded: BTreeMap::new(),
         }
+    }
+
+    /// A peer message reaches the engine.
+    pub fn peer_input(&mut self, message: &PeerMessage) {
+        if let (Mutation::Reforward, PeerMessage::FwdStep(s)) = (self.kind, message) {
+            if let Some(tag) = tag_of_kwargs(&s.kwargs) {
+                self.forwarded.insert(tag, s.clone());
+            }
+        }
+    }
+
+    /// A task for a step forwarded here, sent to another live broker instead (the endpoint
+    /// and the forward), under [`Mutation::Reforward`].
+    pub fn reforward(&mut self, task: &Task<'_>, ctx: &Ctx<'_>) -> Option<(String, PeerMessage)> {
+        if self.kind != Mutation::Reforward {
+            return None;
+        }
+        let step = self.forwarded.get(&tag_of(task)?)?;
+        let owner = process_of(&step.owner)?;
+        let to = ctx
+            .live_brokers()
+            .into_iter()
+            .find(|&b| b != ctx.me && b != owner)?;
+        let mut forward = step.clone();
+        forward.fid += FORGED_TASK;
+        forward.owner = endpoints_of(ctx.me).peer;
+        Some((endpoints_of(to).peer, PeerMessage::FwdStep(forward)))
+    }
+
+    /// A peer message goes out to `endpoint`.
+    pub fn peer(&mut self, endpoint: &str, message: &PeerMessage, ctx: &Ctx<'_>) -> PeerTamper {
+        let mut tamper = PeerTamper::default();
+        match (self.kind, message) {
+            (Mutation::DoubleForward, PeerMessage::FwdStep(s)) => {
+                let target = process_of(endpoint);
+                let other = ctx
+                    .live_brokers()
+                    .into_iter()
+                    .find(|&b| b != ctx.me && Some(b) != target);
+                if let Some(other) = other {
+                    let mut twin = s.clone();
+                    twin.fid += FORGED_TASK;
+                    tamper
+                        .also
+                        .push((endpoints_of(other).peer, PeerMessage::FwdStep(twin)));
+                }
+            }
+            (Mutation::DropSnapshots, PeerMessage::Snapshot(_)) => tamper.drop = true,
+            (Mutation::DropProbeAcks, PeerMessage::ProbeAck(_)) => {
+                tamper.drop = ctx.me == ProcessId(0);
+            }
+            _ => {}
+        }
+        tamper
     }
 
     fn remembers(&self) -> bool {

@@ -50,6 +50,10 @@ pub enum Property {
     Bounded,
     /// P6.
     Protocol,
+    /// P7 (clusters).
+    OneHop,
+    /// P8 (clusters).
+    Converges,
 }
 
 impl fmt::Display for Property {
@@ -61,6 +65,8 @@ impl fmt::Display for Property {
             Property::NoRerun => "P4 (accepted steps never re-run; capacity respected)",
             Property::Bounded => "P5 (engine state bounded and drained)",
             Property::Protocol => "P6 (routing and liveness as the protocol says)",
+            Property::OneHop => "P7 (a forwarded step is never forwarded again)",
+            Property::Converges => "P8 (membership and catalogues converge after the last fault)",
         })
     }
 }

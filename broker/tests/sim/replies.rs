@@ -44,6 +44,7 @@ impl Checker {
                 delivery,
             } => self.task_out(call, *conn, task, *delivery),
             Output::ToWorker { conn, message, .. } => self.worker_out(call, *conn, message),
+            Output::ToPeer { .. } => {}
         }
     }
 

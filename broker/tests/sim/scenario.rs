@@ -11,7 +11,7 @@ use mpreg_protocol::Limits;
 use super::client::ClientScript;
 use super::clock::SimTime;
 use super::functions::FUNCTIONS;
-use super::network::{NetFaults, ProcessId};
+use super::network::{Cut, NetFaults, ProcessId};
 use super::plan_gen::RESOURCES;
 use super::rng::Rng;
 use super::worker::WorkerSpec;
@@ -19,9 +19,11 @@ use super::worker::WorkerSpec;
 /// A fault event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
-    /// The worker dies without a word.
+    /// The worker dies without a word; a broker crashes (its engine is dropped, its
+    /// connections reset).
     Kill(ProcessId),
-    /// The worker starts again on a new connection (also its first start).
+    /// The worker starts again on a new connection (also its first start); a broker starts
+    /// as a new incarnation on the same endpoints (also its first start).
     Restart(ProcessId),
     /// The worker leaves gracefully (`disconnect`).
     Leave(ProcessId),
@@ -101,6 +103,7 @@ impl Scenario {
                 functions,
                 resources,
                 capacity: rng.range(1, 6) as u32,
+                brokers: vec![BROKER],
             });
             let start = if rng.percent(70) {
                 rng.range(0, 30_000)
@@ -128,6 +131,8 @@ impl Scenario {
                 vanish_at,
                 active_until: active,
                 offers: workers.clone(),
+                brokers: vec![BROKER],
+                failover: None,
             };
             clients.push((SimTime(rng.range(0, 100_000)), script));
         }
@@ -154,18 +159,21 @@ impl Scenario {
                 let p = ProcessId(1 + rng.below(processes) as u32);
                 let from = SimTime::from_ms(rng.range(0, active_ms));
                 let until = from.after(Duration::from_millis(rng.range(50, LONGEST_OUTAGE_MS)));
-                cuts.push((p, from, until));
+                cuts.push(Cut::isolate(p, from, until));
             }
         }
         if rng.percent(15) {
             // The broker's own network fails: every worker and client falls silent at once.
             let from = SimTime::from_ms(rng.range(0, active_ms));
             let until = from.after(Duration::from_millis(rng.range(200, LONGEST_OUTAGE_MS)));
-            cuts.push((BROKER, from, until));
+            cuts.push(Cut::isolate(BROKER, from, until));
         }
         let net = NetFaults {
             delay_us: (50, rng.range(300, 20_000)),
             loss_percent: if rng.percent(10) { rng.range(1, 5) } else { 0 },
+            peer_loss_percent: 0,
+            gossip_loss_percent: 0,
+            loss_until: SimTime(u64::MAX),
             reorder: rng.percent(10),
             hwm: if rng.percent(10) {
                 rng.range(2, 6) as usize
