@@ -69,7 +69,8 @@ async fn registers_serves_tasks_and_heartbeats() {
             "echos",
             "fail",
             "kw",
-            "sleep"
+            "sleep",
+            "slow"
         ]
     );
     assert_eq!(register.resources, ["a", "b"]);
@@ -484,6 +485,12 @@ async fn serves_several_brokers_at_once() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // Registered with both, the node splits its capacity (2) over them and tells each its
+    // share again.
+    let (ra, again) = a.accept(200, 50).await;
+    assert_eq!(again.capacity, 1);
+    let (rb, again) = b.accept(200, 50).await;
+    assert_eq!(again.capacity, 1);
     // Same task id on both brokers: each answer goes to the broker that asked.
     a.task(&ra, 1, "echo", vec!["from a".into()]).await;
     b.task(&rb, 1, "echo", vec!["from b".into()]).await;
