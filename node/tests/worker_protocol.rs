@@ -475,8 +475,8 @@ async fn serves_several_brokers_at_once() {
     let mut a = Scripted::start();
     let mut b = Scripted::start();
     let node = start(node("t-two", &a.endpoint).broker(&b.endpoint).capacity(2));
-    let (ra, _) = a.accept(200, 50).await;
-    let (rb, _) = b.accept(200, 50).await;
+    a.accept(200, 50).await;
+    b.accept(200, 50).await;
     let deadline = Instant::now() + PROMPT;
     while node.registered_brokers() < 2 {
         assert!(
