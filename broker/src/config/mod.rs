@@ -86,6 +86,9 @@ pub struct ClusterSettings {
     pub suspicion_timeout_ms: u64,
     /// Digest period, milliseconds.
     pub digest_interval_ms: u64,
+    /// Longest wait of a `subscribe` with `cluster_ack` for each peer's acknowledgement,
+    /// milliseconds.
+    pub ack_timeout_ms: u64,
 }
 
 /// `[security]`.
@@ -296,6 +299,7 @@ impl BrokerConfig {
             .validate()
             .map_err(|e| format!("configuration: {e}"))?;
         check_limits(&self.limits)?;
+        check_cluster(&self.cluster)?;
         let positive = [
             ("heartbeat_ms", self.heartbeat_ms as usize),
             ("liveness", self.liveness as usize),
@@ -468,6 +472,32 @@ pub const HTTP_PORT_OFFSET: u16 = 5;
 pub const MIN_MESSAGE_BYTES: usize = 4096;
 /// Smallest `max_depth` accepted: a plan's step arguments already sit four levels deep.
 pub const MIN_DEPTH: usize = 8;
+
+/// The failure detector's timings must make sense together: a probe must be able to time out
+/// (and its indirect probes run) within its period, and every period be positive.
+fn check_cluster(c: &ClusterSettings) -> Result<(), String> {
+    for (key, value) in [
+        ("cluster.probe_interval_ms", c.probe_interval_ms),
+        ("cluster.probe_timeout_ms", c.probe_timeout_ms),
+        ("cluster.suspicion_timeout_ms", c.suspicion_timeout_ms),
+        ("cluster.digest_interval_ms", c.digest_interval_ms),
+        ("cluster.ack_timeout_ms", c.ack_timeout_ms),
+    ] {
+        if value == 0 {
+            return Err(format!("configuration `{key}` must be greater than 0"));
+        }
+    }
+    if c.probe_timeout_ms >= c.probe_interval_ms {
+        return Err(format!(
+            "configuration `cluster.probe_timeout_ms` ({}) must be shorter than `cluster.probe_interval_ms` ({}): a probe times out, then its indirect probes run, within one period",
+            c.probe_timeout_ms, c.probe_interval_ms
+        ));
+    }
+    if c.name.is_empty() && !c.peer_endpoint.is_empty() {
+        return Err("configuration `cluster.name` must not be empty in a cluster".to_string());
+    }
+    Ok(())
+}
 
 /// Checks `[limits]`: each must leave room for the messages the protocol itself needs.
 fn check_limits(limits: &Limits) -> Result<(), String> {

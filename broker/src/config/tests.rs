@@ -152,3 +152,55 @@ fn defaults_are_valid_and_bad_values_are_refused() {
     )
     .is_err());
 }
+
+#[test]
+fn cluster_timings_must_make_sense_together() {
+    let load = |pairs: &[(&str, &str)]| {
+        let env: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (format!("MPREG_BROKER_CLUSTER__{k}"), v.to_string()))
+            .collect();
+        BrokerConfig::load(None, env, &Flags::default())
+    };
+    let c = load(&[("ACK_TIMEOUT_MS", "750")]).unwrap();
+    assert_eq!(c.cluster.ack_timeout_ms, 750);
+    assert_eq!(
+        BrokerConfig::load(None, Vec::new(), &Flags::default())
+            .unwrap()
+            .cluster
+            .ack_timeout_ms,
+        5000,
+        "the documented default"
+    );
+    for (pairs, named) in [
+        (
+            &[("PROBE_INTERVAL_MS", "0")][..],
+            "cluster.probe_interval_ms",
+        ),
+        (
+            &[("SUSPICION_TIMEOUT_MS", "0")][..],
+            "cluster.suspicion_timeout_ms",
+        ),
+        (
+            &[("DIGEST_INTERVAL_MS", "0")][..],
+            "cluster.digest_interval_ms",
+        ),
+        (&[("ACK_TIMEOUT_MS", "0")][..], "cluster.ack_timeout_ms"),
+        (
+            &[("PROBE_INTERVAL_MS", "300"), ("PROBE_TIMEOUT_MS", "300")][..],
+            "cluster.probe_timeout_ms",
+        ),
+        (
+            &[
+                ("PEER_ENDPOINT", "tcp://127.0.0.1:0"),
+                ("GOSSIP_ENDPOINT", "tcp://127.0.0.1:0"),
+                ("NAME", ""),
+            ][..],
+            "cluster.name",
+        ),
+    ] {
+        let err = load(pairs).unwrap_err().to_string();
+        assert!(err.contains(named), "{pairs:?}: {err}");
+    }
+    load(&[("PROBE_INTERVAL_MS", "300"), ("PROBE_TIMEOUT_MS", "299")]).unwrap();
+}

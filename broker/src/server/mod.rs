@@ -372,6 +372,7 @@ impl Broker {
                 config.cluster.peers.clone(),
                 config.swim(),
                 Duration::from_millis(config.cluster.digest_interval_ms),
+                Duration::from_millis(config.cluster.ack_timeout_ms),
             )
         });
         let max_frame = limits.max_message_bytes.saturating_add(1 << 20);
@@ -389,7 +390,7 @@ impl Broker {
             let events = io.open(&event_spec)?;
             let mut peers = None;
             let mut cluster_endpoints = None;
-            if let Some((peer, gossip, name, seeds, swim, digest)) = cluster {
+            if let Some((peer, gossip, name, seeds, swim, digest, ack)) = cluster {
                 let links = PeerLinks::open(io, me, &peer, &gossip, max_frame, peer_keys.as_ref())?;
                 let (peer, gossip) = links.bound(io);
                 let endpoints = PeerEndpoints {
@@ -402,6 +403,7 @@ impl Broker {
                 let mut cluster = ClusterConfig::new(name, me, endpoints, seeds);
                 cluster.swim = swim;
                 cluster.digest_interval = digest;
+                cluster.ack_timeout = ack;
                 engine_config.cluster = Some(cluster);
                 peers = Some(links);
                 cluster_endpoints = Some((me, peer, gossip));
