@@ -186,21 +186,6 @@ fn mpreg_sub_survives_a_broker_restart_and_says_so_on_stderr() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_in_flight_when_the_broker_dies_fails_at_once_and_a_status_is_sent_again() {
-    // The scene needs the broker paused for less than the client's 3 s ZMTP heartbeat timeout
-    // before it is killed (else the client rightly gives up on the silent broker first and
-    // "at once" is not what is measured). On a loaded machine setting it up can take longer:
-    // then it is set up again, at most three times.
-    for attempt in 1..=3 {
-        match request_in_flight_when_the_broker_dies().await {
-            Ok(()) => return,
-            Err(window) => eprintln!("attempt {attempt}: paused {window:?} before the kill"),
-        }
-    }
-    panic!("the machine was too loaded three times to pause a broker for under 2 s");
-}
-
-/// One run of the scene; `Err` with the pause's length when it was too long to judge.
-async fn request_in_flight_when_the_broker_dies() -> Result<(), Duration> {
     let mut broker = start_broker(&[], &[]);
     let _node = start_node(&broker.worker, "n0", &[], &[]);
     let client = Client::connect(&broker.client).await.unwrap();
@@ -216,7 +201,6 @@ async fn request_in_flight_when_the_broker_dies() -> Result<(), Duration> {
     .unwrap();
     std::thread::sleep(Duration::from_millis(200));
     broker.proc.pause();
-    let paused = Instant::now();
     let asking = client.clone();
     let status = tokio::spawn(async move { asking.status().await });
     // An unconfirmed publish and a flush (a ping that must not be sent again: after a lost
@@ -235,9 +219,6 @@ async fn request_in_flight_when_the_broker_dies() -> Result<(), Duration> {
 
     broker.proc.kill();
     let killed = Instant::now();
-    if killed - paused > Duration::from_secs(2) {
-        return Err(killed - paused);
-    }
     let err = within("the call's error", STEP, call)
         .await
         .unwrap()
@@ -263,7 +244,6 @@ async fn request_in_flight_when_the_broker_dies() -> Result<(), Duration> {
     // And the client works as before.
     let pong = within("ping", STEP, client.ping()).await.unwrap();
     assert!(!pong.broker.is_empty());
-    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
