@@ -243,6 +243,9 @@ impl Link {
                 .fetch_add(1, Ordering::Relaxed);
         }
 
+        // Unanswered publishes are settled in doubt before any request fails (as in
+        // `recovery.rs`): a `904` is seen with the counters already updated.
+        self.publishes.on_lost();
         let mut ids: Vec<u64> = self.waiters.keys().copied().collect();
         ids.sort_unstable();
         let mut again = Vec::with_capacity(ids.len());
@@ -258,7 +261,6 @@ impl Link {
                 self.fail_waiter(io, waiter, lost.clone());
             }
         }
-        self.publishes.on_lost();
         self.events.on_moved(io);
         for id in again {
             self.send_again(io, socket, id);

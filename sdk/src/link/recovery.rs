@@ -19,6 +19,9 @@ impl Link {
         let error = Error::ConnectionLost {
             endpoint: self.endpoint.clone(),
         };
+        // Unanswered publishes are settled in doubt before any request fails, so that an
+        // application woken by a `904` (a flush, say) already reads them in the counters.
+        self.publishes.on_lost();
         let mut ids: Vec<u64> = self.waiters.keys().copied().collect();
         ids.sort_unstable();
         for id in ids {
@@ -36,7 +39,6 @@ impl Link {
             }
             self.fail_waiter(io, waiter, error.clone());
         }
-        self.publishes.on_lost();
         self.events.on_lost(io, &error);
     }
 
