@@ -179,6 +179,44 @@ async fn a_failed_plan_and_a_cache_answer_are_traced() {
 }
 
 #[test]
+fn a_failed_traced_plan_keeps_its_trace_on_the_error_line() {
+    let broker = start_broker(&[], &[]);
+    let _node = start_node(&broker.worker, "tf", &[], &[]);
+    let file = plan_file(
+        "failing",
+        r#"[{"name": "a", "fun": "echo", "args": ["x"]},
+            {"name": "b", "fun": "fail", "args": ["a"]}]"#,
+    );
+    let (code, out, err) = cli(
+        &broker.client,
+        &["plan", file.to_str().unwrap(), "--trace"],
+        None,
+    );
+    assert_eq!(code, 1, "{out} {err}");
+    assert!(out.is_empty(), "nothing on stdout: {out}");
+    let errors = lines(&err);
+    assert_eq!(errors.len(), 1, "one line on stderr: {err}");
+    let error = &errors[0]["error"];
+    assert_eq!(error["code"], 301, "{error}");
+    assert_eq!(error["step"], "b", "{error}");
+    let steps = error["trace"].as_array().expect("the trace");
+    assert_eq!(steps.len(), 2, "{error}");
+    assert_eq!(
+        (&steps[0]["step"], &steps[0]["outcome"]),
+        (&"a".into(), &"ok".into())
+    );
+    assert_eq!(
+        (&steps[1]["step"], &steps[1]["outcome"]),
+        (&"b".into(), &"failed".into())
+    );
+    assert_eq!(steps[1]["worker"], "tf");
+    // Without --trace the error line is as before.
+    let (code, _, err) = cli(&broker.client, &["plan", file.to_str().unwrap()], None);
+    assert_eq!(code, 1);
+    assert!(lines(&err)[0]["error"].get("trace").is_none(), "{err}");
+}
+
+#[test]
 fn a_forwarded_step_brings_its_times_back_from_the_peer() {
     let brokers = start_broker_cluster("tr", 2, &[]);
     let resource = format!("tr-gpu-{}", std::process::id());

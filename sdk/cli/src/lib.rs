@@ -112,7 +112,9 @@ fn fail(err: &Error) -> ExitCode {
 }
 
 /// The one line printed on stderr for an error:
-/// `{"error": {"code": <int>, "kind": "<snake_case>", "message": "...", "step": "<name>"|null}}`.
+/// `{"error": {"code": <int>, "kind": "<snake_case>", "message": "...", "step": "<name>"|null}}`,
+/// plus `"trace": [...]` in `error` for a plan sent with `--trace` that failed after it
+/// started (the finished steps, as in [`trace::trace_lines`]).
 ///
 /// ```
 /// let line = mpreg_cli::error_line(&mpreg::Error::Closed);
@@ -122,15 +124,21 @@ fn fail(err: &Error) -> ExitCode {
 /// );
 /// ```
 pub fn error_line(err: &Error) -> String {
-    json!({
+    let mut line = json!({
         "error": {
             "code": err.code(),
             "kind": err.kind(),
             "message": err.message(),
             "step": err.step(),
         }
-    })
-    .to_string()
+    });
+    // A plan sent with `--trace` that failed after it started: where its steps ran.
+    if let Error::Remote(remote) = err {
+        if let Some(trace) = &remote.trace {
+            line["error"]["trace"] = Json::Array(trace::trace_values(trace));
+        }
+    }
+    line.to_string()
 }
 
 /// The line printed for one finished step with `--progress`.

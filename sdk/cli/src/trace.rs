@@ -7,12 +7,21 @@
 //! the Unix epoch), repeated on every line so each line stands alone. A time that is not known
 //! is `null` (`dispatched_us` of a cache answer, `started_us` when the worker reported no
 //! timing). Lines come in the order the steps finished.
+//!
+//! A traced plan that fails after it started has no result line: its error line on stderr
+//! carries the steps that finished, the failed one included, as `error.trace` (an array of
+//! the same objects).
 
 use mpreg::PlanTrace;
-use serde_json::json;
+use serde_json::{json, Value as Json};
 
 /// The lines of a plan's trace.
 pub fn trace_lines(trace: &PlanTrace) -> Vec<String> {
+    trace_values(trace).iter().map(Json::to_string).collect()
+}
+
+/// A plan's trace, one JSON object per step (what [`trace_lines`] prints).
+pub fn trace_values(trace: &PlanTrace) -> Vec<Json> {
     trace
         .steps
         .iter()
@@ -32,7 +41,6 @@ pub fn trace_lines(trace: &PlanTrace) -> Vec<String> {
                 "queued_us": s.queued_us,
                 "retries": s.retries,
             })
-            .to_string()
         })
         .collect()
 }
