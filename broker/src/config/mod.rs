@@ -493,9 +493,6 @@ fn check_cluster(c: &ClusterSettings) -> Result<(), String> {
             c.probe_timeout_ms, c.probe_interval_ms
         ));
     }
-    if c.name.is_empty() && !c.peer_endpoint.is_empty() {
-        return Err("configuration `cluster.name` must not be empty in a cluster".to_string());
-    }
     Ok(())
 }
 
