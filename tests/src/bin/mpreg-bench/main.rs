@@ -18,19 +18,17 @@
 
 mod cluster;
 mod curve;
+mod floor;
 #[cfg(feature = "peers")]
 mod peers;
 mod pubsub;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mpreg_protocol::{
     compact_frame, encode_body, parse_envelope, BrokerToClient, Limits, PlanRequest, Step, Value,
 };
 use mpreg_tests::{start_broker, start_node};
-use mpreg_transport::baseline::{run_echo_worker, run_relay, BaselineClient};
 use mpreg_transport::{Context, RawDealer};
 use serde_json::json;
 
@@ -200,26 +198,8 @@ fn rpc(args: &[String]) {
     };
 
     // The floor: a raw relay and echo worker on their own threads.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ep_tx, ep_rx) = std::sync::mpsc::channel();
-    let relay_stop = Arc::clone(&stop);
-    let relay = std::thread::spawn(move || {
-        run_relay(
-            "tcp://127.0.0.1:*",
-            "tcp://127.0.0.1:*",
-            &relay_stop,
-            |c, w| {
-                let _ = ep_tx.send((c.to_string(), w.to_string()));
-            },
-        )
-        .expect("relay");
-    });
-    let (relay_client, relay_worker) = ep_rx.recv().expect("relay endpoints");
-    let worker_stop = Arc::clone(&stop);
-    let echo = std::thread::spawn(move || {
-        run_echo_worker(&relay_worker, &worker_stop).expect("echo worker")
-    });
-    let floor = BaselineClient::connect(&relay_client).expect("floor client");
+    let floor_threads = crate::floor::Floor::start();
+    let floor = &floor_threads.client;
     // The floor's payload is the size of MPREG's plan message, so bytes on the wire match.
     let payload = encode_body(&PlanRequest {
         id: 1,
@@ -312,9 +292,7 @@ fn rpc(args: &[String]) {
         start.elapsed().as_secs_f64() * 1e3
     };
 
-    stop.store(true, Ordering::Relaxed);
-    let _ = relay.join();
-    let _ = echo.join();
+    drop(floor_threads);
 
     // 5. The CURVE column.
     let (curve_rows, curve_block) = curve::column(

@@ -26,8 +26,6 @@
 //!
 //! Usage: `mpreg-bench peers [--quick] [--rounds N] [--json FILE] [--nats-server PATH]`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -35,7 +33,7 @@ use futures_util::StreamExt;
 use mpreg::{args, Client, Delivery, Outgoing, SubscribeOptions, Value};
 use mpreg_protocol::{encode_body, Step};
 use mpreg_tests::{start_broker, start_node, Proc};
-use mpreg_transport::baseline::{run_echo_worker, run_relay, BaselineClient};
+use mpreg_transport::baseline::BaselineClient;
 use serde_json::json;
 
 /// The longest any one measured run may take.
@@ -537,26 +535,8 @@ pub fn run(args: &[String]) {
     let _node = start_node(&broker.worker, "bench-node", &[], &["--capacity", "256"]);
 
     // The libzmq floor: a raw relay and echo worker on their own threads.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ep_tx, ep_rx) = std::sync::mpsc::channel();
-    let relay_stop = Arc::clone(&stop);
-    let relay = std::thread::spawn(move || {
-        run_relay(
-            "tcp://127.0.0.1:*",
-            "tcp://127.0.0.1:*",
-            &relay_stop,
-            |c, w| {
-                let _ = ep_tx.send((c.to_string(), w.to_string()));
-            },
-        )
-        .expect("relay");
-    });
-    let (relay_client, relay_worker) = ep_rx.recv().expect("relay endpoints");
-    let worker_stop = Arc::clone(&stop);
-    let echo = std::thread::spawn(move || {
-        run_echo_worker(&relay_worker, &worker_stop).expect("echo worker")
-    });
-    let floor = BaselineClient::connect(&relay_client).expect("floor client");
+    let floor_threads = crate::floor::Floor::start();
+    let floor = &floor_threads.client;
     // The floor carries about what MPREG's call carries on the wire: a one-step plan's body.
     let step = Step::new("~call", "echo", vec![Value::Binary(vec![7; PAYLOAD])]);
     let floor_payload = encode_body(&Value::Map(vec![
@@ -597,7 +577,7 @@ pub fn run(args: &[String]) {
                 (nats_round(&setup, &sizes, &mut run).await, m)
             }
         });
-        let floor_lat = floor_latency(&floor, &floor_payload, sizes.sequential);
+        let floor_lat = floor_latency(floor, &floor_payload, sizes.sequential);
         eprintln!(
             "round {}: p50 {:.0}/{:.0} us (floor {:.0}), {:.0}/{:.0} req/s, 1->1 {:.0}/{:.0} \
              (batch {:.0}), 1->10 {:.0}/{:.0} (batch {:.0}), lost {}/{} [mpreg/nats]",
@@ -619,9 +599,7 @@ pub fn run(args: &[String]) {
         rounds.push((nats, mpreg, floor_lat));
     }
     let measured = started.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    let _ = relay.join();
-    let _ = echo.join();
+    drop(floor_threads);
     let load_after = load_average();
 
     println!(
