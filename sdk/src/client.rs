@@ -49,7 +49,9 @@ pub const CALL_STEP: &str = "~call";
 /// from any number of tasks are in flight on it at once, matched to their replies by id.
 /// Dropping the last clone closes the connection.
 ///
-/// Each `Client` runs one reactor thread that owns its ZeroMQ socket.
+/// Each `Client` runs one reactor that owns its ZeroMQ sockets: by default a task of the tokio
+/// runtime it was created in (so the runtime needs I/O and time enabled, as `#[tokio::main]`
+/// gives), or a thread of its own with [`ClientOptions::io_thread`].
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), mpreg::Error> {
@@ -217,20 +219,24 @@ impl Client {
             publishes: Arc::clone(&publishes),
         };
         // Brief: init opens one socket and starts a non-blocking connect.
-        let (handle, _thread) = mpreg_transport::spawn(
-            "mpreg-client",
-            &Context::new(),
-            options.command_capacity,
-            move |io| {
-                let socket = io.open(&spec)?;
-                Ok(Link::new(socket, config, io.now()))
-            },
-        )
-        .map_err(|e| Error::Connect {
+        let init = move |io: &mut mpreg_transport::Io, _| {
+            let socket = io.open(&spec)?;
+            Ok(Link::new(socket, config, io.now()))
+        };
+        let capacity = options.command_capacity;
+        let started = if options.io_thread {
+            mpreg_transport::spawn_with_handle("mpreg-client", &Context::new(), capacity, init)
+                .map(|(handle, _thread)| handle)
+        } else {
+            mpreg_transport::spawn_task(&Context::new(), capacity, init)
+                .map(|(handle, _task)| handle)
+        };
+        let handle = started.map_err(|e| Error::Connect {
             endpoint: endpoint.clone(),
             reason: e.to_string(),
         })?;
-        // The reactor thread ends by itself once every handle is dropped; it is not joined.
+        // The reactor (task or thread) ends by itself once every handle is dropped; it is not
+        // joined.
         Ok(Client {
             inner: Arc::new(Inner {
                 handle: Arc::new(handle),

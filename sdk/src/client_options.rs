@@ -19,7 +19,7 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default extra time the client waits beyond a plan's deadline, so the broker's own
 /// `plan_timeout` reply (which carries partial results) arrives before the client gives up.
 pub const DEFAULT_DEADLINE_MARGIN: Duration = Duration::from_secs(1);
-/// Default capacity of the command channel to the connection's reactor thread. Callers wait for
+/// Default capacity of the command channel to the connection's reactor. Callers wait for
 /// room when it is full, so it bounds memory, not the number of requests in flight.
 pub const DEFAULT_COMMAND_CAPACITY: usize = 1024;
 /// Default time [`Client::subscribe`] waits for the broker to activate a subscription once it
@@ -64,7 +64,7 @@ pub struct ClientOptions {
     pub deadline_margin: Duration,
     /// Limits applied to every reply (size and nesting).
     pub limits: Limits,
-    /// Capacity of the command channel to the connection's reactor thread.
+    /// Capacity of the command channel to the connection's reactor.
     pub command_capacity: usize,
     /// How long [`Client::subscribe`] waits for the broker's `active` event after the
     /// subscription was created (the time for the SUB socket to reach the event endpoint).
@@ -91,6 +91,12 @@ pub struct ClientOptions {
     /// other live brokers of its cluster, and add them after the given ones: a client given
     /// one broker of a cluster can then move to another. Default true.
     pub learn_brokers: bool,
+    /// Where the connection's sockets are served. `false` (the default): as a task of the
+    /// tokio runtime the client was created in, watched by the runtime's I/O driver, so a
+    /// request and its reply cross no extra thread. `true`: on a thread of the client's own
+    /// (`mpreg-client`), which keeps the connection (heartbeats included) alive while the
+    /// runtime's threads are blocked, at the cost of two thread wake-ups per request.
+    pub io_thread: bool,
 }
 
 impl Default for ClientOptions {
@@ -107,11 +113,18 @@ impl Default for ClientOptions {
             publish_buffer: DEFAULT_PUBLISH_BUFFER,
             failover_silence: DEFAULT_FAILOVER_SILENCE,
             learn_brokers: true,
+            io_thread: false,
         }
     }
 }
 
 impl ClientOptions {
+    /// Sets [`ClientOptions::io_thread`].
+    pub fn with_io_thread(mut self, own_thread: bool) -> Self {
+        self.io_thread = own_thread;
+        self
+    }
+
     /// Sets [`ClientOptions::connect_timeout`].
     pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;

@@ -4,6 +4,8 @@
 //! - [`reactor`]: one thread owns a group of sockets and runs a synchronous [`Handler`] over
 //!   them; other threads and tokio tasks reach it through a bounded [`ReactorHandle`] whose
 //!   wake-ups are batched.
+//! - [`task`]: the same reactor run as a tokio task, its sockets watched by the runtime (no
+//!   thread of its own, no thread wake-up between a task and its sockets); the SDK's choice.
 //! - [`monitor`]: a socket's connection events (connected, handshake succeeded, disconnected,
 //!   ...) as typed [`SocketEvent`]s, read by the reactor from libzmq's monitor socket.
 //! - [`socket_spec`]: the libzmq context, socket kinds, and how to open one socket.
@@ -15,17 +17,20 @@
 //!   MPREG against in the same run.
 //! - [`error`]: transport errors; sends never block and report why they failed.
 //!
-//! The one rule: a libzmq socket never leaves the thread that opened it.
+//! The one rule: a libzmq socket is only ever used by its reactor (a thread, or a task that
+//! the runtime hands between threads with a full memory barrier).
 
 pub mod baseline;
 pub mod curve;
 pub mod endpoint;
 pub mod error;
+mod handle;
 pub mod monitor;
 pub mod raw;
 pub mod reactor;
 pub mod socket_options;
 pub mod socket_spec;
+pub mod task;
 
 pub use curve::{Key, KeyError, KeyPair};
 pub use error::{SendError, TransportError};
@@ -36,6 +41,7 @@ pub use reactor::{
     SocketKind, SocketSpec, TrySendError, WeakReactorHandle,
 };
 pub use socket_options::{Curve, SocketOptions};
+pub use task::{spawn_task, ReactorTask};
 
 /// True when the linked libzmq supports CURVE (it must: the build links the system library).
 pub fn curve_available() -> bool {

@@ -206,6 +206,13 @@ impl Monitor {
     }
 }
 
+// SAFETY: `watched` is only used in `drop`, by whichever thread owns the reactor's sockets at
+// that time (a reactor task may move between a runtime's threads, with its sockets: libzmq
+// allows a socket to change threads across a full memory barrier, which the runtime's task
+// hand-over provides).
+#[allow(unsafe_code)]
+unsafe impl Send for Monitor {}
+
 impl Drop for Monitor {
     #[allow(unsafe_code)]
     fn drop(&mut self) {

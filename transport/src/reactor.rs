@@ -10,17 +10,17 @@
 //! A socket may also be monitored ([`SocketSpec::monitored`], [`Io::monitor`]): its connection
 //! events reach [`Handler::on_socket_event`] (see [`crate::monitor`]).
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
 use crate::error::{SendError, TransportError};
+use crate::handle::{channel, Waker};
+pub use crate::handle::{Closed, ReactorHandle, TrySendError, WeakReactorHandle};
 use crate::monitor::{Monitor, MonitorEvent};
 pub use crate::socket_spec::{Context, SocketKind, SocketSpec};
 
@@ -41,12 +41,14 @@ const REACTOR_STACK_BYTES: usize = 8 * 1024 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SocketId(usize);
 
-struct Slot {
+pub(crate) struct Slot {
     /// Declared before `socket`: fields drop in order, and a monitor must be detached from its
     /// socket while the socket is still open.
-    monitor: Option<Monitor>,
-    socket: zmq::Socket,
-    kind: SocketKind,
+    pub(crate) monitor: Option<Monitor>,
+    pub(crate) socket: zmq::Socket,
+    pub(crate) kind: SocketKind,
+    /// Numbers the sockets this reactor opened, so that a reused slot is told apart.
+    pub(crate) serial: u64,
     bound: Vec<String>,
     user_ids: bool,
     /// The context number the socket lives in (its monitor must live there too).
@@ -65,12 +67,25 @@ pub struct Io {
     ctx: zmq::Context,
     /// More contexts (own I/O threads), by number.
     extra: Vec<(u8, zmq::Context)>,
-    slots: Vec<Option<Slot>>,
-    now: Instant,
+    pub(crate) slots: Vec<Option<Slot>>,
+    pub(crate) now: Instant,
     peer_user: Option<String>,
+    /// Sockets opened so far (the next [`Slot::serial`]).
+    opened: u64,
 }
 
 impl Io {
+    pub(crate) fn new(ctx: zmq::Context) -> Io {
+        Io {
+            ctx,
+            extra: Vec::new(),
+            slots: Vec::new(),
+            now: Instant::now(),
+            peer_user: None,
+            opened: 0,
+        }
+    }
+
     /// Creates a socket, applies its options, binds and connects it, and adds it to the poll
     /// set. Bound endpoints with a `*` port are resolved (see [`Io::bound_endpoints`]).
     pub fn open(&mut self, spec: &SocketSpec) -> Result<SocketId, TransportError> {
@@ -127,7 +142,9 @@ impl Io {
             bound,
             user_ids: spec.user_ids,
             context: spec.context,
+            serial: self.opened,
         };
+        self.opened += 1;
         let index = match self.slots.iter().position(Option::is_none) {
             Some(free) => {
                 self.slots[free] = Some(slot);
@@ -313,144 +330,6 @@ pub trait Handler: Send + 'static {
     }
 }
 
-struct Waker {
-    pipe: UnixStream,
-    pending: AtomicBool,
-}
-
-impl Waker {
-    fn wake(&self) {
-        if !self.pending.swap(true, Ordering::AcqRel) {
-            // A full pipe already guarantees a wake-up, so WouldBlock is fine to ignore.
-            let _ = (&self.pipe).write(&[1]);
-        }
-    }
-}
-
-/// The reactor is gone; the command was not delivered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("reactor closed")]
-pub struct Closed;
-
-/// Why [`ReactorHandle::try_send`] failed; the command is handed back.
-#[derive(Debug)]
-pub enum TrySendError<C> {
-    /// The command channel is at capacity.
-    Full(C),
-    /// The reactor is gone.
-    Closed(C),
-}
-
-/// Sends commands to a reactor from any thread or task. Dropping the last handle wakes the
-/// reactor so that it sees the closed channel ([`Handler::on_handles_dropped`]).
-pub struct ReactorHandle<C> {
-    // Declared before `waker`: fields drop in order, so the channel is closed before the wake.
-    tx: mpsc::Sender<C>,
-    waker: WakeOnDrop,
-}
-
-/// Wakes the reactor when dropped (after the handle's sender is gone).
-struct WakeOnDrop(Arc<Waker>);
-
-impl Drop for WakeOnDrop {
-    fn drop(&mut self) {
-        self.0.wake();
-    }
-}
-
-impl std::ops::Deref for WakeOnDrop {
-    type Target = Waker;
-    fn deref(&self) -> &Waker {
-        &self.0
-    }
-}
-
-impl<C> Clone for ReactorHandle<C> {
-    fn clone(&self) -> Self {
-        ReactorHandle {
-            tx: self.tx.clone(),
-            waker: WakeOnDrop(Arc::clone(&self.waker.0)),
-        }
-    }
-}
-
-impl<C: Send + 'static> ReactorHandle<C> {
-    /// Sends a command, waiting for room in the channel.
-    pub async fn send(&self, command: C) -> Result<(), Closed> {
-        self.tx.send(command).await.map_err(|_| Closed)?;
-        self.waker.wake();
-        Ok(())
-    }
-
-    /// Sends a command if there is room now.
-    pub fn try_send(&self, command: C) -> Result<(), TrySendError<C>> {
-        match self.tx.try_send(command) {
-            Ok(()) => {
-                self.waker.wake();
-                Ok(())
-            }
-            Err(mpsc::error::TrySendError::Full(c)) => Err(TrySendError::Full(c)),
-            Err(mpsc::error::TrySendError::Closed(c)) => Err(TrySendError::Closed(c)),
-        }
-    }
-
-    /// Sends a command from a thread outside any async runtime, waiting for room.
-    pub fn blocking_send(&self, command: C) -> Result<(), Closed> {
-        self.tx.blocking_send(command).map_err(|_| Closed)?;
-        self.waker.wake();
-        Ok(())
-    }
-
-    /// True once the reactor has ended.
-    pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
-    }
-
-    /// Waits until the reactor has ended: its sockets are closed and what they still had
-    /// queued was sent, or their LINGER ran out.
-    pub async fn closed(&self) {
-        self.tx.closed().await;
-    }
-}
-
-impl<C> ReactorHandle<C> {
-    /// A handle that does not keep the reactor's channel open (see [`WeakReactorHandle`]).
-    pub fn downgrade(&self) -> WeakReactorHandle<C> {
-        WeakReactorHandle {
-            tx: self.tx.downgrade(),
-            waker: Arc::clone(&self.waker.0),
-        }
-    }
-}
-
-/// A handle a reactor's own handler (and the tasks it starts) can keep without keeping the
-/// reactor alive: once every [`ReactorHandle`] is gone, [`WeakReactorHandle::upgrade`]
-/// returns `None` and the reactor sees its handles dropped. Given to the handler at start by
-/// [`spawn_with_handle`].
-pub struct WeakReactorHandle<C> {
-    tx: mpsc::WeakSender<C>,
-    waker: Arc<Waker>,
-}
-
-impl<C> Clone for WeakReactorHandle<C> {
-    fn clone(&self) -> Self {
-        WeakReactorHandle {
-            tx: self.tx.clone(),
-            waker: Arc::clone(&self.waker),
-        }
-    }
-}
-
-impl<C> WeakReactorHandle<C> {
-    /// A full handle, while any other full handle exists.
-    pub fn upgrade(&self) -> Option<ReactorHandle<C>> {
-        Some(ReactorHandle {
-            tx: self.tx.upgrade()?,
-            waker: WakeOnDrop(Arc::clone(&self.waker)),
-        })
-    }
-}
-
 /// The running reactor thread.
 pub struct ReactorThread<H> {
     join: JoinHandle<Option<H>>,
@@ -502,33 +381,18 @@ where
     let (wake_tx, wake_rx) = UnixStream::pair()?;
     wake_tx.set_nonblocking(true)?;
     wake_rx.set_nonblocking(true)?;
-    let waker = Arc::new(Waker {
-        pipe: wake_tx,
-        pending: AtomicBool::new(false),
-    });
-    let (tx, rx) = mpsc::channel(command_capacity.max(1));
+    let (handle, weak, waker, rx) = channel(command_capacity, Some(wake_tx));
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
     let zctx = ctx.raw().clone();
-    let thread_waker = Arc::clone(&waker);
-    let weak = WeakReactorHandle {
-        tx: tx.downgrade(),
-        waker: Arc::clone(&waker),
-    };
     let join = std::thread::Builder::new()
         .name(name.to_string())
         .stack_size(REACTOR_STACK_BYTES)
         .spawn(move || {
-            let mut io = Io {
-                ctx: zctx,
-                extra: Vec::new(),
-                slots: Vec::new(),
-                now: Instant::now(),
-                peer_user: None,
-            };
+            let mut io = Io::new(zctx);
             match init(&mut io, weak) {
                 Ok(handler) => {
                     let _ = ready_tx.send(Ok(()));
-                    Some(run(handler, io, rx, wake_rx, &thread_waker))
+                    Some(run(handler, io, rx, wake_rx, &waker))
                 }
                 Err(e) => {
                     // Dropping `io` closes any socket init opened.
@@ -538,13 +402,7 @@ where
             }
         })?;
     match ready_rx.recv() {
-        Ok(Ok(())) => Ok((
-            ReactorHandle {
-                tx,
-                waker: WakeOnDrop(waker),
-            },
-            ReactorThread { join },
-        )),
+        Ok(Ok(())) => Ok((handle, ReactorThread { join })),
         Ok(Err(e)) => {
             let _ = join.join();
             Err(e)
@@ -562,12 +420,11 @@ fn run<H: Handler>(
     mut wake_rx: UnixStream,
     waker: &Waker,
 ) -> H {
-    let mut handles_dropped = false;
-    let mut more_commands = false;
+    let mut commands = Commands::default();
     let mut readable: Vec<Readable> = Vec::new();
     while !handler.is_finished() {
         io.now = Instant::now();
-        let timeout_ms = if more_commands {
+        let timeout_ms = if commands.more {
             0
         } else {
             match handler.next_deadline() {
@@ -613,69 +470,23 @@ fn run<H: Handler>(
             let mut sink = [0u8; 64];
             while matches!(wake_rx.read(&mut sink), Ok(n) if n > 0) {}
             // Cleared before draining: a command sent after this point wakes us again.
-            waker.pending.store(false, Ordering::Release);
+            waker.rearm();
         }
-        more_commands = false;
-        if !handles_dropped {
-            for taken in 0.. {
-                if taken == COMMAND_BATCH {
-                    more_commands = true;
-                    break;
-                }
-                match rx.try_recv() {
-                    Ok(command) => handler.on_command(&mut io, command),
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => {
-                        handles_dropped = true;
-                        handler.on_handles_dropped(&mut io);
-                        break;
-                    }
-                }
-            }
-        }
+        commands.drain(&mut handler, &mut io, &mut rx);
         let reading_since = io.now;
         for &ready in &readable {
-            let index = match ready {
-                Readable::Socket(index) => index,
+            match ready {
+                Readable::Socket(index) => {
+                    read_socket(&mut handler, &mut io, index, reading_since);
+                }
                 Readable::Monitor(index) => {
                     read_monitor(&mut handler, &mut io, index);
-                    continue;
                 }
-            };
-            for n in 0..MESSAGE_BATCH {
-                // What is left stays readable: the next poll returns at once.
-                if n % SLICE_CHECK == SLICE_CHECK - 1 && reading_since.elapsed() > READ_SLICE {
-                    break;
-                }
-                let Some(slot) = io.slots.get(index).and_then(Option::as_ref) else {
-                    break;
-                };
-                let received = if slot.user_ids {
-                    recv_with_user(&slot.socket).map(|(frames, user)| {
-                        io.peer_user = user;
-                        frames
-                    })
-                } else {
-                    slot.socket.recv_multipart(zmq::DONTWAIT)
-                };
-                match received {
-                    Ok(frames) => handler.on_message(&mut io, SocketId(index), frames),
-                    Err(_) => break,
-                }
-                io.peer_user = None;
             }
         }
-        if handler.next_deadline().is_some_and(|d| d <= Instant::now()) {
-            io.now = Instant::now();
-            handler.on_timer(&mut io);
-        }
+        run_timer(&mut handler, &mut io);
     }
-    let linger = linger_ms(handler.close_linger());
-    for slot in io.slots.iter_mut() {
-        if let Some(slot) = slot.take() {
-            let _ = slot.socket.set_linger(linger);
-        }
-    }
+    close_sockets(&handler, &mut io);
     // Dropping the contexts waits for what the sockets still have queued (within their
     // LINGER); only then is the command channel closed, which is what
     // `ReactorHandle::closed` waits for.
@@ -684,13 +495,117 @@ fn run<H: Handler>(
     handler
 }
 
+/// The reactor's side of the command channel.
+#[derive(Default)]
+pub(crate) struct Commands {
+    /// Every handle was dropped (told to the handler once).
+    handles_dropped: bool,
+    /// The last drain stopped at [`COMMAND_BATCH`]: more may be waiting.
+    pub(crate) more: bool,
+}
+
+impl Commands {
+    /// Hands the waiting commands to the handler, at most a batch.
+    pub(crate) fn drain<H: Handler>(
+        &mut self,
+        handler: &mut H,
+        io: &mut Io,
+        rx: &mut mpsc::Receiver<H::Command>,
+    ) {
+        self.more = false;
+        if self.handles_dropped {
+            return;
+        }
+        for taken in 0.. {
+            if taken == COMMAND_BATCH {
+                self.more = true;
+                return;
+            }
+            match rx.try_recv() {
+                Ok(command) => handler.on_command(io, command),
+                Err(mpsc::error::TryRecvError::Empty) => return,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    self.closed(handler, io);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The channel reported itself closed: every handle is gone.
+    pub(crate) fn closed<H: Handler>(&mut self, handler: &mut H, io: &mut Io) {
+        if !self.handles_dropped {
+            self.handles_dropped = true;
+            handler.on_handles_dropped(io);
+        }
+    }
+
+    /// True while commands may still arrive.
+    pub(crate) fn open(&self) -> bool {
+        !self.handles_dropped
+    }
+}
+
+/// Runs the handler's timer if its deadline passed.
+pub(crate) fn run_timer<H: Handler>(handler: &mut H, io: &mut Io) {
+    if handler.next_deadline().is_some_and(|d| d <= Instant::now()) {
+        io.now = Instant::now();
+        handler.on_timer(io);
+    }
+}
+
+/// Sets the handler's LINGER on every socket and closes them (the contexts, dropped with the
+/// [`Io`], wait for what is still queued).
+pub(crate) fn close_sockets<H: Handler>(handler: &H, io: &mut Io) {
+    let linger = linger_ms(handler.close_linger());
+    for slot in io.slots.iter_mut() {
+        if let Some(slot) = slot.take() {
+            let _ = slot.socket.set_linger(linger);
+        }
+    }
+}
+
+/// Hands the messages waiting on slot `index`'s socket to the handler, at most a batch and
+/// at most [`READ_SLICE`] after `reading_since`. Returns true when it stopped with messages
+/// possibly left (the socket stays readable).
+pub(crate) fn read_socket<H: Handler>(
+    handler: &mut H,
+    io: &mut Io,
+    index: usize,
+    reading_since: Instant,
+) -> bool {
+    for n in 0..MESSAGE_BATCH {
+        if n % SLICE_CHECK == SLICE_CHECK - 1 && reading_since.elapsed() > READ_SLICE {
+            return true;
+        }
+        let Some(slot) = io.slots.get(index).and_then(Option::as_ref) else {
+            return false;
+        };
+        let received = if slot.user_ids {
+            recv_with_user(&slot.socket).map(|(frames, user)| {
+                io.peer_user = user;
+                frames
+            })
+        } else {
+            slot.socket.recv_multipart(zmq::DONTWAIT)
+        };
+        match received {
+            Ok(frames) => handler.on_message(io, SocketId(index), frames),
+            Err(_) => return false,
+        }
+        io.peer_user = None;
+    }
+    true
+}
+
 /// A LINGER in libzmq's unit (milliseconds), saturated.
 fn linger_ms(linger: Duration) -> i32 {
     i32::try_from(linger.as_millis()).unwrap_or(i32::MAX)
 }
 
 /// Hands the events waiting on slot `index`'s monitor to the handler, at most a batch.
-fn read_monitor<H: Handler>(handler: &mut H, io: &mut Io, index: usize) {
+/// Returns true when it stopped with events possibly left.
+pub(crate) fn read_monitor<H: Handler>(handler: &mut H, io: &mut Io, index: usize) -> bool {
     for _ in 0..MESSAGE_BATCH {
         let Some(monitor) = io
             .slots
@@ -698,10 +613,10 @@ fn read_monitor<H: Handler>(handler: &mut H, io: &mut Io, index: usize) {
             .and_then(Option::as_ref)
             .and_then(|s| s.monitor.as_ref())
         else {
-            return;
+            return false;
         };
         match monitor.recv() {
-            None => return,
+            None => return false,
             // A malformed event (not libzmq's format) is skipped.
             Some(None) => {}
             Some(Some((event, endpoint))) => handler.on_socket_event(
@@ -714,6 +629,7 @@ fn read_monitor<H: Handler>(handler: &mut H, io: &mut Io, index: usize) {
             ),
         }
     }
+    true
 }
 
 /// Receives a multipart message frame by frame, keeping the `User-Id` property libzmq
