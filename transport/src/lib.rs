@@ -26,6 +26,7 @@ pub mod endpoint;
 pub mod error;
 mod handle;
 pub mod monitor;
+mod poller;
 pub mod raw;
 pub mod reactor;
 pub mod socket_options;

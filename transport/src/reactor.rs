@@ -10,8 +10,7 @@
 //! A socket may also be monitored ([`SocketSpec::monitored`], [`Io::monitor`]): its connection
 //! events reach [`Handler::on_socket_event`] (see [`crate::monitor`]).
 
-use std::io::Read;
-use std::os::fd::AsRawFd;
+use std::cell::Cell;
 use std::os::unix::net::UnixStream;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -19,7 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::error::{SendError, TransportError};
-use crate::handle::{channel, Waker};
+use crate::handle::channel;
 pub use crate::handle::{Closed, ReactorHandle, TrySendError, WeakReactorHandle};
 use crate::monitor::{Monitor, MonitorEvent};
 pub use crate::socket_spec::{Context, SocketKind, SocketSpec};
@@ -49,17 +48,17 @@ pub(crate) struct Slot {
     pub(crate) kind: SocketKind,
     /// Numbers the sockets this reactor opened, so that a reused slot is told apart.
     pub(crate) serial: u64,
+    /// The socket may have messages waiting that its fd will not announce: the handler used
+    /// it (a send may process the command that announced a message, consuming the fd's
+    /// signal) or a read stopped before the socket ran dry. The loop asks libzmq
+    /// (`ZMQ_EVENTS`) about exactly these sockets, and about those whose fd signalled.
+    pub(crate) dirty: Cell<bool>,
+    /// The same for the monitor.
+    pub(crate) monitor_dirty: Cell<bool>,
     bound: Vec<String>,
     user_ids: bool,
     /// The context number the socket lives in (its monitor must live there too).
     context: u8,
-}
-
-/// Which half of a slot the poll found readable.
-#[derive(Clone, Copy)]
-enum Readable {
-    Socket(usize),
-    Monitor(usize),
 }
 
 /// The reactor's sockets, as a handler sees them during a callback.
@@ -143,6 +142,8 @@ impl Io {
             user_ids: spec.user_ids,
             context: spec.context,
             serial: self.opened,
+            dirty: Cell::new(true),
+            monitor_dirty: Cell::new(true),
         };
         self.opened += 1;
         let index = match self.slots.iter().position(Option::is_none) {
@@ -184,12 +185,16 @@ impl Io {
         };
         if slot.monitor.is_none() {
             slot.monitor = Some(Monitor::attach(&ctx, &mut slot.socket)?);
+            slot.monitor_dirty.set(true);
         }
         Ok(())
     }
 
+    /// An open socket the handler is about to use (so it is marked dirty).
     fn slot(&self, id: SocketId) -> Option<&Slot> {
-        self.slots.get(id.0).and_then(Option::as_ref)
+        let slot = self.slots.get(id.0).and_then(Option::as_ref)?;
+        slot.dirty.set(true);
+        Some(slot)
     }
 
     /// Connects an open socket to one more endpoint (a SUB following a new publisher).
@@ -237,11 +242,7 @@ impl Io {
 
     /// Sends a multipart message without blocking.
     pub fn send<F: AsRef<[u8]>>(&mut self, id: SocketId, frames: &[F]) -> Result<(), SendError> {
-        let slot = self
-            .slots
-            .get(id.0)
-            .and_then(Option::as_ref)
-            .ok_or(SendError::Closed)?;
+        let slot = self.slot(id).ok_or(SendError::Closed)?;
         let last = frames.len().saturating_sub(1);
         for (i, frame) in frames.iter().enumerate() {
             let flags = zmq::DONTWAIT | if i < last { zmq::SNDMORE } else { 0 };
@@ -259,11 +260,7 @@ impl Io {
     /// SUB: adds a prefix filter. XPUB in manual mode: applies the prefix to the peer whose
     /// subscription message was received last.
     pub fn subscribe(&mut self, id: SocketId, prefix: &[u8]) -> Result<(), SendError> {
-        let slot = self
-            .slots
-            .get(id.0)
-            .and_then(Option::as_ref)
-            .ok_or(SendError::Closed)?;
+        let slot = self.slot(id).ok_or(SendError::Closed)?;
         slot.socket
             .set_subscribe(prefix)
             .map_err(|e| SendError::Other(e.to_string()))
@@ -271,11 +268,7 @@ impl Io {
 
     /// SUB: removes a prefix filter (XPUB in manual mode: from the peer received last).
     pub fn unsubscribe(&mut self, id: SocketId, prefix: &[u8]) -> Result<(), SendError> {
-        let slot = self
-            .slots
-            .get(id.0)
-            .and_then(Option::as_ref)
-            .ok_or(SendError::Closed)?;
+        let slot = self.slot(id).ok_or(SendError::Closed)?;
         slot.socket
             .set_unsubscribe(prefix)
             .map_err(|e| SendError::Other(e.to_string()))
@@ -392,7 +385,7 @@ where
             match init(&mut io, weak) {
                 Ok(handler) => {
                     let _ = ready_tx.send(Ok(()));
-                    Some(run(handler, io, rx, wake_rx, &waker))
+                    Some(crate::poller::run(handler, io, rx, wake_rx, &waker))
                 }
                 Err(e) => {
                     // Dropping `io` closes any socket init opened.
@@ -411,88 +404,6 @@ where
             "reactor thread died during init".into(),
         )),
     }
-}
-
-fn run<H: Handler>(
-    mut handler: H,
-    mut io: Io,
-    mut rx: mpsc::Receiver<H::Command>,
-    mut wake_rx: UnixStream,
-    waker: &Waker,
-) -> H {
-    let mut commands = Commands::default();
-    let mut readable: Vec<Readable> = Vec::new();
-    while !handler.is_finished() {
-        io.now = Instant::now();
-        let timeout_ms = if commands.more {
-            0
-        } else {
-            match handler.next_deadline() {
-                None => -1,
-                Some(deadline) => {
-                    let wait = deadline.saturating_duration_since(io.now);
-                    // Round up so the poll does not return just before the deadline and spin.
-                    i64::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(i64::MAX)
-                }
-            }
-        };
-        let wake_ready;
-        readable.clear();
-        {
-            let mut items: Vec<zmq::PollItem<'_>> = Vec::with_capacity(io.slots.len() + 1);
-            let mut owners: Vec<Readable> = Vec::with_capacity(io.slots.len());
-            items.push(zmq::PollItem::from_fd(wake_rx.as_raw_fd(), zmq::POLLIN));
-            for (index, slot) in io.slots.iter().enumerate() {
-                let Some(slot) = slot.as_ref() else { continue };
-                if slot.kind.readable() {
-                    items.push(slot.socket.as_poll_item(zmq::POLLIN));
-                    owners.push(Readable::Socket(index));
-                }
-                if let Some(monitor) = &slot.monitor {
-                    items.push(monitor.pair.as_poll_item(zmq::POLLIN));
-                    owners.push(Readable::Monitor(index));
-                }
-            }
-            match zmq::poll(&mut items, timeout_ms) {
-                Ok(_) => {}
-                Err(zmq::Error::EINTR) => {}
-                Err(_) => std::thread::sleep(Duration::from_millis(1)),
-            }
-            wake_ready = items[0].is_readable();
-            for (item, owner) in items[1..].iter().zip(&owners) {
-                if item.is_readable() {
-                    readable.push(*owner);
-                }
-            }
-        }
-        io.now = Instant::now();
-        if wake_ready {
-            let mut sink = [0u8; 64];
-            while matches!(wake_rx.read(&mut sink), Ok(n) if n > 0) {}
-            // Cleared before draining: a command sent after this point wakes us again.
-            waker.rearm();
-        }
-        commands.drain(&mut handler, &mut io, &mut rx);
-        let reading_since = io.now;
-        for &ready in &readable {
-            match ready {
-                Readable::Socket(index) => {
-                    read_socket(&mut handler, &mut io, index, reading_since);
-                }
-                Readable::Monitor(index) => {
-                    read_monitor(&mut handler, &mut io, index);
-                }
-            }
-        }
-        run_timer(&mut handler, &mut io);
-    }
-    close_sockets(&handler, &mut io);
-    // Dropping the contexts waits for what the sockets still have queued (within their
-    // LINGER); only then is the command channel closed, which is what
-    // `ReactorHandle::closed` waits for.
-    drop(io);
-    drop(rx);
-    handler
 }
 
 /// The reactor's side of the command channel.
@@ -576,6 +487,7 @@ pub(crate) fn read_socket<H: Handler>(
 ) -> bool {
     for n in 0..MESSAGE_BATCH {
         if n % SLICE_CHECK == SLICE_CHECK - 1 && reading_since.elapsed() > READ_SLICE {
+            mark_dirty(io, index);
             return true;
         }
         let Some(slot) = io.slots.get(index).and_then(Option::as_ref) else {
@@ -595,7 +507,15 @@ pub(crate) fn read_socket<H: Handler>(
         }
         io.peer_user = None;
     }
+    mark_dirty(io, index);
     true
+}
+
+/// Slot `index`'s socket may have messages left that its fd will not announce.
+fn mark_dirty(io: &Io, index: usize) {
+    if let Some(slot) = io.slots.get(index).and_then(Option::as_ref) {
+        slot.dirty.set(true);
+    }
 }
 
 /// A LINGER in libzmq's unit (milliseconds), saturated.
@@ -628,6 +548,9 @@ pub(crate) fn read_monitor<H: Handler>(handler: &mut H, io: &mut Io, index: usiz
                 },
             ),
         }
+    }
+    if let Some(slot) = io.slots.get(index).and_then(Option::as_ref) {
+        slot.monitor_dirty.set(true);
     }
     true
 }

@@ -14,8 +14,10 @@
 //! **`ZMQ_FD` is edge-like**: it signals that the socket's command mailbox changed, not that a
 //! message is waiting, and any libzmq call on the socket (a send included) may consume that
 //! signal. So the loop never trusts the fd alone: the last thing it does before waiting is ask
-//! every socket for `ZMQ_EVENTS`, and it waits only if none is readable and no handler code
-//! ran after that check. A wake-up of the fd only means "look again".
+//! `ZMQ_EVENTS` of every socket that may be readable without its fd saying so (the *dirty*
+//! ones, as in [`crate::poller`]: used by the handler, or read short of `EAGAIN`) and of those
+//! whose fd signalled, and it waits only if none is readable and no handler code ran after
+//! that check.
 
 use std::future::{poll_fn, Future};
 use std::os::fd::{BorrowedFd, OwnedFd};
@@ -29,6 +31,7 @@ use tokio::time::Sleep;
 
 use crate::error::TransportError;
 use crate::handle::{channel, ReactorHandle, WeakReactorHandle};
+use crate::poller::{ask, dirty, Readable};
 use crate::reactor::{close_sockets, read_monitor, read_socket, run_timer, Commands, Handler, Io};
 
 /// When a socket could not be registered with the runtime (it should not happen), the loop
@@ -95,12 +98,15 @@ async fn run<H: Handler>(
     let mut commands = Commands::default();
     let mut unwatched = false;
     let mut timer = Timer::new();
+    // Sockets whose fd signalled during the last wait, then those with a message waiting.
+    let mut candidates: Vec<Readable> = Vec::new();
+    let mut readable: Vec<Readable> = Vec::new();
     while !handler.is_finished() {
         io.now = Instant::now();
         commands.drain(&mut handler, &mut io, &mut rx);
         run_timer(&mut handler, &mut io);
         // Last before waiting: a check that runs no handler code is what makes waiting safe.
-        let (handled, more) = read_ready(&mut handler, &mut io);
+        let (handled, more) = read_ready(&mut handler, &mut io, &mut candidates, &mut readable);
         if handler.is_finished() {
             break;
         }
@@ -125,7 +131,15 @@ async fn run<H: Handler>(
             }
         };
         timer.arm(deadline);
-        match wait(&mut rx, &watches, commands.open(), &mut timer).await {
+        match wait(
+            &mut rx,
+            &watches,
+            commands.open(),
+            &mut timer,
+            &mut candidates,
+        )
+        .await
+        {
             Woken::Command(command) => {
                 io.now = Instant::now();
                 handler.on_command(&mut io, command);
@@ -145,38 +159,28 @@ async fn run<H: Handler>(
     handler
 }
 
-/// Hands every readable socket's and monitor's waiting messages to the handler (a batch
-/// each). Returns whether any handler code ran, and whether a batch limit was reached.
-fn read_ready<H: Handler>(handler: &mut H, io: &mut Io) -> (bool, bool) {
+/// Asks the sockets that need it (dirty ones, and those whose fd signalled: `candidates`,
+/// emptied) whether a message waits, and hands those messages to the handler (a batch each).
+/// Returns whether any handler code ran, and whether a batch limit was reached.
+fn read_ready<H: Handler>(
+    handler: &mut H,
+    io: &mut Io,
+    candidates: &mut Vec<Readable>,
+    readable: &mut Vec<Readable>,
+) -> (bool, bool) {
+    readable.clear();
+    dirty(io, candidates);
+    ask(io, candidates, readable);
+    candidates.clear();
     let reading_since = Instant::now();
-    let mut handled = false;
     let mut more = false;
-    for index in 0..io.slots.len() {
-        let (socket, monitor) = match io.slots.get(index).and_then(Option::as_ref) {
-            Some(slot) => (
-                slot.kind.readable() && readable(&slot.socket),
-                slot.monitor.as_ref().is_some_and(|m| readable(&m.pair)),
-            ),
-            None => continue,
+    for &ready in readable.iter() {
+        more |= match ready {
+            Readable::Socket(index) => read_socket(handler, io, index, reading_since),
+            Readable::Monitor(index) => read_monitor(handler, io, index),
         };
-        if socket {
-            more |= read_socket(handler, io, index, reading_since);
-            handled = true;
-        }
-        if monitor {
-            more |= read_monitor(handler, io, index);
-            handled = true;
-        }
     }
-    (handled, more)
-}
-
-/// `ZMQ_EVENTS` says a message is waiting (this also processes the socket's pending commands,
-/// which resets its fd).
-fn readable(socket: &zmq::Socket) -> bool {
-    socket
-        .get_events()
-        .is_ok_and(|events| events.contains(zmq::POLLIN))
+    (!readable.is_empty(), more)
 }
 
 /// Brings the registrations in line with the open sockets: those of closed or reused slots
@@ -283,6 +287,7 @@ async fn wait<C>(
     watches: &[Option<Watch>],
     commands_open: bool,
     timer: &mut Timer,
+    signalled: &mut Vec<Readable>,
 ) -> Woken<C> {
     poll_fn(|cx| {
         if commands_open {
@@ -292,19 +297,25 @@ async fn wait<C>(
                 Poll::Pending => {}
             }
         }
-        let mut signalled = false;
-        for watch in watches.iter().flatten() {
-            for fd in [&watch.socket, &watch.monitor].into_iter().flatten() {
+        let before = signalled.len();
+        for (index, watch) in watches.iter().enumerate() {
+            let Some(watch) = watch else { continue };
+            let halves = [
+                (&watch.socket, Readable::Socket(index)),
+                (&watch.monitor, Readable::Monitor(index)),
+            ];
+            for (fd, half) in halves {
+                let Some(fd) = fd else { continue };
                 if let Poll::Ready(ready) = fd.poll_read_ready(cx) {
                     // Cleared at once: the loop asks the socket itself before waiting again.
                     if let Ok(mut guard) = ready {
                         guard.clear_ready();
                     }
-                    signalled = true;
+                    signalled.push(half);
                 }
             }
         }
-        if signalled || timer.poll_fired(cx) {
+        if signalled.len() > before || timer.poll_fired(cx) {
             return Poll::Ready(Woken::Look);
         }
         Poll::Pending

@@ -1,5 +1,5 @@
 //! The reactor run as a tokio task ([`spawn_task`]) over real sockets, on both runtime
-//! flavours: request/reply one at a time (each reply arrives while the task waits on the
+//! flavours, and on a thread of its own ([`spawn_with_handle`]): request/reply one at a time (each reply arrives while the task waits on the
 //! socket's fd, the case a mishandled `ZMQ_FD` edge hangs), a ping-pong driven from inside the
 //! handler (a send right before waiting, which may consume the signal of the next message),
 //! bursts, the timer, a socket replaced mid-run, and the end of the task.
@@ -148,8 +148,25 @@ impl Handler for Client {
     }
 }
 
-fn start_client(ctx: &Context, endpoint: String) -> (ReactorHandle<Cmd>, ReactorTask<Client>) {
-    spawn_task(ctx, 64, move |io, _| {
+/// The client's reactor, as a task or on a thread of its own.
+enum Running {
+    Task(ReactorTask<Client>),
+    Thread(ReactorThread<Client>),
+}
+
+impl Running {
+    async fn join(self) -> Result<Client, TransportError> {
+        match self {
+            Running::Task(task) => task.join().await,
+            Running::Thread(thread) => tokio::task::spawn_blocking(move || thread.join())
+                .await
+                .unwrap(),
+        }
+    }
+}
+
+fn start_client(ctx: &Context, endpoint: String, task: bool) -> (ReactorHandle<Cmd>, Running) {
+    let init = move |io: &mut Io, _| {
         let socket = io.open(&dealer(&endpoint))?;
         Ok(Client {
             endpoint,
@@ -159,8 +176,14 @@ fn start_client(ctx: &Context, endpoint: String) -> (ReactorHandle<Cmd>, Reactor
             timer: None,
             done: false,
         })
-    })
-    .unwrap()
+    };
+    if task {
+        let (handle, task) = spawn_task(ctx, 64, init).unwrap();
+        (handle, Running::Task(task))
+    } else {
+        let (handle, thread) = spawn_with_handle("client", ctx, 64, init).unwrap();
+        (handle, Running::Thread(thread))
+    }
 }
 
 async fn request(client: &ReactorHandle<Cmd>, payload: Vec<u8>) -> Vec<u8> {
@@ -172,8 +195,8 @@ async fn request(client: &ReactorHandle<Cmd>, payload: Vec<u8>) -> Vec<u8> {
         .unwrap()
 }
 
-async fn exercise(ctx: &Context, endpoint: String) {
-    let (client, task) = start_client(ctx, endpoint);
+async fn exercise(ctx: &Context, endpoint: String, task: bool) {
+    let (client, running) = start_client(ctx, endpoint, task);
 
     // One at a time: every reply arrives while the task waits.
     for i in 0..500u32 {
@@ -239,7 +262,7 @@ async fn exercise(ctx: &Context, endpoint: String) {
     // Dropping the last handle ends the task, which hands its handler back.
     let watcher = client.downgrade();
     drop(client);
-    let state = tokio::time::timeout(Duration::from_secs(5), task.join())
+    let state = tokio::time::timeout(Duration::from_secs(5), running.join())
         .await
         .expect("the task ends once its handles are gone")
         .unwrap();
@@ -251,14 +274,23 @@ async fn exercise(ctx: &Context, endpoint: String) {
 async fn a_reactor_task_serves_its_socket_on_a_multi_thread_runtime() {
     let ctx = Context::new();
     let (_echo, endpoint) = start_echo(&ctx);
-    exercise(&ctx, endpoint).await;
+    exercise(&ctx, endpoint, true).await;
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_reactor_task_serves_its_socket_on_a_current_thread_runtime() {
     let ctx = Context::new();
     let (_echo, endpoint) = start_echo(&ctx);
-    exercise(&ctx, endpoint).await;
+    exercise(&ctx, endpoint, true).await;
+}
+
+/// The same with the client on a reactor thread (its poll loop asks libzmq only about the
+/// sockets that need it: see `transport/src/poller.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reactor_thread_serves_its_socket() {
+    let ctx = Context::new();
+    let (_echo, endpoint) = start_echo(&ctx);
+    exercise(&ctx, endpoint, false).await;
 }
 
 #[test]
