@@ -4,7 +4,8 @@
 #   scripts/bench.sh pubsub [--quick]   topic matching, subscribe rate, messages/s vs raw PUB->SUB
 #   scripts/bench.sh cluster [--quick]  a step forwarded one hop vs a local step; 20-broker
 #                                       convergence and idle gossip traffic
-#   scripts/bench.sh peers [--quick] [--rounds N]   MPREG vs NATS (nats-server, async-nats)
+#   scripts/bench.sh peers [--quick] [--rounds N] [--spawned] [--runtime-task]
+#                                       MPREG vs NATS (nats-server, async-nats)
 # Figures are printed as a table and written to bench-results/<name>.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."

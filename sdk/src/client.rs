@@ -49,9 +49,9 @@ pub const CALL_STEP: &str = "~call";
 /// from any number of tasks are in flight on it at once, matched to their replies by id.
 /// Dropping the last clone closes the connection.
 ///
-/// Each `Client` runs one reactor that owns its ZeroMQ sockets: by default a task of the tokio
-/// runtime it was created in (so the runtime needs I/O and time enabled, as `#[tokio::main]`
-/// gives), or a thread of its own with [`ClientOptions::io_thread`].
+/// Each `Client` runs one reactor that owns its ZeroMQ sockets: by default on a thread of its
+/// own, or as a task of the tokio runtime it was created in ([`ClientOptions::io_thread`]
+/// `false`: lower latency for calls made from runtime tasks).
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), mpreg::Error> {

@@ -85,8 +85,8 @@
 //! The `mpreg` command-line client is the `mpreg-cli` crate (`sdk/cli/`), so that an SDK user
 //! does not compile a command-line parser.
 //!
-//! The one rule: one [`Client`] is one connection owned by one reactor (a task of the
-//! application's runtime, or a thread of its own: [`ClientOptions::io_thread`]); every
+//! The one rule: one [`Client`] is one connection owned by one reactor (a thread of its own,
+//! or a task of the application's runtime: [`ClientOptions::io_thread`]); every
 //! clone, every request and every subscription goes through it, and the reactor answers
 //! callers directly.
 

@@ -1,5 +1,5 @@
-//! Where the SDK's connection runs (`ClientOptions::io_thread`): by default as a task of the
-//! application's tokio runtime, or on a thread of its own. Both serve calls and
+//! Where the SDK's connection runs (`ClientOptions::io_thread`): by default on a thread of its
+//! own, or as a task of the application's tokio runtime. Both serve calls and
 //! subscriptions; only the own thread keeps the connection alive (heartbeats) while the
 //! runtime's thread is blocked, which is the documented trade-off. Real broker and node.
 

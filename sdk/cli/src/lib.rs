@@ -243,7 +243,9 @@ pub async fn execute_until(
         Command::Keygen { base } => return keygen(&base, out),
     };
 
-    let mut options = ClientOptions::default();
+    // One connection on a current-thread runtime that never blocks: served as a task of it,
+    // a call crosses no extra thread.
+    let mut options = ClientOptions::default().with_io_thread(false);
     match (&cli.server_key, &cli.key_file) {
         (None, None) => {}
         (Some(server), Some(file)) => {

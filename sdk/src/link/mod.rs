@@ -2,8 +2,8 @@
 //! replies to requests by id, enforces the client-side timeouts, watches the connection and
 //! sends heartbeats. Topic deliveries on the same thread are [`EventRoutes`]' job.
 //!
-//! Everything here runs on the reactor (a task of the application's runtime, or the client's own
-//! thread) and never blocks: replies complete the caller's
+//! Everything here runs on the reactor (the client's own thread, or a task of the application's
+//! runtime) and never blocks: replies complete the caller's
 //! `oneshot` directly, progress events go into a per-plan channel sized to the plan (the broker
 //! sends at most one per step, so it only fills if the broker misbehaves, and then the extra
 //! event is dropped and counted), and timeouts are a sorted set the reactor's timer walks.

@@ -24,13 +24,18 @@
 //! last delivery; every run uses fresh connections and a fresh subject. Every loop is bounded
 //! by count and by [`RUN_BUDGET`].
 //!
-//! Usage: `mpreg-bench peers [--quick] [--rounds N] [--json FILE] [--nats-server PATH]`.
+//! Usage: `mpreg-bench peers [--quick] [--rounds N] [--json FILE] [--nats-server PATH]
+//! [--runtime-task] [--spawned]` (`--runtime-task`: the MPREG clients run as tasks of the
+//! bench's runtime, `ClientOptions::io_thread` false;
+//! `--spawned`: each round runs as a task of the runtime instead of on the thread blocked in
+//! `block_on`).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use mpreg::{args, Client, Delivery, Outgoing, SubscribeOptions, Value};
+use mpreg::{args, Client, ClientOptions, Delivery, Outgoing, SubscribeOptions, Value};
 use mpreg_protocol::{encode_body, Step};
 use mpreg_tests::{start_broker, start_node, Proc};
 use mpreg_transport::baseline::BaselineClient;
@@ -201,8 +206,16 @@ async fn nats_connect(url: &str) -> async_nats::Client {
         .expect("connect to nats-server")
 }
 
+/// `--runtime-task`: MPREG clients run their connection as a task of the bench's runtime
+/// (`ClientOptions::io_thread` false) instead of on a thread of their own.
+static RUNTIME_TASK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
 async fn mpreg_connect(endpoint: &str) -> Client {
-    Client::connect(endpoint).await.expect("connect to mpreg")
+    let task = RUNTIME_TASK.get().copied().unwrap_or(false);
+    let options = ClientOptions::default().with_io_thread(!task);
+    Client::connect_with(endpoint, options)
+        .await
+        .expect("connect to mpreg")
 }
 
 /// Rows 1-3 for NATS: a responder task on its own connection echoes `echo` requests.
@@ -498,6 +511,8 @@ fn arg_value(args: &[String], flag: &str) -> Option<String> {
 
 pub fn run(args: &[String]) {
     let quick = args.iter().any(|a| a == "--quick");
+    let _ = RUNTIME_TASK.set(args.iter().any(|a| a == "--runtime-task"));
+    let spawned = args.iter().any(|a| a == "--spawned");
     let json_path = arg_value(args, "--json");
     let nats_program = arg_value(args, "--nats-server").unwrap_or_else(|| "nats-server".into());
     let mut sizes = if quick {
@@ -520,6 +535,7 @@ pub fn run(args: &[String]) {
     if let Some(rounds) = arg_value(args, "--rounds").and_then(|r| r.parse().ok()) {
         sizes.rounds = usize::max(rounds, 1);
     }
+    let sizes = Arc::new(sizes);
     let load_before = load_average();
 
     let (_nats, nats_url) = start_nats(&nats_program);
@@ -554,11 +570,11 @@ pub fn run(args: &[String]) {
         assert!(warm.elapsed() < RUN_BUDGET, "relay floor never answered");
     }
 
-    let setup = Setup {
+    let setup = Arc::new(Setup {
         nats_url,
         mpreg_client: broker.client.clone(),
         payload: vec![7u8; PAYLOAD],
-    };
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -568,15 +584,30 @@ pub fn run(args: &[String]) {
     let mut rounds: Vec<(Figures, Figures, (f64, f64))> = Vec::new();
     let mut run = 0u64;
     for round in 0..sizes.rounds {
-        let (nats, mpreg) = runtime.block_on(async {
-            if round % 2 == 0 {
-                let n = nats_round(&setup, &sizes, &mut run).await;
-                (n, mpreg_round(&setup, &sizes, &mut run).await)
+        let (shared_setup, shared_sizes) = (Arc::clone(&setup), Arc::clone(&sizes));
+        let mut round_run = run;
+        let one_round = async move {
+            let (setup, sizes, run) = (&*shared_setup, &*shared_sizes, &mut round_run);
+            let (n, m) = if round % 2 == 0 {
+                let n = nats_round(setup, sizes, run).await;
+                (n, mpreg_round(setup, sizes, run).await)
             } else {
-                let m = mpreg_round(&setup, &sizes, &mut run).await;
-                (nats_round(&setup, &sizes, &mut run).await, m)
-            }
-        });
+                let m = mpreg_round(setup, sizes, run).await;
+                (nats_round(setup, sizes, run).await, m)
+            };
+            (n, m, round_run)
+        };
+        // By default the round runs on the thread blocked in `block_on` (as the issue's
+        // reference measurement did); `--spawned` runs it as a task of the runtime, as an
+        // application's handlers run. Both systems alike either way.
+        let (nats, mpreg, next_run) = if spawned {
+            runtime
+                .block_on(runtime.spawn(one_round))
+                .expect("a bench round panicked")
+        } else {
+            runtime.block_on(one_round)
+        };
+        run = next_run;
         let floor_lat = floor_latency(floor, &floor_payload, sizes.sequential);
         eprintln!(
             "round {}: p50 {:.0}/{:.0} us (floor {:.0}), {:.0}/{:.0} req/s, 1->1 {:.0}/{:.0} \
@@ -682,6 +713,8 @@ pub fn run(args: &[String]) {
     let report = json!({
         "benchmark": "peers",
         "quick": quick,
+        "runtime_task": RUNTIME_TASK.get().copied().unwrap_or(false),
+        "spawned": spawned,
         "rounds": rounds.len(),
         "sizes": {
             "sequential": sizes.sequential,
