@@ -53,7 +53,7 @@ pub enum StartError {
 
 /// Where libzmq sends ZAP requests (RFC 27); bound in each context before any CURVE socket.
 const ZAP_ENDPOINT: &str = "inproc://zeromq.zap.01";
-/// The worker socket's libzmq context (see [`SocketSpec::in_context`]).
+/// The worker socket's libzmq context on a CURVE broker (see [`SocketSpec::in_context`]).
 const WORKER_CONTEXT: u8 = 1;
 
 struct BrokerHandler {
@@ -329,12 +329,15 @@ impl Broker {
             SocketSpec::new(SocketKind::Router, secured(options.clone(), CLIENT_DOMAIN))
                 .bind(config.client_endpoint.clone()),
         );
-        // The worker socket has its own libzmq context, hence its own I/O thread: with CURVE,
-        // encryption for clients and for workers runs in parallel.
+        // With CURVE the worker socket has its own libzmq context, hence its own I/O thread, so
+        // that encryption for clients and for workers runs in parallel. Without it, one I/O
+        // thread serves both: fewer threads to wake per call (3 alternating A/B runs on 2
+        // cores: sequential p50 about 4 % lower, pipelined calls 7-20 % faster).
+        let worker_context = if curve.is_some() { WORKER_CONTEXT } else { 0 };
         let worker_spec = with_users(
             SocketSpec::new(SocketKind::Router, secured(options, WORKER_DOMAIN))
                 .bind(config.worker_endpoint.clone())
-                .in_context(WORKER_CONTEXT),
+                .in_context(worker_context),
         );
         let event_options = SocketOptions {
             sndhwm: config.socket.event_hwm,
