@@ -20,9 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::handle::Waker;
-use crate::reactor::{
-    close_sockets, read_monitor, read_socket, run_timer, Commands, Handler, Io, Slot,
-};
+use crate::reactor::{close_sockets, read_monitor, read_socket, run_timer, Commands, Handler, Io};
 
 /// Which half of a slot is (or may be) readable.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -160,14 +158,6 @@ pub(crate) fn dirty(io: &Io, into: &mut Vec<Readable>) {
         if slot.monitor_dirty.get() && slot.monitor.is_some() {
             into.push(Readable::Monitor(index));
         }
-        clear_unwatched(slot);
-    }
-}
-
-/// A socket that is never read (a PUB) has no use for the mark.
-fn clear_unwatched(slot: &Slot) {
-    if !slot.kind.readable() {
-        slot.dirty.set(false);
     }
 }
 

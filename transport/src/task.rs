@@ -96,7 +96,6 @@ async fn run<H: Handler>(
     mut watches: Vec<Option<Watch>>,
 ) -> H {
     let mut commands = Commands::default();
-    let mut unwatched = false;
     let mut timer = Timer::new();
     // Sockets whose fd signalled during the last wait, then those with a message waiting.
     let mut candidates: Vec<Readable> = Vec::new();
@@ -110,10 +109,10 @@ async fn run<H: Handler>(
         if handler.is_finished() {
             break;
         }
-        // The handler may have opened or closed sockets.
-        if sync_watches(&io, &mut watches).is_err() {
-            unwatched = true;
-        }
+        // The handler may have opened or closed sockets; a socket that could not be
+        // registered is looked at every FALLBACK_POLL instead (registration is tried again
+        // each turn).
+        let unwatched = sync_watches(&io, &mut watches).is_err();
         if more || commands.more {
             // A batch limit was reached: let the runtime's other tasks run first.
             tokio::task::yield_now().await;

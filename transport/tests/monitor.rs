@@ -7,49 +7,13 @@
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::start_echo;
 use mpreg_transport::*;
 
 /// How long any one expected event may take (a reconnect backs off to at most 5 s).
 const EVENT_WAIT: Duration = Duration::from_secs(10);
-
-/// A ROUTER that echoes every message back, until its handles are dropped.
-struct Echo {
-    socket: Option<SocketId>,
-}
-
-impl Handler for Echo {
-    type Command = ();
-    fn on_message(&mut self, io: &mut Io, socket: SocketId, frames: Vec<Vec<u8>>) {
-        let _ = io.send(socket, &frames);
-    }
-    fn on_command(&mut self, _io: &mut Io, _c: ()) {}
-    fn on_timer(&mut self, _io: &mut Io) {}
-    fn next_deadline(&self) -> Option<Instant> {
-        None
-    }
-    fn on_handles_dropped(&mut self, io: &mut Io) {
-        if let Some(s) = self.socket.take() {
-            io.close(s);
-        }
-    }
-    fn is_finished(&self) -> bool {
-        self.socket.is_none()
-    }
-}
-
-fn start_echo(endpoint: &str) -> (ReactorHandle<()>, ReactorThread<Echo>, String) {
-    let (tx, rx) = channel();
-    let endpoint = endpoint.to_string();
-    let (handle, thread) = spawn("echo", &Context::new(), 4, move |io| {
-        let s = io.open(
-            &SocketSpec::new(SocketKind::Router, SocketOptions::router_server()).bind(endpoint),
-        )?;
-        tx.send(io.bound_endpoints(s)[0].clone()).unwrap();
-        Ok(Echo { socket: Some(s) })
-    })
-    .unwrap();
-    (handle, thread, rx.recv().unwrap())
-}
 
 /// What the test asks the watching reactor to do.
 enum Ask {
@@ -167,7 +131,7 @@ fn dealer_to(endpoint: &str) -> SocketSpec {
 
 #[test]
 fn a_monitored_dealer_sees_its_peer_go_and_come_back() {
-    let (echo, echo_thread, endpoint) = start_echo("tcp://127.0.0.1:*");
+    let (echo, echo_thread, endpoint) = start_echo(&Context::new(), "tcp://127.0.0.1:*");
     let watching = start_watcher();
     watching.ask(Ask::Open(Box::new(dealer_to(&endpoint).monitored())));
 
@@ -184,7 +148,7 @@ fn a_monitored_dealer_sees_its_peer_go_and_come_back() {
     assert!(started.elapsed() < Duration::from_secs(2));
 
     // A new peer on the same port: the DEALER reconnects by itself and says so.
-    let (_echo, _echo_thread, again) = start_echo(&endpoint);
+    let (_echo, _echo_thread, again) = start_echo(&Context::new(), &endpoint);
     assert_eq!(again, endpoint);
     watching.expect("handshake after the restart", |e| {
         *e == SocketEvent::HandshakeSucceeded
@@ -195,7 +159,7 @@ fn a_monitored_dealer_sees_its_peer_go_and_come_back() {
 
 #[test]
 fn a_refused_handshake_is_typed() {
-    let (_echo, _echo_thread, endpoint) = start_echo("tcp://127.0.0.1:*");
+    let (_echo, _echo_thread, endpoint) = start_echo(&Context::new(), "tcp://127.0.0.1:*");
     let watching = start_watcher();
     // A CURVE client against a plain server: the mechanisms do not match.
     let server = KeyPair::generate().unwrap().public;
@@ -216,7 +180,7 @@ fn a_refused_handshake_is_typed() {
 
 #[test]
 fn an_open_socket_can_be_watched_and_closing_it_stops_the_events() {
-    let (echo, echo_thread, endpoint) = start_echo("tcp://127.0.0.1:*");
+    let (echo, echo_thread, endpoint) = start_echo(&Context::new(), "tcp://127.0.0.1:*");
     let watching = start_watcher();
     watching.ask(Ask::Open(Box::new(dealer_to(&endpoint))));
     watching.echo_round_trip(b"unwatched");
@@ -234,7 +198,7 @@ fn an_open_socket_can_be_watched_and_closing_it_stops_the_events() {
     watching.ask(Ask::Close);
     std::thread::sleep(Duration::from_millis(300));
     while watching.events.try_recv().is_ok() {}
-    let (_echo, _echo_thread, endpoint) = start_echo("tcp://127.0.0.1:*");
+    let (_echo, _echo_thread, endpoint) = start_echo(&Context::new(), "tcp://127.0.0.1:*");
     watching.ask(Ask::Open(Box::new(dealer_to(&endpoint).monitored())));
     watching.expect("a handshake on the next socket", |e| {
         *e == SocketEvent::HandshakeSucceeded
@@ -245,7 +209,7 @@ fn an_open_socket_can_be_watched_and_closing_it_stops_the_events() {
 
 #[test]
 fn closed_waits_for_lingering_messages_within_the_linger() {
-    let (_echo, _echo_thread, endpoint) = start_echo("tcp://127.0.0.1:*");
+    let (_echo, _echo_thread, endpoint) = start_echo(&Context::new(), "tcp://127.0.0.1:*");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

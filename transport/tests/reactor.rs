@@ -4,33 +4,11 @@
 
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{start_echo, Echo};
 use mpreg_transport::*;
 use tokio::sync::oneshot;
-
-/// A ROUTER that echoes every message back to its sender.
-struct Echo {
-    socket: Option<SocketId>,
-}
-
-impl Handler for Echo {
-    type Command = ();
-    fn on_message(&mut self, io: &mut Io, socket: SocketId, frames: Vec<Vec<u8>>) {
-        io.send(socket, &frames).expect("echo send");
-    }
-    fn on_command(&mut self, _io: &mut Io, _c: ()) {}
-    fn on_timer(&mut self, _io: &mut Io) {}
-    fn next_deadline(&self) -> Option<Instant> {
-        None
-    }
-    fn on_handles_dropped(&mut self, io: &mut Io) {
-        if let Some(s) = self.socket.take() {
-            io.close(s);
-        }
-    }
-    fn is_finished(&self) -> bool {
-        self.socket.is_none()
-    }
-}
 
 /// A DEALER client: each command carries a payload and a oneshot for the reply, matched FIFO.
 struct Client {
@@ -62,24 +40,10 @@ impl Handler for Client {
     }
 }
 
-fn start_echo(ctx: &Context) -> (ReactorHandle<()>, ReactorThread<Echo>, String) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (handle, thread) = spawn("echo", ctx, 16, move |io| {
-        let s = io.open(
-            &SocketSpec::new(SocketKind::Router, SocketOptions::router_server())
-                .bind("tcp://127.0.0.1:*"),
-        )?;
-        tx.send(io.bound_endpoints(s)[0].clone()).unwrap();
-        Ok(Echo { socket: Some(s) })
-    })
-    .unwrap();
-    (handle, thread, rx.recv().unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_through_two_reactors_with_a_burst_of_commands() {
     let ctx = Context::new();
-    let (echo_handle, echo_thread, endpoint) = start_echo(&ctx);
+    let (echo_handle, echo_thread, endpoint) = start_echo(&ctx, "tcp://127.0.0.1:*");
     assert!(
         endpoint.starts_with("tcp://127.0.0.1:") && !endpoint.ends_with('*'),
         "{endpoint}"
@@ -127,7 +91,7 @@ async fn echo_through_two_reactors_with_a_burst_of_commands() {
 #[test]
 fn init_errors_reach_the_caller() {
     let ctx = Context::new();
-    let (_h, _t, endpoint) = start_echo(&ctx);
+    let (_h, _t, endpoint) = start_echo(&ctx, "tcp://127.0.0.1:*");
     // Binding the same port twice fails, and the error names the endpoint.
     let result = spawn("dup", &ctx, 1, move |io| {
         io.open(

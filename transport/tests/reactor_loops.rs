@@ -8,47 +8,11 @@
 
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{start_echo, Echo};
 use mpreg_transport::*;
 use tokio::sync::oneshot;
-
-/// A ROUTER on its own reactor thread that echoes every message back to its sender.
-struct Echo {
-    socket: Option<SocketId>,
-}
-
-impl Handler for Echo {
-    type Command = ();
-    fn on_message(&mut self, io: &mut Io, socket: SocketId, frames: Vec<Vec<u8>>) {
-        io.send(socket, &frames).expect("echo send");
-    }
-    fn on_command(&mut self, _io: &mut Io, _c: ()) {}
-    fn on_timer(&mut self, _io: &mut Io) {}
-    fn next_deadline(&self) -> Option<Instant> {
-        None
-    }
-    fn on_handles_dropped(&mut self, io: &mut Io) {
-        if let Some(s) = self.socket.take() {
-            io.close(s);
-        }
-    }
-    fn is_finished(&self) -> bool {
-        self.socket.is_none()
-    }
-}
-
-fn start_echo(ctx: &Context) -> (ReactorHandle<()>, String) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (handle, _thread) = spawn("echo", ctx, 16, move |io| {
-        let s = io.open(
-            &SocketSpec::new(SocketKind::Router, SocketOptions::router_server())
-                .bind("tcp://127.0.0.1:*"),
-        )?;
-        tx.send(io.bound_endpoints(s)[0].clone()).unwrap();
-        Ok(Echo { socket: Some(s) })
-    })
-    .unwrap();
-    (handle, rx.recv().unwrap())
-}
 
 enum Cmd {
     /// Send a payload; the reply goes to the sender (FIFO).
@@ -273,14 +237,14 @@ async fn exercise(ctx: &Context, endpoint: String, task: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reactor_task_serves_its_socket_on_a_multi_thread_runtime() {
     let ctx = Context::new();
-    let (_echo, endpoint) = start_echo(&ctx);
+    let (_echo, _thread, endpoint) = start_echo(&ctx, "tcp://127.0.0.1:*");
     exercise(&ctx, endpoint, true).await;
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_reactor_task_serves_its_socket_on_a_current_thread_runtime() {
     let ctx = Context::new();
-    let (_echo, endpoint) = start_echo(&ctx);
+    let (_echo, _thread, endpoint) = start_echo(&ctx, "tcp://127.0.0.1:*");
     exercise(&ctx, endpoint, true).await;
 }
 
@@ -289,7 +253,7 @@ async fn a_reactor_task_serves_its_socket_on_a_current_thread_runtime() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reactor_thread_serves_its_socket() {
     let ctx = Context::new();
-    let (_echo, endpoint) = start_echo(&ctx);
+    let (_echo, _thread, endpoint) = start_echo(&ctx, "tcp://127.0.0.1:*");
     exercise(&ctx, endpoint, false).await;
 }
 
