@@ -95,7 +95,8 @@ pub struct ClientOptions {
     /// client's own (`mpreg-client`), which keeps the connection (heartbeats included) alive
     /// while the runtime's threads are blocked, and lets many clients in one process work in
     /// parallel with the application. `false`: as a task of the tokio runtime the client was
-    /// created in (which needs I/O and time enabled), its sockets watched by the runtime's I/O
+    /// created in (which needs I/O and time enabled: connecting panics otherwise, as tokio's own
+    /// I/O types do), its sockets watched by the runtime's I/O
     /// driver, so a request and its reply cross no extra thread. Measured on a 2-core machine
     /// (`mpreg-bench peers --spawned`, calls made from runtime tasks): sequential call p50
     /// about 15 % lower; from a current-thread runtime (as the `mpreg` CLI uses) about 9 %

@@ -126,3 +126,18 @@ fn only_an_io_thread_keeps_the_connection_alive_while_the_runtime_is_blocked() {
         }
     }
 }
+
+/// A runtime task needs the runtime's timer: without it, connecting fails at once on the
+/// caller's thread with tokio's own message, not later inside the connection's task.
+#[test]
+#[should_panic(expected = "timers are disabled")]
+fn a_runtime_task_on_a_runtime_without_timers_panics_at_connect() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let options = ClientOptions::default().with_io_thread(false);
+        let _ = Client::connect_with("tcp://127.0.0.1:1", options).await;
+    });
+}

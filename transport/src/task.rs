@@ -65,9 +65,12 @@ impl<H> ReactorTask<H> {
     }
 }
 
-/// Starts a reactor as a task on the current tokio runtime (which needs I/O and time
-/// enabled). `init` runs at once, on the caller's thread: it opens the sockets and builds the
-/// handler; its error is returned here.
+/// Starts a reactor as a task on the current tokio runtime. `init` runs at once, on the
+/// caller's thread: it opens the sockets and builds the handler; its error is returned here.
+///
+/// # Panics
+/// Here, on the caller's thread, when the runtime was built without I/O or time (as tokio's
+/// own I/O and timer types do): never later inside the task.
 pub fn spawn_task<H, F>(
     ctx: &crate::Context,
     command_capacity: usize,
@@ -85,7 +88,8 @@ where
     let handler = init(&mut io, weak)?;
     let mut watches = Vec::new();
     sync_watches(&io, &mut watches)?;
-    let join = runtime.spawn(run(handler, io, rx, watches));
+    let timer = Timer::new();
+    let join = runtime.spawn(run(handler, io, rx, watches, timer));
     Ok((handle, ReactorTask { join }))
 }
 
@@ -94,9 +98,9 @@ async fn run<H: Handler>(
     mut io: Io,
     mut rx: mpsc::Receiver<H::Command>,
     mut watches: Vec<Option<Watch>>,
+    mut timer: Timer,
 ) -> H {
     let mut commands = Commands::default();
-    let mut timer = Timer::new();
     // Sockets whose fd signalled during the last wait, then those with a message waiting.
     let mut candidates: Vec<Readable> = Vec::new();
     let mut readable: Vec<Readable> = Vec::new();

@@ -331,8 +331,8 @@ impl Broker {
         );
         // With CURVE the worker socket has its own libzmq context, hence its own I/O thread, so
         // that encryption for clients and for workers runs in parallel. Without it, one I/O
-        // thread serves both: fewer threads to wake per call (3 alternating A/B runs on 2
-        // cores: sequential p50 about 4 % lower, pipelined calls 7-20 % faster).
+        // thread serves both: fewer threads to wake per call (5 alternating A/B runs on 2
+        // cores: sequential p50 2-6 % lower, pipelined calls 7-27 % faster).
         let worker_context = if curve.is_some() { WORKER_CONTEXT } else { 0 };
         let worker_spec = with_users(
             SocketSpec::new(SocketKind::Router, secured(options, WORKER_DOMAIN))
