@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use mpreg_broker::engine::{Engine, EngineConfig};
+use mpreg_broker::fast_hash::FastMap;
 use mpreg_broker::frontend::{feed_client, feed_worker, Frontend};
 use mpreg_broker::ids::IdSource;
 use mpreg_broker::matcher::Matcher;

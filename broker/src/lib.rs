@@ -31,6 +31,7 @@ pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod exchange;
+pub mod fast_hash;
 pub mod frontend;
 pub mod http;
 pub mod ids;

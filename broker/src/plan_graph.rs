@@ -5,7 +5,7 @@
 //! with `<name>.`. Names cannot contain `.`, so the text before the first `.` is the only
 //! candidate name in a string.
 
-use std::collections::HashMap;
+use crate::fast_hash::FastMap;
 
 use mpreg_protocol::{ErrorCode, Limits, Step, Value};
 
@@ -49,7 +49,7 @@ pub struct PlanGraph {
     /// For each step, whether its arguments contain any reference (else they are sent as-is).
     pub has_refs: Vec<bool>,
     /// Step name to index.
-    pub index: HashMap<String, u32>,
+    pub index: FastMap<String, u32>,
 }
 
 impl PlanGraph {
@@ -66,7 +66,7 @@ impl PlanGraph {
                 None,
             ));
         }
-        let mut index = HashMap::with_capacity(steps.len());
+        let mut index = FastMap::with_capacity_and_hasher(steps.len(), Default::default());
         for (i, step) in steps.iter().enumerate() {
             check_step(step, limits)?;
             if index.insert(step.name.clone(), i as u32).is_some() {
@@ -138,7 +138,7 @@ impl PlanGraph {
             deps: vec![Vec::new()],
             dependents: vec![Vec::new()],
             has_refs: vec![false],
-            index: HashMap::from([(name.to_string(), 0)]),
+            index: FastMap::from_iter([(name.to_string(), 0)]),
         }
     }
 
@@ -251,7 +251,7 @@ fn truncate(s: &str) -> String {
 }
 
 /// The step a string refers to, if any.
-pub fn reference_target(s: &str, index: &HashMap<String, u32>) -> Option<u32> {
+pub fn reference_target(s: &str, index: &FastMap<String, u32>) -> Option<u32> {
     let head = s.split_once('.').map_or(s, |(head, _)| head);
     index.get(head).copied()
 }

@@ -4,11 +4,12 @@
 //! Every registration gets a fresh [`WorkerId`], never reused: a message about a worker that
 //! is gone can never land on another one.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Instant;
 
 use mpreg_protocol::{CacheRule, TaskId, WorkerId};
 
+use crate::fast_hash::FastMap;
 use crate::outbox::{RoutingId, WorkerAddr};
 use crate::placement::{place, Candidate, Placement, Pool};
 use crate::versions::{matches_version, Requirement};
@@ -82,8 +83,8 @@ pub struct Registration {
 #[derive(Debug, Default)]
 pub struct Registry {
     workers: BTreeMap<WorkerId, Worker>,
-    by_routing: HashMap<RoutingId, WorkerId>,
-    by_fun: HashMap<String, Vec<WorkerId>>,
+    by_routing: FastMap<RoutingId, WorkerId>,
+    by_fun: FastMap<String, Vec<WorkerId>>,
     /// Workers that declared at least one function cacheable.
     caching_workers: usize,
     next: u64,

@@ -408,7 +408,7 @@ type ResolvedArgs = (Vec<Value>, BTreeMap<String, Value>);
 /// along the path; any other string is a literal. Returns the failing reference on error.
 fn model_resolve_args<R: Results>(
     step: &Step,
-    index: &HashMap<String, u32>,
+    index: &FastMap<String, u32>,
     finished: &R,
 ) -> Result<ResolvedArgs, String> {
     let args = step
@@ -425,7 +425,7 @@ fn model_resolve_args<R: Results>(
 
 fn model_resolve<R: Results>(
     v: &Value,
-    index: &HashMap<String, u32>,
+    index: &FastMap<String, u32>,
     finished: &R,
 ) -> Result<Value, String> {
     match v {

@@ -2,9 +2,9 @@
 //! for its window (its interval times `client_liveness`) is gone. Connections that never send
 //! a heartbeat are never tracked (PROTOCOL.md section 5).
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use crate::fast_hash::FastMap;
 use crate::outbox::RoutingId;
 
 /// Shortest client heartbeat interval honoured (a client asking for less is given this).
@@ -20,7 +20,7 @@ struct Tracked {
 /// The tracked client connections.
 #[derive(Default)]
 pub struct ClientLiveness {
-    tracked: HashMap<RoutingId, Tracked>,
+    tracked: FastMap<RoutingId, Tracked>,
 }
 
 impl ClientLiveness {

@@ -3,10 +3,12 @@
 //! again and get the reply instead of running it twice. Bounded in count, bytes and age;
 //! plans without a client-chosen id cost nothing here.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use mpreg_protocol::{BrokerToClient, PlanId};
+
+use crate::fast_hash::FastMap;
 
 /// Final replies kept, at most.
 pub const MAX_REPLAYS: usize = 4096;
@@ -20,7 +22,7 @@ pub const REPLAY_WINDOW: Duration = Duration::from_secs(60);
 pub struct Replays {
     order: VecDeque<(Instant, PlanId, usize)>,
     /// The reply, and the quota key of the plan's client (its CURVE key under CURVE).
-    replies: HashMap<PlanId, (BrokerToClient, Vec<u8>)>,
+    replies: FastMap<PlanId, (BrokerToClient, Vec<u8>)>,
     bytes: usize,
 }
 

@@ -2,12 +2,13 @@
 //! waiting for a free slot, and step timeouts. A task runs on a local worker now; on a peer
 //! broker once clusters exist (another [`Runner`]). It knows plans only by id and step index.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use mpreg_protocol::{BrokerId, BrokerToWorker, CancelTask, PlanId, Task, TaskId, WorkerId};
 
 use super::plans::StepIx;
+use crate::fast_hash::FastMap;
 use crate::outbox::{Delivery, Outbox};
 use crate::placement::Placement;
 use crate::registry::{Registry, Worker};
@@ -41,10 +42,10 @@ pub struct TaskState {
 #[derive(Default)]
 pub struct Scheduler {
     registry: Registry,
-    tasks: HashMap<TaskId, TaskState>,
+    tasks: FastMap<TaskId, TaskState>,
     next_task: u64,
     /// Ready steps waiting for a worker with a free slot, by function, oldest first.
-    waiting: HashMap<String, VecDeque<(PlanId, StepIx)>>,
+    waiting: FastMap<String, VecDeque<(PlanId, StepIx)>>,
     waiting_len: usize,
     /// Step timeouts of running tasks, removed when the task ends.
     timeouts: BTreeSet<(Instant, TaskId)>,

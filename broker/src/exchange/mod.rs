@@ -18,6 +18,7 @@ mod delivery;
 
 use delivery::{deliver, deliver_batch, MsgId};
 
+use crate::fast_hash::FastMap;
 use crate::ids::IdSource;
 use crate::matcher::{Key, Matcher};
 use crate::outbox::{EventSink, RoutingId};
@@ -107,9 +108,9 @@ const REMEMBERED_ENDINGS: usize = 4096;
 pub struct Exchange {
     config: ExchangeConfig,
     matcher: Matcher,
-    subs: HashMap<Key, Subscription>,
-    by_token: HashMap<String, Key>,
-    per_client: HashMap<RoutingId, usize>,
+    subs: FastMap<Key, Subscription>,
+    by_token: FastMap<String, Key>,
+    per_client: FastMap<RoutingId, usize>,
     next_key: Key,
     retained: HashMap<Arc<str>, VecDeque<Retained>>,
     order: u64,
@@ -125,9 +126,9 @@ impl Exchange {
         Exchange {
             config,
             matcher: Matcher::new(),
-            subs: HashMap::new(),
-            by_token: HashMap::new(),
-            per_client: HashMap::new(),
+            subs: FastMap::default(),
+            by_token: FastMap::default(),
+            per_client: FastMap::default(),
             next_key: 1,
             retained: HashMap::new(),
             order: 0,

@@ -3,13 +3,14 @@
 //! deadlines; it knows nothing of workers or sockets. The engine asks it which steps are
 //! ready, tells it which tasks run, and hands it results.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use mpreg_protocol::peer::FwdStep;
 use mpreg_protocol::{BrokerId, Limits, PlanId, PlanRequest, Step, TaskId, Value};
 
 use super::failure::Failure;
+use crate::fast_hash::FastMap;
 use crate::outbox::{ClientAddr, RoutingId};
 use crate::plan_graph::PlanGraph;
 use crate::quote::quote;
@@ -36,9 +37,9 @@ pub enum Recorded {
 /// Every plan in flight.
 pub struct Plans {
     limits: PlanLimits,
-    plans: HashMap<PlanId, PlanState>,
-    by_request: HashMap<(RoutingId, u64), PlanId>,
-    per_client: HashMap<RoutingId, usize>,
+    plans: FastMap<PlanId, PlanState>,
+    by_request: FastMap<(RoutingId, u64), PlanId>,
+    per_client: FastMap<RoutingId, usize>,
     bytes: usize,
     /// Plan deadlines, removed when their plan ends (so the set holds only plans in flight).
     deadlines: BTreeSet<(Instant, PlanId)>,
@@ -49,9 +50,9 @@ impl Plans {
     pub fn new(limits: PlanLimits) -> Plans {
         Plans {
             limits,
-            plans: HashMap::new(),
-            by_request: HashMap::new(),
-            per_client: HashMap::new(),
+            plans: FastMap::default(),
+            by_request: FastMap::default(),
+            per_client: FastMap::default(),
             bytes: 0,
             deadlines: BTreeSet::new(),
         }
