@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mpreg_protocol::{
-    compact_frame, encode_body, failure_kind, parse_envelope, BrokerToWorker, Disconnect,
-    Heartbeat, Limits, Register, Task, TaskFailure, TaskId, TaskResult, TaskTiming,
+    compact_frame, encode_body, encode_compact, failure_kind, parse_envelope, BrokerToWorker,
+    Disconnect, Heartbeat, Limits, Register, Task, TaskFailure, TaskId, TaskResult, TaskTiming,
 };
 use mpreg_transport::{
     Handler, Io, SocketId, SocketKind, SocketOptions, SocketSpec, WeakReactorHandle,
@@ -283,12 +283,14 @@ impl NodeHandler {
     /// drops it: registration and heartbeats are repeated, and a lost result is re-run by the
     /// broker after it expires us.
     fn send(&self, io: &mut Io, i: usize, kind: &str, body: &[u8]) -> bool {
+        self.send_frame(io, i, compact_frame(kind.as_bytes(), body))
+    }
+
+    /// Sends one compact frame (`MPREG/1 NUL type NUL body`) instead of three: the broker
+    /// answers in kind, and under CURVE every frame is a separate encryption.
+    fn send_frame(&self, io: &mut Io, i: usize, frame: Vec<u8>) -> bool {
         match self.links[i].socket {
-            // One compact frame (`MPREG/1 NUL type NUL body`) instead of three: the broker
-            // answers in kind, and under CURVE every frame is a separate encryption.
-            Some(socket) => io
-                .send(socket, &[compact_frame(kind.as_bytes(), body)])
-                .is_ok(),
+            Some(socket) => io.send(socket, &[frame]).is_ok(),
             None => false,
         }
     }
@@ -603,21 +605,21 @@ impl NodeHandler {
         let sent = match outcome {
             Ok(value) => {
                 self.setup.metrics.completed.inc();
-                let body = encode_body(&TaskResult {
+                let result = TaskResult {
                     task,
                     value,
                     timing,
-                });
-                self.send(io, key.link, "result", &body)
+                };
+                self.send_frame(io, key.link, encode_compact(b"result", &result).0)
             }
             Err(f) => {
                 self.setup.metrics.failure(f.kind);
-                let body = encode_body(&TaskFailure {
+                let failure = TaskFailure {
                     task,
                     kind: f.kind.to_string(),
                     message: f.message,
-                });
-                self.send(io, key.link, "failure", &body)
+                };
+                self.send_frame(io, key.link, encode_compact(b"failure", &failure).0)
             }
         };
         if !sent {

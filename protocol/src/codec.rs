@@ -59,6 +59,21 @@ pub fn encode_body<T: Serialize + ?Sized>(message: &T) -> Vec<u8> {
     body
 }
 
+/// A message encoded straight into its compact frame, `MPREG/1 NUL kind NUL body`: one buffer,
+/// no copy of the body (the bytes are those of [`crate::compact_frame`] of [`encode_body`]).
+/// Returns the frame and the body's length.
+pub fn encode_compact<T: Serialize + ?Sized>(kind: &[u8], message: &T) -> (Vec<u8>, usize) {
+    let header = crate::envelope::COMPACT_PREFIX.len() + kind.len() + 1;
+    let mut frame = Vec::with_capacity(header + INITIAL_BODY_BYTES);
+    frame.extend_from_slice(crate::envelope::COMPACT_PREFIX);
+    frame.extend_from_slice(kind);
+    frame.push(0);
+    rmp_serde::encode::write_named(&mut frame, message)
+        .expect("protocol messages serialize infallibly: plain structs with string keys");
+    let body = frame.len() - header;
+    (frame, body)
+}
+
 /// The first allocation of an encoded body: a single-step plan, a reply or a small event fits.
 const INITIAL_BODY_BYTES: usize = 256;
 
@@ -117,6 +132,32 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_compact_encoding_is_the_compact_frame_of_the_body() {
+        use crate::{compact_frame, ClientToBroker, PlanRequest, Step, Value};
+        let mut plan = PlanRequest {
+            id: 9,
+            steps: vec![Step::new("a", "echo", vec![Value::Binary(vec![7; 300])])],
+            deadline_ms: Some(5),
+            all_results: true,
+            progress: false,
+            progress_topic: None,
+            plan: None,
+            trace: false,
+        };
+        for extra in [0, 1, 500] {
+            plan.steps[0]
+                .kwargs
+                .insert("k".into(), Value::from("x".repeat(extra)));
+            let (frame, body_len) = encode_compact(b"plan", &plan);
+            let body = encode_body(&plan);
+            assert_eq!(frame, compact_frame(b"plan", &body));
+            assert_eq!(body_len, body.len());
+            let message = ClientToBroker::Plan(plan.clone());
+            assert_eq!(message.encode_compact(), (frame, body_len));
+        }
+    }
 
     #[test]
     fn peek_finds_the_id_past_deep_or_wrong_fields() {

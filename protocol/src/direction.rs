@@ -67,7 +67,13 @@ macro_rules! direction {
 
             /// The one compact frame: `MPREG/1 NUL type NUL body`.
             pub fn to_compact_frame(&self) -> Vec<u8> {
-                crate::envelope::compact_frame(self.kind().as_bytes(), &self.encode_body())
+                self.encode_compact().0
+            }
+
+            /// The one compact frame, encoded in one buffer, and its body's length.
+            pub fn encode_compact(&self) -> (Vec<u8>, usize) {
+                let kind = self.kind().as_bytes();
+                match self { $( $name::$variant(m) => crate::codec::encode_compact(kind, m), )* }
             }
         }
     };

@@ -52,11 +52,26 @@ macro_rules! ulid_id {
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-                text.parse().map_err(serde::de::Error::custom)
+                deserializer.deserialize_str(UlidText).map($name)
             }
         }
     };
+}
+
+/// Reads a ULID from its text in place: serde's `Cow<str>` always copies into a `String`,
+/// one allocation per id on every reply a client decodes.
+struct UlidText;
+
+impl serde::de::Visitor<'_> for UlidText {
+    type Value = Ulid;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Ulid, E> {
+        Ulid::from_string(text).map_err(E::custom)
+    }
 }
 
 macro_rules! counter_id {
@@ -114,6 +129,11 @@ mod tests {
         let back: PlanId = rmp_serde::from_slice(&bytes).unwrap();
         assert_eq!(back, id);
         assert!(rmp_serde::from_slice::<PlanId>(&rmp_serde::to_vec("nope").unwrap()).is_err());
+        assert!(rmp_serde::from_slice::<PlanId>(&rmp_serde::to_vec(&7u64).unwrap()).is_err());
+        // Inside a message, where the text is borrowed from the body.
+        let body = rmp_serde::to_vec_named(&(id, id.to_string())).unwrap();
+        let (a, b): (PlanId, String) = rmp_serde::from_slice(&body).unwrap();
+        assert_eq!((a, b), (id, id.to_string()));
     }
 
     #[test]

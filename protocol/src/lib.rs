@@ -42,7 +42,7 @@ pub use client::{
     FunctionEntry, FunctionsReply, FunctionsRequest, Ping, Pong, StatusReply, StatusRequest,
     WorkerStatus,
 };
-pub use codec::{decode_body, encode_body, peek_request_id, DecodeError};
+pub use codec::{decode_body, encode_body, encode_compact, peek_request_id, DecodeError};
 pub use direction::{
     BrokerToClient, BrokerToWorker, ClientToBroker, Event, Gossip, PeerMessage, WorkerToBroker,
 };

@@ -6,8 +6,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use mpreg_protocol::{
-    compact_frame, BrokerToClient, ClientToBroker, ClusterReply, ClusterRequest, FunctionsReply,
-    FunctionsRequest, Ping, PlanId, Pong, Progress, StatusReply, StatusRequest, Step,
+    BrokerToClient, ClientToBroker, ClusterReply, ClusterRequest, FunctionsReply, FunctionsRequest,
+    Ping, PlanId, Pong, Progress, StatusReply, StatusRequest, Step,
 };
 use mpreg_transport::{Context, ReactorHandle};
 use tokio::sync::{mpsc, oneshot};
@@ -554,16 +554,16 @@ impl Client {
     /// Encodes a request in the compact frame, refusing it if its body is over the broker's
     /// limit (the broker would refuse it anyway, after receiving all of it).
     pub(crate) fn encode(&self, message: &ClientToBroker) -> Result<Vec<u8>, Error> {
-        let body = message.encode_body();
+        let (frame, body) = message.encode_compact();
         let limit = self.max_request_bytes();
-        if body.len() > limit {
+        if body > limit {
             return Err(Error::TooLarge {
                 kind: message.kind(),
-                size: body.len(),
+                size: body,
                 limit,
             });
         }
-        Ok(compact_frame(message.kind().as_bytes(), &body))
+        Ok(frame)
     }
 
     /// Sends a request; the returned [`PendingReply`] resolves to its reply. `wait` is how long

@@ -215,16 +215,32 @@ impl PlanBuilder {
     /// # Errors
     /// [`Error::Invalid`] when the builder was misused (a step option before any step).
     pub fn to_request(&self, id: u64) -> Result<PlanRequest, Error> {
+        self.request_of(id, self.steps.clone(), self.progress_topic.clone())
+    }
+
+    /// [`to_request`](PlanBuilder::to_request) for a builder about to be sent: its steps are
+    /// moved into the request, not copied.
+    fn take_request(&mut self, id: u64) -> Result<PlanRequest, Error> {
+        let (steps, topic) = (std::mem::take(&mut self.steps), self.progress_topic.take());
+        self.request_of(id, steps, topic)
+    }
+
+    fn request_of(
+        &self,
+        id: u64,
+        steps: Vec<Step>,
+        progress_topic: Option<String>,
+    ) -> Result<PlanRequest, Error> {
         if let Some(misuse) = &self.misuse {
             return Err(Error::Invalid(misuse.clone()));
         }
         Ok(PlanRequest {
             id,
-            steps: self.steps.clone(),
+            steps,
             deadline_ms: self.deadline.map(millis),
             all_results: self.all_results,
             progress: self.progress,
-            progress_topic: self.progress_topic.clone(),
+            progress_topic,
             plan: None,
             trace: self.trace,
         })
@@ -360,8 +376,11 @@ impl PlanBuilder {
         Err(Error::Closed)
     }
 
-    async fn send(self, progress: Option<mpsc::Sender<Progress>>) -> Result<PendingReply, Error> {
-        let request = self.to_request(self.client.next_id())?;
+    async fn send(
+        mut self,
+        progress: Option<mpsc::Sender<Progress>>,
+    ) -> Result<PendingReply, Error> {
+        let request = self.take_request(self.client.next_id())?;
         let options = self.client.options();
         let wait = match self.deadline {
             Some(deadline) => deadline.saturating_add(options.deadline_margin),

@@ -3,8 +3,8 @@
 
 use mpreg_protocol::peer::PeerEndpoints;
 use mpreg_protocol::{
-    compact_frame, encode_body, BrokerToClient, BrokerToWorker, EventRef, Gossip, PeerMessage,
-    Task, VERSION,
+    compact_frame, encode_body, encode_compact, BrokerToClient, BrokerToWorker, EventRef, Gossip,
+    PeerMessage, Task, VERSION,
 };
 use mpreg_transport::{Io, SendError, SocketId};
 
@@ -70,30 +70,39 @@ impl Sockets<'_> {
 
 impl Outbox for Sockets<'_> {
     fn reply(&mut self, client: &ClientAddr, message: &BrokerToClient) -> Delivery {
+        if client.compact {
+            // Encoded straight into its frame: no second buffer, no copy of the body.
+            let (frame, body) = message.encode_compact();
+            if body > self.max_reply_bytes {
+                return Delivery::TooLarge(body);
+            }
+            let routing = &client.routing[..];
+            return delivery(if client.delimiter {
+                self.io.send(self.client, &[routing, b"", &frame[..]])
+            } else {
+                self.io.send(self.client, &[routing, &frame[..]])
+            });
+        }
         let body = message.encode_body();
         if body.len() > self.max_reply_bytes {
             return Delivery::TooLarge(body.len());
         }
         let kind = message.kind().as_bytes();
         let routing = &client.routing[..];
-        let result = match (client.compact, client.delimiter) {
-            (true, delimiter) => {
-                let frame = compact_frame(kind, &body);
-                if delimiter {
-                    self.io.send(self.client, &[routing, b"", &frame[..]])
-                } else {
-                    self.io.send(self.client, &[routing, &frame[..]])
-                }
-            }
-            (false, true) => self
-                .io
-                .send(self.client, &[routing, b"", VERSION, kind, &body]),
-            (false, false) => self.io.send(self.client, &[routing, VERSION, kind, &body]),
+        let result = if client.delimiter {
+            self.io
+                .send(self.client, &[routing, b"", VERSION, kind, &body])
+        } else {
+            self.io.send(self.client, &[routing, VERSION, kind, &body])
         };
         delivery(result)
     }
 
     fn task(&mut self, to: &WorkerAddr, task: &Task<'_>) -> Delivery {
+        if to.compact {
+            let (frame, _) = encode_compact(b"task", task);
+            return delivery(self.io.send(self.worker, &[&to.routing[..], &frame[..]]));
+        }
         self.send_worker_body(to, "task", &encode_body(task))
     }
 
