@@ -30,11 +30,13 @@
 //! `--spawned`: each round runs as a task of the runtime instead of on the thread blocked in
 //! `block_on`).
 
+mod cpu;
 mod nats;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cpu::{CpuMark, CpuPerRequest};
 use mpreg::{args, Client, ClientOptions, Delivery, Outgoing, SubscribeOptions, Value};
 use mpreg_protocol::{encode_body, Step};
 use mpreg_tests::{start_broker, start_node};
@@ -73,6 +75,8 @@ struct Figures {
     batch_1_1: f64,
     pub_1_10: f64,
     batch_1_10: f64,
+    /// CPU per request in row 3, by process.
+    cpu: CpuPerRequest,
     /// Messages (or deliveries) that never arrived, over all pub/sub runs of the round.
     lost: u64,
 }
@@ -175,6 +179,9 @@ struct Setup {
     nats_url: String,
     mpreg_client: String,
     payload: Vec<u8>,
+    /// nats-server's pid, and MPREG's broker's and node's: CPU per request in row 3.
+    nats_pids: Vec<u32>,
+    mpreg_pids: Vec<u32>,
 }
 
 /// `--runtime-task`: MPREG clients run their connection as a task of the bench's runtime
@@ -204,7 +211,7 @@ async fn mpreg_requests(setup: &Setup, sizes: &Sizes, fig: &mut Figures) {
     }
     fig.p50_us = percentile(&mut samples, 0.50);
     fig.p99_us = percentile(&mut samples, 0.99);
-    fig.req_per_s = pipelined(sizes.pipelined, |_| {
+    (fig.req_per_s, fig.cpu) = pipelined(sizes.pipelined, &setup.mpreg_pids, |_| {
         let client = client.clone();
         let arg = arg.clone();
         async move {
@@ -215,13 +222,15 @@ async fn mpreg_requests(setup: &Setup, sizes: &Sizes, fig: &mut Figures) {
     client.close().await;
 }
 
-/// `count` requests from [`IN_FLIGHT`] tasks sharing one connection: requests per second.
-async fn pipelined<F, Fut>(count: usize, request: F) -> f64
+/// `count` requests from [`IN_FLIGHT`] tasks sharing one connection: requests per second,
+/// and the CPU per request of this process and of the `servers`.
+async fn pipelined<F, Fut>(count: usize, servers: &[u32], request: F) -> (f64, CpuPerRequest)
 where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let per_task = count.div_ceil(IN_FLIGHT);
+    let cpu = CpuMark::now(servers);
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(IN_FLIGHT);
     for _ in 0..IN_FLIGHT {
@@ -238,7 +247,8 @@ where
             .expect("pipelined requests within the budget")
             .expect("request task");
     }
-    (per_task * IN_FLIGHT) as f64 / start.elapsed().as_secs_f64()
+    let rate = (per_task * IN_FLIGHT) as f64 / start.elapsed().as_secs_f64();
+    (rate, cpu.per_request(per_task * IN_FLIGHT))
 }
 
 /// Waits for `subscribers` counters to reach `count` each (or the budget): deliveries, and the
@@ -397,7 +407,7 @@ pub fn run(args: &[String]) {
     let sizes = Arc::new(sizes);
     let load_before = load_average();
 
-    let (_nats, nats_url) = start_nats(&nats_program);
+    let (nats_server, nats_url) = start_nats(&nats_program);
     // The lossless settings of `bench.sh pubsub`: no subscriber copy dropped at a high-water
     // mark, so rates count every message.
     let broker = start_broker(
@@ -407,7 +417,7 @@ pub fn run(args: &[String]) {
             ("MPREG_BROKER_SOCKET__HWM", "100000"),
         ],
     );
-    let _node = start_node(&broker.worker, "bench-node", &[], &["--capacity", "256"]);
+    let node = start_node(&broker.worker, "bench-node", &[], &["--capacity", "256"]);
 
     // The libzmq floor: a raw relay and echo worker on their own threads.
     let floor_threads = crate::floor::Floor::start();
@@ -433,6 +443,8 @@ pub fn run(args: &[String]) {
         nats_url,
         mpreg_client: broker.client.clone(),
         payload: vec![7u8; PAYLOAD],
+        nats_pids: vec![nats_server.pid()],
+        mpreg_pids: vec![broker.proc.pid(), node.pid()],
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -560,6 +572,27 @@ pub fn run(args: &[String]) {
         fhi,
         floor_p99
     );
+    // Where each system spends the cores in row 3: this process (requesters, and NATS's
+    // responder task) and the servers (nats-server; MPREG's broker and node).
+    let cpu_median =
+        |f: fn(&Figures) -> f64| median(&rounds.iter().map(|r| f(&r.0)).collect::<Vec<_>>());
+    let (nats_bench, nats_servers) = (
+        cpu_median(|f| f.cpu.bench_us),
+        cpu_median(|f| f.cpu.servers_us),
+    );
+    let cpu_median =
+        |f: fn(&Figures) -> f64| median(&rounds.iter().map(|r| f(&r.1)).collect::<Vec<_>>());
+    let (mpreg_bench, mpreg_servers) = (
+        cpu_median(|f| f.cpu.bench_us),
+        cpu_median(|f| f.cpu.servers_us),
+    );
+    println!(
+        "CPU per request at 1,000 in flight (us, medians): MPREG {:.1} (bench process {mpreg_bench:.1}, \
+         broker and node {mpreg_servers:.1}); NATS {:.1} (bench process with the responder \
+         {nats_bench:.1}, nats-server {nats_servers:.1})",
+        mpreg_bench + mpreg_servers,
+        nats_bench + nats_servers,
+    );
     let lost_mpreg: u64 = rounds.iter().map(|(_, m, _)| m.lost).sum();
     let lost_nats: u64 = rounds.iter().map(|(n, _, _)| n.lost).sum();
     println!(
@@ -592,6 +625,10 @@ pub fn run(args: &[String]) {
             "p50_ratio_to_nats": median(&floor_ratios),
             "p50_ratio_to_nats_min": flo,
             "p50_ratio_to_nats_max": fhi,
+        },
+        "cpu_us_per_request_in_flight": {
+            "mpreg": { "bench_process": mpreg_bench, "broker_and_node": mpreg_servers },
+            "nats": { "bench_process_with_responder": nats_bench, "nats_server": nats_servers },
         },
         "lost": { "mpreg": lost_mpreg, "nats": lost_nats },
         "load_average": { "before": load_before, "after": load_after },

@@ -77,7 +77,7 @@ async fn nats_requests(setup: &Setup, sizes: &Sizes, fig: &mut Figures) {
     }
     fig.p50_us = percentile(&mut samples, 0.50);
     fig.p99_us = percentile(&mut samples, 0.99);
-    fig.req_per_s = pipelined(sizes.pipelined, |_| {
+    (fig.req_per_s, fig.cpu) = pipelined(sizes.pipelined, &setup.nats_pids, |_| {
         let client = client.clone();
         let payload = payload.clone();
         async move {
