@@ -1,12 +1,13 @@
 //! Keeps 1,000 single-step calls in flight on one connection and prints the rate.
 //!
-//! `cargo run --release -p mpreg --example pipelined_calls -- [ENDPOINT] [CALLS]`
+//! `cargo run --release -p mpreg --example pipelined_calls -- [ENDPOINT] [CALLS] [task]`
 //! (defaults: `tcp://127.0.0.1:7400`, 200000): 1,000 tasks share one client, each calling
-//! `echo` with 64 bytes, as `mpreg-bench peers` does. Prints one JSON line.
+//! `echo` with 64 bytes, as `mpreg-bench peers` does; `task` runs the client's connection as
+//! a runtime task (`ClientOptions::io_thread` false). Prints one JSON line.
 
 use std::time::Instant;
 
-use mpreg::{args, Client, Value};
+use mpreg::{args, Client, ClientOptions, Value};
 
 const IN_FLIGHT: usize = 1_000;
 
@@ -17,7 +18,9 @@ async fn main() -> Result<(), mpreg::Error> {
         .next()
         .unwrap_or_else(|| mpreg::DEFAULT_ENDPOINT.to_string());
     let calls: usize = argv.next().and_then(|n| n.parse().ok()).unwrap_or(200_000);
-    let client = Client::connect(&endpoint).await?;
+    let task = argv.next().as_deref() == Some("task");
+    let options = ClientOptions::default().with_io_thread(!task);
+    let client = Client::connect_with(&endpoint, options).await?;
     let arg = Value::Binary(vec![7; 64]);
     let per_task = calls.div_ceil(IN_FLIGHT);
     let started = Instant::now();
@@ -38,6 +41,7 @@ async fn main() -> Result<(), mpreg::Error> {
     let secs = started.elapsed().as_secs_f64();
     let line = serde_json::json!({
         "calls": per_task * IN_FLIGHT,
+        "io_thread": !task,
         "seconds": secs,
         "calls_per_s": (per_task * IN_FLIGHT) as f64 / secs,
     });
