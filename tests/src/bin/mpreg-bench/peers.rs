@@ -574,25 +574,36 @@ pub fn run(args: &[String]) {
     );
     // Where each system spends the cores in row 3: this process (requesters, and NATS's
     // responder task) and the servers (nats-server; MPREG's broker and node).
-    let cpu_median =
-        |f: fn(&Figures) -> f64| median(&rounds.iter().map(|r| f(&r.0)).collect::<Vec<_>>());
-    let (nats_bench, nats_servers) = (
-        cpu_median(|f| f.cpu.bench_us),
-        cpu_median(|f| f.cpu.servers_us),
-    );
-    let cpu_median =
-        |f: fn(&Figures) -> f64| median(&rounds.iter().map(|r| f(&r.1)).collect::<Vec<_>>());
-    let (mpreg_bench, mpreg_servers) = (
-        cpu_median(|f| f.cpu.bench_us),
-        cpu_median(|f| f.cpu.servers_us),
-    );
-    println!(
-        "CPU per request at 1,000 in flight (us, medians): MPREG {:.1} (bench process {mpreg_bench:.1}, \
-         broker and node {mpreg_servers:.1}); NATS {:.1} (bench process with the responder \
-         {nats_bench:.1}, nats-server {nats_servers:.1})",
-        mpreg_bench + mpreg_servers,
-        nats_bench + nats_servers,
-    );
+    let of = |side: usize, f: fn(&CpuPerRequest) -> f64| {
+        let values: Vec<f64> = rounds
+            .iter()
+            .map(|r| f(if side == 0 { &r.0.cpu } else { &r.1.cpu }))
+            .collect();
+        median(&values)
+    };
+    let cpu_json = |side: usize| {
+        json!({
+            "bench_process_us": of(side, |c| c.bench_us),
+            "servers_us": of(side, |c| c.servers_us),
+            "bench_process_switches": of(side, |c| c.bench_switches),
+            "servers_switches": of(side, |c| c.servers_switches),
+        })
+    };
+    for (name, side, bench, servers) in [
+        ("MPREG", 1, "requesters", "broker and node"),
+        ("NATS", 0, "requesters and responder", "nats-server"),
+    ] {
+        println!(
+            "{name} at 1,000 in flight, per request (medians): CPU {:.1} us ({bench} {:.1}, \
+             {servers} {:.1}); context switches {:.2} ({bench} {:.2}, {servers} {:.2})",
+            of(side, |c| c.bench_us + c.servers_us),
+            of(side, |c| c.bench_us),
+            of(side, |c| c.servers_us),
+            of(side, |c| c.bench_switches + c.servers_switches),
+            of(side, |c| c.bench_switches),
+            of(side, |c| c.servers_switches),
+        );
+    }
     let lost_mpreg: u64 = rounds.iter().map(|(_, m, _)| m.lost).sum();
     let lost_nats: u64 = rounds.iter().map(|(n, _, _)| n.lost).sum();
     println!(
@@ -626,10 +637,7 @@ pub fn run(args: &[String]) {
             "p50_ratio_to_nats_min": flo,
             "p50_ratio_to_nats_max": fhi,
         },
-        "cpu_us_per_request_in_flight": {
-            "mpreg": { "bench_process": mpreg_bench, "broker_and_node": mpreg_servers },
-            "nats": { "bench_process_with_responder": nats_bench, "nats_server": nats_servers },
-        },
+        "per_request_in_flight": { "mpreg": cpu_json(1), "nats": cpu_json(0) },
         "lost": { "mpreg": lost_mpreg, "nats": lost_nats },
         "load_average": { "before": load_before, "after": load_after },
         "measured_s": measured.as_secs_f64(),
