@@ -72,6 +72,14 @@ impl serde::de::Visitor<'_> for UlidText {
     fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Ulid, E> {
         Ulid::from_string(text).map_err(E::custom)
     }
+
+    // UTF-8 text sent as msgpack `bin`, as `String` (the former decoding) accepted it.
+    fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<Ulid, E> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => self.visit_str(text),
+            Err(_) => Err(E::invalid_value(serde::de::Unexpected::Bytes(bytes), &self)),
+        }
+    }
 }
 
 macro_rules! counter_id {
@@ -130,6 +138,10 @@ mod tests {
         assert_eq!(back, id);
         assert!(rmp_serde::from_slice::<PlanId>(&rmp_serde::to_vec("nope").unwrap()).is_err());
         assert!(rmp_serde::from_slice::<PlanId>(&rmp_serde::to_vec(&7u64).unwrap()).is_err());
+        let as_bin =
+            rmp_serde::to_vec(&serde_bytes::Bytes::new(id.to_string().as_bytes())).unwrap();
+        assert_eq!(as_bin[0], 0xc4, "bin 8");
+        assert_eq!(rmp_serde::from_slice::<PlanId>(&as_bin).unwrap(), id);
         // Inside a message, where the text is borrowed from the body.
         let body = rmp_serde::to_vec_named(&(id, id.to_string())).unwrap();
         let (a, b): (PlanId, String) = rmp_serde::from_slice(&body).unwrap();
