@@ -105,7 +105,9 @@ impl PlanGraph {
             has_refs,
             index,
         };
-        if let Some(cycle) = graph.find_cycle() {
+        // A plan without references (a single call, a fan of independent steps) has no cycle.
+        let acyclic = graph.deps.iter().all(Vec::is_empty);
+        if let Some(cycle) = (!acyclic).then(|| graph.find_cycle()).flatten() {
             let names: Vec<String> = cycle
                 .iter()
                 .take(MAX_CYCLE_NAMES)

@@ -252,7 +252,7 @@ impl Engine {
     ) {
         self.counters.plans_received += 1;
         let request_id = request.id;
-        let client = origin.addr.clone();
+        let client = origin.addr;
         if let Some(plan) = request.plan {
             // Sent again under its own id (a reconnection, a failover): never run twice here.
             if self

@@ -72,10 +72,8 @@ impl Plans {
         now: Instant,
         ready: &mut VecDeque<(PlanId, StepIx)>,
     ) -> Result<bool, Failure> {
-        if self
-            .by_request
-            .contains_key(&(client.routing.clone(), request.id))
-        {
+        let request_key = (client.routing.clone(), request.id);
+        if self.by_request.contains_key(&request_key) {
             return Err(Failure::DuplicateRequestId(request.id));
         }
         let client_plans = self.per_client.get(&quota).copied().unwrap_or(0);
@@ -121,10 +119,9 @@ impl Plans {
                 .filter(|&i| pending[i as usize] == 0)
                 .map(|i| (id, i)),
         );
-        *self.per_client.entry(quota.clone()).or_default() += 1;
+        count_plan(&mut self.per_client, &quota);
         self.bytes += bytes;
-        self.by_request
-            .insert((client.routing.clone(), request.id), id);
+        self.by_request.insert(request_key, id);
         self.deadlines.insert((deadline, id));
         self.plans.insert(
             id,
@@ -209,7 +206,7 @@ impl Plans {
             trace: false,
         };
         ready.push_back((id, 0));
-        *self.per_client.entry(quota.clone()).or_default() += 1;
+        count_plan(&mut self.per_client, &quota);
         self.deadlines.insert((deadline, id));
         self.plans.insert(
             id,
@@ -470,7 +467,21 @@ impl Plans {
 }
 
 /// Parses every step's version requirement; an invalid one is a plan error naming the step.
+/// One more plan in flight for `quota` (its key copied only when it had none).
+fn count_plan(per_client: &mut FastMap<RoutingId, usize>, quota: &RoutingId) {
+    match per_client.get_mut(quota) {
+        Some(n) => *n += 1,
+        None => {
+            per_client.insert(quota.clone(), 1);
+        }
+    }
+}
+
+/// Each step's version requirement, parsed; empty when no step has one (most plans).
 fn parse_versions(steps: &[Step]) -> Result<Vec<Option<Requirement>>, Failure> {
+    if steps.iter().all(|s| s.version.is_none()) {
+        return Ok(Vec::new());
+    }
     steps
         .iter()
         .map(|s| {

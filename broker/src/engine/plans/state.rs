@@ -59,7 +59,7 @@ pub struct PlanState {
     /// The plan as sent.
     pub request: PlanRequest,
     pub(super) graph: PlanGraph,
-    /// Each step's version requirement, parsed.
+    /// Each step's version requirement, parsed; empty when no step has one.
     pub(super) versions: Vec<Option<Requirement>>,
     pub(super) pending: Vec<u32>,
     pub(super) results: Vec<Option<Value>>,
@@ -120,7 +120,7 @@ impl PlanState {
 
     /// A step's version requirement, if it has one.
     pub fn version(&self, step: StepIx) -> Option<&Requirement> {
-        self.versions[step as usize].as_ref()
+        self.versions.get(step as usize).and_then(Option::as_ref)
     }
 
     /// The remaining time before the deadline.
@@ -189,19 +189,22 @@ impl PlanState {
         out
     }
 
-    /// Moves out the reply's results: the sinks', or every step's when asked.
+    /// Moves out the reply's results: the sinks', or every step's when asked, keyed by the
+    /// step names, which are moved out too. For a plan that has ended (removed from the plan
+    /// plane): its steps have empty names afterwards.
     pub fn results(&mut self) -> BTreeMap<String, Value> {
         let all = self.request.all_results;
         let mut out = BTreeMap::new();
         for (i, (step, result)) in self
             .request
             .steps
-            .iter()
+            .iter_mut()
             .zip(self.results.iter_mut())
             .enumerate()
         {
             if all || self.graph.is_sink(i) {
-                out.insert(step.name.clone(), result.take().unwrap_or(Value::Nil));
+                let name = std::mem::take(&mut step.name);
+                out.insert(name, result.take().unwrap_or(Value::Nil));
             }
         }
         out
