@@ -1,4 +1,5 @@
-//! The reactor over real sockets: echo through two reactors, bursts of commands, init errors.
+//! The reactor over real sockets: echo through two reactors that both end when their handles
+//! are dropped, init errors, ROUTER_MANDATORY, CURVE in the linked libzmq.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -41,7 +42,7 @@ impl Handler for Client {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn echo_through_two_reactors_with_a_burst_of_commands() {
+async fn echo_through_two_reactors_that_end_with_their_handles() {
     let ctx = Context::new();
     let (echo_handle, echo_thread, endpoint) = start_echo(&ctx, "tcp://127.0.0.1:*");
     assert!(
@@ -60,19 +61,15 @@ async fn echo_through_two_reactors_with_a_burst_of_commands() {
     })
     .unwrap();
 
-    // 5,000 commands through a channel of 64: senders wait for room, nothing is lost, order holds.
-    let mut replies = Vec::new();
-    for i in 0..5_000u32 {
+    // A few round trips (bursts, ping-pongs and the timer: reactor_loops.rs, on every loop).
+    for i in 0..10u32 {
         let (tx, rx) = oneshot::channel();
         client.send((i.to_be_bytes().to_vec(), tx)).await.unwrap();
-        replies.push(rx);
-    }
-    for (i, rx) in replies.into_iter().enumerate() {
         let got = tokio::time::timeout(Duration::from_secs(10), rx)
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(got, (i as u32).to_be_bytes().to_vec());
+        assert_eq!(got, i.to_be_bytes().to_vec());
     }
 
     drop(client);
