@@ -251,9 +251,14 @@ where
     (rate, cpu.per_request(per_task * IN_FLIGHT))
 }
 
-/// Waits for `subscribers` counters to reach `count` each (or the budget): deliveries, and the
-/// time of the last one.
-async fn collect(readers: Vec<tokio::task::JoinHandle<(u64, Instant)>>) -> (u64, Option<Instant>) {
+/// Waits for the readers (each counts to its share or the budget) and turns what they saw into
+/// the run's figures: deliveries per second from `start` to the last delivery, and how many of
+/// the `expected` deliveries never arrived.
+async fn collect(
+    readers: Vec<tokio::task::JoinHandle<(u64, Instant)>>,
+    start: Instant,
+    expected: u64,
+) -> (f64, u64) {
     let mut delivered = 0;
     let mut last: Option<Instant> = None;
     for reader in readers {
@@ -261,7 +266,11 @@ async fn collect(readers: Vec<tokio::task::JoinHandle<(u64, Instant)>>) -> (u64,
         delivered += n;
         last = Some(last.map_or(at, |l| l.max(at)));
     }
-    (delivered, last)
+    let elapsed = last.map_or(RUN_BUDGET, |l| l.saturating_duration_since(start));
+    (
+        delivered as f64 / elapsed.as_secs_f64(),
+        expected - delivered.min(expected),
+    )
 }
 
 /// MPREG 1 -> `subscribers`: `count` messages by SDK `publish` (or `publish_batch` of
@@ -324,17 +333,12 @@ async fn mpreg_pubsub(
         }
         publisher.flush().await.expect("flush");
     }
-    let (delivered, last) = collect(readers).await;
-    let elapsed = last.map_or(RUN_BUDGET, |l| l.saturating_duration_since(start));
-    let expected = (count * subscribers) as u64;
+    let figures = collect(readers, start, (count * subscribers) as u64).await;
     publisher.close().await;
     for conn in conns {
         conn.close().await;
     }
-    (
-        delivered as f64 / elapsed.as_secs_f64(),
-        expected - delivered.min(expected),
-    )
+    figures
 }
 
 async fn mpreg_round(setup: &Setup, sizes: &Sizes, run: &mut u64) -> Figures {

@@ -131,13 +131,7 @@ async fn nats_pubsub(setup: &Setup, count: usize, subscribers: usize, run: u64) 
         }
     }
     publisher.flush().await.expect("flush");
-    let (delivered, last) = collect(readers).await;
-    let elapsed = last.map_or(RUN_BUDGET, |l| l.saturating_duration_since(start));
-    let expected = (count * subscribers) as u64;
-    (
-        delivered as f64 / elapsed.as_secs_f64(),
-        expected - delivered.min(expected),
-    )
+    collect(readers, start, (count * subscribers) as u64).await
 }
 
 pub(super) async fn nats_round(setup: &Setup, sizes: &Sizes, run: &mut u64) -> Figures {
