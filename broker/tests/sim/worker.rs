@@ -6,7 +6,7 @@
 //! fresh one after a doubling backoff. The node runs tasks for a simulated duration and
 //! answers `result` or `failure` on the session the task came from.
 //!
-//! Capacity is the node's, as in `node/src/link.rs`: each broker registered with is told a
+//! Capacity is the node's, as in `node/src/link/mod.rs`: each broker registered with is told a
 //! share (`capacity` divided by the brokers registered with, rounded up), told again when that
 //! number changes; the node never runs more than its capacity at once whatever the brokers
 //! send (the surplus waits in a queue). A task whose session was lost keeps its slot until it
