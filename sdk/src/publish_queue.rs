@@ -30,11 +30,15 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use mpreg_protocol::{BrokerToClient, ErrorReply, Value, COMPACT_PREFIX};
+use mpreg_protocol::{BrokerToClient, ErrorReply};
 use tokio::sync::Notify;
 
 use crate::error::Error;
 use crate::link::{LinkCounters, Request};
+
+mod wire;
+
+pub(crate) use wire::{encode_item, Batch, BATCH_OVERHEAD};
 
 /// Most messages coalesced into one batch. A subscriber receives its share of a batch as one
 /// event, which its client expands into its subscription buffer at once: kept well under the
@@ -52,8 +56,6 @@ pub(crate) const MAX_BATCHES_IN_FLIGHT: usize = 256;
 /// Batch ids remembered after their batch was settled in doubt (the connection was lost), so
 /// a late answer is recognised: 16 bytes each.
 const MAX_DOUBTED: usize = 4096;
-/// The message type of a batch.
-const KIND: &[u8] = b"publish_batch";
 /// What the broker appends to the message of a whole-batch rejection.
 const WHOLE_BATCH_TAIL: &str = "; nothing in the batch was published";
 
@@ -259,178 +261,6 @@ async fn wait_until<T>(notify: &Notify, mut ready: impl FnMut() -> Option<T>) ->
         notified.await;
     }
 }
-
-/// Where a message sits inside its batch's frame.
-#[derive(Debug, Clone, Copy)]
-struct ItemRef {
-    seq: u64,
-    id: u64,
-    start: usize,
-    end: usize,
-}
-
-/// One coalesced `publish_batch`, encoded.
-pub(crate) struct Batch {
-    id: u64,
-    frame: Vec<u8>,
-    items: Vec<ItemRef>,
-}
-
-impl Batch {
-    /// The compact frame to send.
-    pub(crate) fn frame(&self) -> &[u8] {
-        &self.frame
-    }
-
-    fn first_seq(&self) -> u64 {
-        self.items.first().map_or(u64::MAX, |i| i.seq)
-    }
-
-    /// Bytes of its messages (what they count against the budget).
-    fn message_bytes(&self) -> usize {
-        self.items.iter().map(|i| i.end - i.start).sum()
-    }
-
-    /// Encodes a batch of `items` (each an encoded `{topic, headers, payload}` map): exactly
-    /// the bytes `encode_body` gives a [`mpreg_protocol::PublishBatch`] with `confirm: true`.
-    fn encode<'a>(id: u64, items: impl ExactSizeIterator<Item = (u64, u64, &'a [u8])>) -> Batch {
-        let n = items.len();
-        let mut frame = Vec::new();
-        let mut refs = Vec::with_capacity(n);
-        frame.extend_from_slice(COMPACT_PREFIX);
-        frame.extend_from_slice(KIND);
-        frame.push(0);
-        // {"id": id, "messages": [...], "confirm": true}
-        frame.push(0x83);
-        write_str(&mut frame, "id");
-        write_uint(&mut frame, id);
-        write_str(&mut frame, "messages");
-        write_array_len(&mut frame, n);
-        for (seq, item_id, bytes) in items {
-            let start = frame.len();
-            frame.extend_from_slice(bytes);
-            refs.push(ItemRef {
-                seq,
-                id: item_id,
-                start,
-                end: frame.len(),
-            });
-        }
-        write_str(&mut frame, "confirm");
-        frame.push(0xc3);
-        Batch {
-            id,
-            frame,
-            items: refs,
-        }
-    }
-}
-
-/// Encodes one unconfirmed publish as a `publish_batch` item, `{topic, headers (when not
-/// empty), payload}`: exactly what `encode_body` gives a [`mpreg_protocol::BatchItem`], into a
-/// buffer sized once (the serde path grows it several times per message).
-pub(crate) fn encode_item(
-    topic: &str,
-    headers: &BTreeMap<String, String>,
-    payload: &Value,
-) -> Vec<u8> {
-    let header_bytes: usize = headers.iter().map(|(k, v)| k.len() + v.len() + 10).sum();
-    let mut out = Vec::with_capacity(32 + topic.len() + header_bytes + payload_hint(payload));
-    out.push(if headers.is_empty() { 0x82 } else { 0x83 });
-    write_str(&mut out, "topic");
-    write_str(&mut out, topic);
-    if !headers.is_empty() {
-        write_str(&mut out, "headers");
-        write_map_len(&mut out, headers.len());
-        for (key, value) in headers {
-            write_str(&mut out, key);
-            write_str(&mut out, value);
-        }
-    }
-    write_str(&mut out, "payload");
-    rmpv::encode::write_value(&mut out, payload).expect("writing msgpack into a Vec cannot fail");
-    out
-}
-
-/// About how many bytes `payload` encodes to (a capacity hint, not a bound).
-fn payload_hint(payload: &Value) -> usize {
-    match payload {
-        Value::Binary(b) => b.len() + 5,
-        Value::String(s) => s.as_bytes().len() + 5,
-        Value::Array(a) => 5 + a.len() * 9,
-        Value::Map(m) => 5 + m.len() * 18,
-        _ => 9,
-    }
-}
-
-/// A msgpack str, with the smallest header (as `rmp` writes it).
-fn write_str(out: &mut Vec<u8>, s: &str) {
-    let n = s.len();
-    match n {
-        0..=31 => out.push(0xa0 | n as u8),
-        32..=0xff => out.extend_from_slice(&[0xd9, n as u8]),
-        0x100..=0xffff => {
-            out.push(0xda);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        _ => {
-            out.push(0xdb);
-            out.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(s.as_bytes());
-}
-
-fn write_map_len(out: &mut Vec<u8>, n: usize) {
-    match n {
-        0..=15 => out.push(0x80 | n as u8),
-        16..=0xffff => {
-            out.push(0xde);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        _ => {
-            out.push(0xdf);
-            out.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes());
-        }
-    }
-}
-
-fn write_uint(out: &mut Vec<u8>, n: u64) {
-    match n {
-        0..=0x7f => out.push(n as u8),
-        0x80..=0xff => out.extend_from_slice(&[0xcc, n as u8]),
-        0x100..=0xffff => {
-            out.push(0xcd);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        0x1_0000..=0xffff_ffff => {
-            out.push(0xce);
-            out.extend_from_slice(&(n as u32).to_be_bytes());
-        }
-        _ => {
-            out.push(0xcf);
-            out.extend_from_slice(&n.to_be_bytes());
-        }
-    }
-}
-
-fn write_array_len(out: &mut Vec<u8>, n: usize) {
-    match n {
-        0..=15 => out.push(0x90 | n as u8),
-        16..=0xffff => {
-            out.push(0xdc);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        _ => {
-            out.push(0xdd);
-            out.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes());
-        }
-    }
-}
-
-/// Bytes a batch adds around its messages: the compact frame's prefix and type, the body's
-/// map with `id`, the array header and `confirm`. An upper bound.
-pub(crate) const BATCH_OVERHEAD: usize = 8 + 13 + 1 + 1 + 3 + 9 + 9 + 5 + 8 + 1;
 
 /// What the reactor sends next.
 pub(crate) enum Outgoing {

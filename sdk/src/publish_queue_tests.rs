@@ -1,11 +1,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use super::wire::KIND;
 use super::*;
 use std::collections::BTreeMap as Map;
 use std::time::Duration;
 
 use mpreg_protocol::{
     encode_body, parse_envelope, BatchItem, ClientToBroker, Limits, PublishBatch, PublishedBatch,
+    Value,
 };
 
 fn item(topic: &str, payload: Value) -> BatchItem {
