@@ -151,7 +151,7 @@ impl Engine {
                         .messages
                         .iter()
                         .any(|m| !self.interested_peers(&m.topic).is_empty());
-                let matched = if forwarded {
+                if forwarded {
                     // Peers want some of it: message by message, so each keeps one id across
                     // the cluster (local subscribers get `message` events, not `messages`).
                     let mut matched = 0;
@@ -160,18 +160,16 @@ impl Engine {
                             .publish_everywhere(out, &m.topic, m.headers, m.payload, now)
                             .1;
                     }
-                    matched
+                    self.published_batch(out, client, batch.id, batch.confirm, count, matched);
                 } else {
-                    self.exchange
-                        .publish_batch(out, &mut self.ids, batch.messages, now)
-                };
-                if batch.confirm {
-                    let reply = BrokerToClient::PublishedBatch(PublishedBatch {
-                        id: batch.id,
-                        count,
-                        matched,
-                    });
-                    self.reply(out, client, &reply);
+                    // The answer goes before the copies are encoded: the publisher can send
+                    // its next batch meanwhile. Nothing runs in between, so what it says holds.
+                    let routed = self
+                        .exchange
+                        .route_batch(&mut self.ids, batch.messages, now);
+                    let matched = routed.matched();
+                    self.published_batch(out, client, batch.id, batch.confirm, count, matched);
+                    self.exchange.deliver_routed(out, routed, now);
                 }
             }
             ClientToBroker::Publish(publish) => {
@@ -332,6 +330,22 @@ impl Engine {
 
     pub(super) fn send_error(&mut self, out: &mut impl Outbox, client: &ClientAddr, e: ErrorReply) {
         self.reply(out, client, &BrokerToClient::Error(e));
+    }
+
+    /// Answers a `publish_batch` with `published_batch`, when it asked for one.
+    fn published_batch(
+        &mut self,
+        out: &mut impl Outbox,
+        client: &ClientAddr,
+        id: u64,
+        confirm: bool,
+        count: u64,
+        matched: u64,
+    ) {
+        if confirm {
+            let reply = BrokerToClient::PublishedBatch(PublishedBatch { id, count, matched });
+            self.reply(out, client, &reply);
+        }
     }
 
     /// Sends a reply, accounting for what happened to it. A reply that would exceed the

@@ -77,6 +77,22 @@ struct Retained {
     at: Instant,
 }
 
+/// A batch matched but not yet delivered ([`Exchange::route_batch`]).
+pub struct RoutedBatch {
+    items: Vec<BatchItem>,
+    ids: Vec<MsgId>,
+    /// Each matching subscription and the indexes of its messages, in order.
+    shares: Vec<(Key, Vec<usize>)>,
+    matched: u64,
+}
+
+impl RoutedBatch {
+    /// Copies routed to subscriptions, summed over the messages.
+    pub fn matched(&self) -> u64 {
+        self.matched
+    }
+}
+
 /// Why a subscribe or unsubscribe was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SubscribeError {
@@ -444,44 +460,58 @@ impl Exchange {
         (id, matched)
     }
 
-    /// Routes a batch in order. Each subscription receives its share as one `messages` event
-    /// (consecutive sequence numbers); returns the total copies routed.
-    pub fn publish_batch(
+    /// Matches a batch, in order, against the active subscriptions and gives each message its
+    /// id; [`Exchange::deliver_routed`] sends it. The two are split so that the publisher's
+    /// answer (which carries [`RoutedBatch::matched`]) can go out before the copies are
+    /// encoded. Deliver in the same turn: the match is only valid until the subscriptions
+    /// change.
+    pub fn route_batch(
         &mut self,
-        out: &mut impl EventSink,
         ids_source: &mut IdSource,
         items: Vec<BatchItem>,
         now: Instant,
-    ) -> u64 {
+    ) -> RoutedBatch {
         let mut keys = std::mem::take(&mut self.scratch);
         let mut shares: Vec<(Key, Vec<usize>)> = Vec::new();
-        let mut slot: HashMap<Key, usize> = HashMap::new();
         let mut ids = Vec::with_capacity(items.len());
+        let mut matched = 0;
         for (i, item) in items.iter().enumerate() {
             self.counters.published += 1;
-            let id = MsgId(ids_source.message(now).0);
+            ids.push(MsgId(ids_source.message(now).0));
             keys.clear();
             self.matcher.matches(&item.topic, &mut keys);
             for key in &keys {
                 if !self.subs.get(key).is_some_and(|s| s.active) {
                     continue;
                 }
-                let at = *slot.entry(*key).or_insert_with(|| {
-                    shares.push((*key, Vec::new()));
-                    shares.len() - 1
-                });
-                shares[at].1.push(i);
+                matched += 1;
+                // Few subscriptions match a batch: a scan beats a map.
+                match shares.iter_mut().find(|(k, _)| k == key) {
+                    Some((_, share)) => share.push(i),
+                    None => shares.push((*key, vec![i])),
+                }
             }
-            ids.push(id);
         }
         self.scratch = keys;
-        let mut matched = 0;
+        RoutedBatch {
+            items,
+            ids,
+            shares,
+            matched,
+        }
+    }
+
+    /// Sends a routed batch: each subscription receives its share as one `messages` event
+    /// (consecutive sequence numbers). Then retains the messages, when retaining.
+    pub fn deliver_routed(&mut self, out: &mut impl EventSink, routed: RoutedBatch, now: Instant) {
+        let RoutedBatch {
+            items, ids, shares, ..
+        } = routed;
         for (key, share) in shares {
             let Some(sub) = self.subs.get_mut(&key) else {
                 continue;
             };
             let n = share.len() as u64;
-            matched += n;
             if deliver_batch(out, sub, &share, &items, &ids) {
                 self.counters.delivered += n;
             } else {
@@ -499,7 +529,6 @@ impl Exchange {
                 );
             }
         }
-        matched
     }
 
     fn retain(
