@@ -8,14 +8,10 @@
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 
-use tokio::sync::mpsc;
-
+use crate::delivery_queue::{DeliverySender, TrySendError};
 use crate::error::Error;
 use crate::link::LinkCounters;
 use crate::subscription::{Delivery, LagSource, Lagging};
-
-/// Where a subscription's deliveries go.
-pub(crate) type DeliverySender = mpsc::Sender<Result<Delivery, Error>>;
 
 /// Most notices owed to one subscription. Only an application that stops reading through
 /// several broker restarts gets there; then the oldest notice is merged away (a lagging count
@@ -56,7 +52,27 @@ impl DeliveryBuffer {
     /// were dropped before; drops it if there is no room. Returns false once the receiver is
     /// gone.
     pub(crate) fn push(&mut self, item: Result<Delivery, Error>, counters: &LinkCounters) -> bool {
-        if !self.flush() {
+        let open = self.push_quiet(item, counters);
+        self.deliveries.wake();
+        open
+    }
+
+    /// [`DeliveryBuffer::push`] for each item of a run (the messages of one `messages` event),
+    /// waking the reader once at the end. Returns false once the receiver is gone.
+    pub(crate) fn push_all(
+        &mut self,
+        items: impl IntoIterator<Item = Result<Delivery, Error>>,
+        counters: &LinkCounters,
+    ) -> bool {
+        let open = items
+            .into_iter()
+            .all(|item| self.push_quiet(item, counters));
+        self.deliveries.wake();
+        open
+    }
+
+    fn push_quiet(&mut self, item: Result<Delivery, Error>, counters: &LinkCounters) -> bool {
+        if !self.flush_quiet() {
             return false;
         }
         if self.owes() {
@@ -72,15 +88,15 @@ impl DeliveryBuffer {
                 return true;
             }
             let notice = self.lagging_notice();
-            let _ = self.deliveries.try_send(Ok(notice));
+            let _ = self.deliveries.try_send_quiet(Ok(notice));
         }
-        match self.deliveries.try_send(item) {
+        match self.deliveries.try_send_quiet(item) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(TrySendError::Full(_)) => {
                 self.drop_one(counters);
                 true
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(TrySendError::Closed) => false,
         }
     }
 
@@ -101,14 +117,20 @@ impl DeliveryBuffer {
 
     /// Sends what is owed while there is room. Returns false once the receiver is gone.
     pub(crate) fn flush(&mut self) -> bool {
+        let open = self.flush_quiet();
+        self.deliveries.wake();
+        open
+    }
+
+    fn flush_quiet(&mut self) -> bool {
         while let Some(item) = self.owed.pop_front() {
-            match self.deliveries.try_send(item) {
+            match self.deliveries.try_send_quiet(item) {
                 Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(item)) => {
+                Err(TrySendError::Full(item)) => {
                     self.owed.push_front(item);
                     return true;
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                Err(TrySendError::Closed) => return false,
             }
         }
         !self.is_closed()
@@ -189,6 +211,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+    use crate::delivery_queue::{delivery_queue, DeliveryReceiver};
     use crate::subscription::Message;
     use std::collections::BTreeMap;
 
@@ -220,27 +243,27 @@ mod tests {
         }
     }
 
-    fn next(rx: &mut mpsc::Receiver<Result<Delivery, Error>>) -> Result<Delivery, Error> {
+    fn next(rx: &mut DeliveryReceiver) -> Result<Delivery, Error> {
         rx.try_recv().expect("an item")
     }
 
     #[test]
     fn a_full_buffer_drops_then_reports_before_the_next_delivery() {
         let counters = LinkCounters::default();
-        let (tx, mut rx) = mpsc::channel(2);
+        let (tx, mut rx) = delivery_queue(2);
         let mut buffer = DeliveryBuffer::new(tx);
         for n in 1..=5 {
             assert!(buffer.push(message(n), &counters));
         }
         assert_eq!(counters.events_dropped.load(Ordering::Relaxed), 3);
-        assert_eq!(seq(rx.try_recv().ok()), 1);
+        assert_eq!(seq(rx.try_recv()), 1);
         // One slot free is not enough for the notice and the message: dropped too.
         assert!(buffer.push(message(6), &counters));
         assert_eq!(buffer.dropped_pending, 4);
-        assert_eq!(seq(rx.try_recv().ok()), 2);
+        assert_eq!(seq(rx.try_recv()), 2);
         assert!(buffer.push(message(7), &counters));
         match rx.try_recv() {
-            Ok(Ok(Delivery::Lagging(l))) => assert_eq!(
+            Some(Ok(Delivery::Lagging(l))) => assert_eq!(
                 l,
                 Lagging {
                     dropped: 4,
@@ -250,7 +273,7 @@ mod tests {
             ),
             other => panic!("expected a notice, got {other:?}"),
         }
-        assert_eq!(seq(rx.try_recv().ok()), 7);
+        assert_eq!(seq(rx.try_recv()), 7);
         assert_eq!(buffer.dropped_pending, 0);
         // The next drop starts a new count; the total goes on.
         assert!(buffer.push(message(8), &counters));
@@ -262,7 +285,7 @@ mod tests {
     #[test]
     fn a_dropped_receiver_is_reported() {
         let counters = LinkCounters::default();
-        let (tx, rx) = mpsc::channel(4);
+        let (tx, rx) = delivery_queue(4);
         let mut buffer = DeliveryBuffer::new(tx);
         assert!(buffer.push(message(1), &counters));
         drop(rx);
@@ -274,7 +297,7 @@ mod tests {
     #[test]
     fn notices_that_find_no_room_are_owed_and_go_first() {
         let counters = LinkCounters::default();
-        let (tx, mut rx) = mpsc::channel(2);
+        let (tx, mut rx) = delivery_queue(2);
         let mut buffer = DeliveryBuffer::new(tx);
         assert!(buffer.push(message(1), &counters));
         assert!(buffer.push(message(2), &counters));
@@ -287,8 +310,8 @@ mod tests {
         assert!(buffer.push(message(1), &counters));
         assert_eq!(counters.events_dropped.load(Ordering::Relaxed), 2);
 
-        assert_eq!(seq(rx.try_recv().ok()), 1);
-        assert_eq!(seq(rx.try_recv().ok()), 2);
+        assert_eq!(seq(rx.try_recv()), 1);
+        assert_eq!(seq(rx.try_recv()), 2);
         assert!(buffer.flush());
         // The drop before the loss, then the loss, in order.
         assert!(matches!(next(&mut rx), Ok(Delivery::Lagging(l)) if l.dropped == 1));
@@ -299,13 +322,13 @@ mod tests {
         // Then the message dropped while they were owed is reported before the next one.
         assert!(buffer.push(message(2), &counters));
         assert!(matches!(next(&mut rx), Ok(Delivery::Lagging(l)) if l.dropped == 1));
-        assert_eq!(seq(rx.try_recv().ok()), 2);
+        assert_eq!(seq(rx.try_recv()), 2);
     }
 
     #[test]
     fn owed_notices_are_bounded_without_losing_the_last_word() {
         let counters = LinkCounters::default();
-        let (tx, mut rx) = mpsc::channel(2);
+        let (tx, mut rx) = delivery_queue(2);
         let mut buffer = DeliveryBuffer::new(tx);
         assert!(buffer.push(message(1), &counters));
         assert!(buffer.push(message(2), &counters));
@@ -319,7 +342,7 @@ mod tests {
         let mut seen = Vec::new();
         while buffer.owes() {
             assert!(buffer.flush());
-            while let Ok(item) = rx.try_recv() {
+            while let Some(item) = rx.try_recv() {
                 seen.push(item);
             }
         }

@@ -30,7 +30,8 @@ use mpreg_protocol::{parse_envelope, Event, Limits};
 use mpreg_transport::{Io, SocketId, SocketKind, SocketOptions, SocketSpec};
 use tokio::sync::oneshot;
 
-use crate::delivery_buffer::{DeliveryBuffer, DeliverySender};
+use crate::delivery_buffer::DeliveryBuffer;
+use crate::delivery_queue::DeliverySender;
 use crate::error::Error;
 use crate::link::LinkCounters;
 use crate::subscription::{Delivery, LagSource, Lagging, Message};
@@ -483,11 +484,11 @@ impl EventRoutes {
                     route.last_id.clear();
                     route.last_id.push_str(&last.id);
                 }
-                batch.items.into_iter().all(|item| {
-                    route
-                        .buffer
-                        .push(Ok(Delivery::Message(Message::from(item))), counters)
-                })
+                let items = batch.items.into_iter();
+                route.buffer.push_all(
+                    items.map(|item| Ok(Delivery::Message(Message::from(item)))),
+                    counters,
+                )
             }
             Ok(Event::Lagging(lagging)) => {
                 let notice = Lagging {

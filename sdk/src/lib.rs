@@ -96,6 +96,7 @@ pub mod client;
 mod client_options;
 mod connection;
 mod delivery_buffer;
+mod delivery_queue;
 pub mod error;
 mod event_routes;
 pub mod json;

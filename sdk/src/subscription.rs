@@ -41,7 +41,9 @@ use std::fmt;
 
 use mpreg_protocol::{EventItem, TopicMessage};
 use serde::de::DeserializeOwned;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
+
+use crate::delivery_queue::{delivery_queue, DeliveryReceiver};
 
 use crate::client::Client;
 use crate::error::Error;
@@ -277,7 +279,7 @@ pub struct Subscription {
     /// The latest token, as the stream has told it.
     token: String,
     patterns: Vec<String>,
-    deliveries: mpsc::Receiver<Result<Delivery, Error>>,
+    deliveries: DeliveryReceiver,
     backlog: u64,
     dropped: u64,
     /// The connection still routes this subscription's events: `Drop` must detach it.
@@ -455,7 +457,7 @@ impl Client {
     {
         let patterns: Vec<String> = patterns.into_iter().map(Into::into).collect();
         let key = SubscriptionKey(self.next_id());
-        let (deliveries_tx, deliveries) = mpsc::channel(options.buffer.max(2));
+        let (deliveries_tx, deliveries) = delivery_queue(options.buffer.max(2));
         let (activated_tx, activated) = oneshot::channel();
         // Built before the command, so that giving up (an error below, or the caller dropping
         // this future) ends the subscription through `Drop`.
