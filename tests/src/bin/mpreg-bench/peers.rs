@@ -17,6 +17,9 @@
 //! 6. fan-out 1 -> 10 (ten subscriber connections), `publish`, deliveries/s;
 //! 7. fan-out 1 -> 10, `publish_batch(256)`.
 //!
+//! Beside row 5, for reference: NATS waiting as often as MPREG's awaited batches do (an awaited
+//! `flush`, a round trip to the server, after every 256 publishes).
+//!
 //! The raw libzmq relay (client DEALER -> ROUTER/ROUTER relay -> DEALER echo, no msgpack, no
 //! bookkeeping) is measured in the same rounds as the floor under MPREG's latency rows.
 //!
@@ -486,7 +489,7 @@ pub fn run(args: &[String]) {
         let floor_lat = floor_latency(floor, &floor_payload, sizes.sequential);
         eprintln!(
             "round {}: p50 {:.0}/{:.0} us (floor {:.0}), {:.0}/{:.0} req/s, 1->1 {:.0}/{:.0} \
-             (batch {:.0}), 1->10 {:.0}/{:.0} (batch {:.0}), lost {}/{} [mpreg/nats]",
+             (batch {:.0}/{:.0}), 1->10 {:.0}/{:.0} (batch {:.0}), lost {}/{} [mpreg/nats]",
             round + 1,
             mpreg.p50_us,
             nats.p50_us,
@@ -496,6 +499,7 @@ pub fn run(args: &[String]) {
             mpreg.pub_1_1,
             nats.pub_1_1,
             mpreg.batch_1_1,
+            nats.batch_1_1,
             mpreg.pub_1_10,
             nats.pub_1_10,
             mpreg.batch_1_10,
@@ -576,6 +580,28 @@ pub fn run(args: &[String]) {
         fhi,
         floor_p99
     );
+    // Row 5's MPREG side against NATS waiting as often (a flush after every BATCH publishes):
+    // shown beside the row, which compares with NATS's unwaited publish as issue 12 asks.
+    let awaited: Vec<f64> = rounds
+        .iter()
+        .map(|(n, m, _)| m.batch_1_1 / n.batch_1_1)
+        .collect();
+    let awaited_nats = median(
+        &rounds
+            .iter()
+            .map(|(n, _, _)| n.batch_1_1)
+            .collect::<Vec<_>>(),
+    );
+    let (alo, ahi) = min_max(&awaited);
+    println!(
+        "{:<52} {:>12} {:>12.1} {:>7.2}x {:>6.2}-{:<6.2} (row 5 against NATS flushing every {BATCH})",
+        "NATS publish x256 + awaited flush (msg/s)",
+        "",
+        awaited_nats,
+        median(&awaited),
+        alo,
+        ahi,
+    );
     // Where each system spends the cores in row 3: this process (requesters, and NATS's
     // responder task) and the servers (nats-server; MPREG's broker and node).
     let of = |side: usize, f: fn(&CpuPerRequest) -> f64| {
@@ -640,6 +666,12 @@ pub fn run(args: &[String]) {
             "p50_ratio_to_nats": median(&floor_ratios),
             "p50_ratio_to_nats_min": flo,
             "p50_ratio_to_nats_max": fhi,
+        },
+        "awaited_batch_reference": {
+            "nats_median": awaited_nats,
+            "ratio": median(&awaited),
+            "ratio_min": alo,
+            "ratio_max": ahi,
         },
         "per_request_in_flight": { "mpreg": cpu_json(1), "nats": cpu_json(0) },
         "lost": { "mpreg": lost_mpreg, "nats": lost_nats },

@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use mpreg_tests::Proc;
 
 use super::{
-    collect, percentile, pipelined, Figures, Setup, Sizes, FAN_OUT, RUN_BUDGET, SUB_BUFFER,
+    collect, percentile, pipelined, Figures, Setup, Sizes, BATCH, FAN_OUT, RUN_BUDGET, SUB_BUFFER,
 };
 
 /// `nats-server` on 127.0.0.1 with an OS-chosen port (`-p -1`): the process and its URL.
@@ -92,8 +92,16 @@ async fn nats_requests(setup: &Setup, sizes: &Sizes, fig: &mut Figures) {
 }
 
 /// Rows 1-3 for MPREG: `call("echo", [64 bytes])`.
-/// NATS 1 -> `subscribers`: `count` messages published as fast as `publish` takes them.
-async fn nats_pubsub(setup: &Setup, count: usize, subscribers: usize, run: u64) -> (f64, u64) {
+/// NATS 1 -> `subscribers`: `count` messages published as fast as `publish` takes them, or
+/// (`awaited`) in runs of [`BATCH`] each followed by an awaited `flush` (a round trip to the
+/// server, as MPREG's awaited `publish_batch` is).
+async fn nats_pubsub(
+    setup: &Setup,
+    count: usize,
+    subscribers: usize,
+    awaited: bool,
+    run: u64,
+) -> (f64, u64) {
     let subject = format!("bench.ps.{run}");
     let mut readers = Vec::new();
     let mut conns = Vec::new();
@@ -121,11 +129,14 @@ async fn nats_pubsub(setup: &Setup, count: usize, subscribers: usize, run: u64) 
     let publisher = nats_connect(&setup.nats_url).await;
     let payload = Bytes::from(setup.payload.clone());
     let start = Instant::now();
-    for _ in 0..count {
+    for i in 1..=count {
         publisher
             .publish(subject.clone(), payload.clone())
             .await
             .expect("publish");
+        if awaited && (i % BATCH == 0 || i == count) {
+            publisher.flush().await.expect("flush");
+        }
         if start.elapsed() > RUN_BUDGET {
             break;
         }
@@ -138,11 +149,15 @@ pub(super) async fn nats_round(setup: &Setup, sizes: &Sizes, run: &mut u64) -> F
     let mut fig = Figures::default();
     nats_requests(setup, sizes, &mut fig).await;
     *run += 1;
-    let (rate, lost) = nats_pubsub(setup, sizes.one_to_one, 1, *run).await;
+    let (rate, lost) = nats_pubsub(setup, sizes.one_to_one, 1, false, *run).await;
     fig.pub_1_1 = rate;
     fig.lost += lost;
     *run += 1;
-    let (rate, lost) = nats_pubsub(setup, sizes.fan_out, FAN_OUT, *run).await;
+    let (rate, lost) = nats_pubsub(setup, sizes.one_to_one, 1, true, *run).await;
+    fig.batch_1_1 = rate;
+    fig.lost += lost;
+    *run += 1;
+    let (rate, lost) = nats_pubsub(setup, sizes.fan_out, FAN_OUT, false, *run).await;
     fig.pub_1_10 = rate;
     fig.lost += lost;
     fig
