@@ -375,6 +375,47 @@ async fn a_subscription_that_is_not_read_drops_and_reports_it() {
     assert_eq!(client.counters().events_dropped, 16);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_the_buffer_keeps_its_head_and_reports_the_rest() {
+    let b = start_broker(&[], &[]);
+    let client = connect(&b).await;
+    let options = SubscribeOptions::default().with_buffer(4);
+    let mut sub = within("subscribe", client.subscribe_with(["b"], options))
+        .await
+        .unwrap();
+    // One `messages` event of 20: the buffer takes the first 4, the other 16 are dropped.
+    let batch = (1..=20).map(|i| Outgoing::new("b", i));
+    let published = within("publish_batch", client.publish_batch(batch))
+        .await
+        .unwrap();
+    assert_eq!((published.count, published.matched), (20, 20));
+    let deadline = Instant::now() + WAIT;
+    while client.counters().events_dropped < 16 {
+        assert!(Instant::now() < deadline, "{:?}", client.counters());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for i in 1..=4 {
+        let m = next_message(&mut sub).await;
+        assert_eq!((m.seq, m.payload), (i, Value::from(i)));
+    }
+    // The next batch is preceded by the notice of the 16, and arrives whole.
+    let batch = (21..=23).map(|i| Outgoing::new("b", i));
+    within("publish_batch", client.publish_batch(batch))
+        .await
+        .unwrap();
+    match within("lagging", sub.next()).await {
+        Some(Ok(Delivery::Lagging(l))) => {
+            assert_eq!((l.dropped, l.source), (16, LagSource::Client));
+        }
+        other => panic!("expected a lagging notice, got {other:?}"),
+    }
+    for i in 21..=23 {
+        let m = next_message(&mut sub).await;
+        assert_eq!((m.seq, m.payload), (i, Value::from(i)));
+    }
+    assert_eq!(sub.dropped(), 16);
+}
+
 // ---- the CLI ----
 
 static CLI_RUNS: AtomicUsize = AtomicUsize::new(0);
