@@ -115,69 +115,25 @@ fn payload_hint(payload: &Value) -> usize {
     }
 }
 
-/// A msgpack str, with the smallest header (as `rmp` writes it).
+// The smallest headers, written by `rmp` (what `encode_body` writes through rmp-serde).
+// Writing into a Vec cannot fail.
+
 fn write_str(out: &mut Vec<u8>, s: &str) {
-    let n = s.len();
-    match n {
-        0..=31 => out.push(0xa0 | n as u8),
-        32..=0xff => out.extend_from_slice(&[0xd9, n as u8]),
-        0x100..=0xffff => {
-            out.push(0xda);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        _ => {
-            out.push(0xdb);
-            out.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(s.as_bytes());
+    rmp::encode::write_str(out, s).expect("writing msgpack into a Vec cannot fail");
 }
 
 fn write_map_len(out: &mut Vec<u8>, n: usize) {
-    match n {
-        0..=15 => out.push(0x80 | n as u8),
-        16..=0xffff => {
-            out.push(0xde);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        _ => {
-            out.push(0xdf);
-            out.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes());
-        }
-    }
+    let n = u32::try_from(n).unwrap_or(u32::MAX);
+    rmp::encode::write_map_len(out, n).expect("writing msgpack into a Vec cannot fail");
 }
 
 fn write_uint(out: &mut Vec<u8>, n: u64) {
-    match n {
-        0..=0x7f => out.push(n as u8),
-        0x80..=0xff => out.extend_from_slice(&[0xcc, n as u8]),
-        0x100..=0xffff => {
-            out.push(0xcd);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        0x1_0000..=0xffff_ffff => {
-            out.push(0xce);
-            out.extend_from_slice(&(n as u32).to_be_bytes());
-        }
-        _ => {
-            out.push(0xcf);
-            out.extend_from_slice(&n.to_be_bytes());
-        }
-    }
+    rmp::encode::write_uint(out, n).expect("writing msgpack into a Vec cannot fail");
 }
 
 fn write_array_len(out: &mut Vec<u8>, n: usize) {
-    match n {
-        0..=15 => out.push(0x90 | n as u8),
-        16..=0xffff => {
-            out.push(0xdc);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        _ => {
-            out.push(0xdd);
-            out.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes());
-        }
-    }
+    let n = u32::try_from(n).unwrap_or(u32::MAX);
+    rmp::encode::write_array_len(out, n).expect("writing msgpack into a Vec cannot fail");
 }
 
 /// Bytes a batch adds around its messages: the compact frame's prefix and type, the body's
