@@ -473,6 +473,8 @@ impl Exchange {
     ) -> RoutedBatch {
         let mut keys = std::mem::take(&mut self.scratch);
         let mut shares: Vec<(Key, Vec<usize>)> = Vec::new();
+        // Where each subscription's share is in `shares` (a batch may match thousands).
+        let mut slot: FastMap<Key, usize> = FastMap::default();
         let mut ids = Vec::with_capacity(items.len());
         let mut matched = 0;
         for (i, item) in items.iter().enumerate() {
@@ -485,11 +487,11 @@ impl Exchange {
                     continue;
                 }
                 matched += 1;
-                // Few subscriptions match a batch: a scan beats a map.
-                match shares.iter_mut().find(|(k, _)| k == key) {
-                    Some((_, share)) => share.push(i),
-                    None => shares.push((*key, vec![i])),
-                }
+                let at = *slot.entry(*key).or_insert_with(|| {
+                    shares.push((*key, Vec::new()));
+                    shares.len() - 1
+                });
+                shares[at].1.push(i);
             }
         }
         self.scratch = keys;
